@@ -1,0 +1,257 @@
+"""Decode the flat field maps XREADGROUP returns into events, and encode events for XADD.
+
+Every rejection is an EventError whose message is one line naming the field, e.g.
+``price: not a finite decimal: 'NaN'``. Nothing else escapes `decode`, whatever the
+input (a property test holds us to that).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from events.schema import EVENT_TYPES, Event, Fill, Order, SessionEnded, SessionStarted
+
+MAX_ENTRY_BYTES = 4096
+MAX_PAIRS = 500
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_SYMBOL = re.compile(r"[A-Za-z0-9.]{1,24}/[A-Za-z0-9.]{1,24}")
+_WORD = re.compile(r"[A-Za-z0-9_ -]{1,32}")
+_CURRENCY = re.compile(r"[A-Za-z0-9.]{1,24}")
+_MAX_NUMBER = Decimal("1e15")
+_MIN_EXPONENT = -18  # at most 18 fractional digits
+_MAX_TS = 10**14  # epoch ms, far beyond any real clock
+
+
+class EventError(ValueError):
+    """An entry that is not a valid event; str() is the one-line reason."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+def _show(raw: str) -> str:
+    return repr(raw if len(raw) <= 40 else raw[:40] + "…")
+
+
+def _id(name: str, raw: str) -> str:
+    if not _ID.fullmatch(raw):
+        raise EventError(name, f"expected 1-64 characters of [A-Za-z0-9._:-], got {_show(raw)}")
+    return raw
+
+
+def _symbol(name: str, raw: str) -> str:
+    if not _SYMBOL.fullmatch(raw):
+        raise EventError(name, f"expected a BASE/QUOTE symbol, got {_show(raw)}")
+    return raw
+
+
+def _side(name: str, raw: str) -> str:
+    if raw not in ("buy", "sell"):
+        raise EventError(name, f"expected 'buy' or 'sell', got {_show(raw)}")
+    return raw
+
+
+def _word(name: str, raw: str) -> str:
+    if not _WORD.fullmatch(raw):
+        raise EventError(name, f"expected 1-32 characters of [A-Za-z0-9_ -], got {_show(raw)}")
+    return raw
+
+
+def _currency(name: str, raw: str) -> str:
+    if not _CURRENCY.fullmatch(raw):
+        raise EventError(name, f"expected a currency code, got {_show(raw)}")
+    return raw
+
+
+def _text(name: str, raw: str) -> str:
+    if len(raw) > 256 or not raw.isprintable():
+        raise EventError(name, "expected printable text of at most 256 characters")
+    return raw
+
+
+def _decimal(name: str, raw: str, *, positive: bool) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except (InvalidOperation, ValueError):
+        raise EventError(name, f"not a decimal number: {_show(raw)}") from None
+    if not value.is_finite():
+        raise EventError(name, f"not a finite decimal: {_show(raw)}")
+    if abs(value) >= _MAX_NUMBER:
+        raise EventError(name, f"out of range (must be below 1e15): {_show(raw)}")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if value and exponent < _MIN_EXPONENT:
+        raise EventError(name, f"more than 18 decimal places: {_show(raw)}")
+    if positive and value <= 0:
+        raise EventError(name, f"must be > 0, got {_show(raw)}")
+    if not positive and value < 0:
+        raise EventError(name, f"must be >= 0, got {_show(raw)}")
+    return value + 0  # normalises -0 to 0
+
+
+def _positive(name: str, raw: str) -> Decimal:
+    return _decimal(name, raw, positive=True)
+
+
+def _non_negative(name: str, raw: str) -> Decimal:
+    return _decimal(name, raw, positive=False)
+
+
+def _int(name: str, raw: str, upper: int) -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        raise EventError(name, f"expected a non-negative integer, got {_show(raw)}")
+    value = int(raw)
+    if value >= upper:
+        raise EventError(name, f"out of range, got {_show(raw)}")
+    return value
+
+
+def _ts(name: str, raw: str) -> int:
+    return _int(name, raw, _MAX_TS)
+
+
+def _count(name: str, raw: str) -> int:
+    return _int(name, raw, 10**12)
+
+
+def _pairs(name: str, raw: str) -> tuple[str, ...]:
+    items = raw.split(",")
+    if len(items) > MAX_PAIRS:
+        raise EventError(name, f"more than {MAX_PAIRS} pairs")
+    pairs = tuple(_symbol(name, item.strip()) for item in items)
+    if len(set(pairs)) != len(pairs):
+        raise EventError(name, "a pair is listed twice")
+    return pairs
+
+
+Parser = Callable[[str, str], Any]
+
+# field -> (parser, required); order is the order fields are reported in.
+_FIELDS: dict[str, dict[str, tuple[Parser, bool]]] = {
+    "session_started": {"session_id": (_id, True), "pairs": (_pairs, True), "ts": (_ts, True)},
+    "fill": {
+        "session_id": (_id, True),
+        "fill_id": (_id, True),
+        "order_id": (_id, True),
+        "symbol": (_symbol, True),
+        "side": (_side, True),
+        "price": (_positive, True),
+        "quantity": (_positive, True),
+        "fee": (_non_negative, True),
+        "ts": (_ts, True),
+        "fee_currency": (_currency, False),
+        "order_type": (_word, False),
+    },
+    "order": {
+        "session_id": (_id, True),
+        "order_id": (_id, True),
+        "symbol": (_symbol, True),
+        "side": (_side, True),
+        "order_type": (_word, True),
+        "price": (_positive, True),
+        "quantity": (_positive, True),
+        "status": (_word, True),
+        "ts": (_ts, True),
+    },
+    "session_ended": {
+        "session_id": (_id, True),
+        "ts": (_ts, True),
+        "fills": (_count, False),
+        "reason": (_text, False),
+    },
+}
+
+
+def _as_text(value: object, name: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EventError(name, "not valid UTF-8") from None
+    if isinstance(value, str):
+        return value
+    raise EventError(name, f"expected a string, got {type(value).__name__}")
+
+
+def decode(fields: Mapping[Any, Any] | None, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
+    """Validate one stream entry's fields and return the event, or raise EventError."""
+    if fields is None:
+        raise EventError(None, "entry payload is missing (trimmed from the stream)")
+    if not isinstance(fields, Mapping):
+        raise EventError(None, f"expected a field map, got {type(fields).__name__}")
+    size = 0
+    text: dict[str, str] = {}
+    for raw_key, raw_value in fields.items():
+        key = _as_text(raw_key, "<field name>")
+        if isinstance(raw_key, str | bytes):
+            size += len(raw_key)
+        if isinstance(raw_value, str | bytes):
+            size += len(raw_value)
+        if size > max_bytes:
+            raise EventError(None, f"entry larger than {max_bytes} bytes")
+        text[key] = _as_text(raw_value, key[:40])
+    kind = text.pop("type", None)
+    if kind is None:
+        raise EventError("type", "missing")
+    spec = _FIELDS.get(kind)
+    if spec is None:
+        raise EventError("type", f"unknown event type {_show(kind)}")
+    for key in text:
+        if key not in spec:
+            raise EventError(key[:40], f"unknown field for a {kind} event")
+    values: dict[str, Any] = {}
+    for name, (parse, required) in spec.items():
+        raw = text.get(name)
+        if raw is None:
+            if required:
+                raise EventError(name, "missing")
+            continue
+        values[name] = parse(name, raw)
+    return EVENT_TYPES[kind](**values)
+
+
+def _number(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def encode(event: Event) -> dict[str, str]:
+    """The flat field map to XADD for an event (the inverse of `decode`)."""
+    out: dict[str, str] = {"type": _type_name(event)}
+    for name in event.__struct_fields__:
+        value = getattr(event, name)
+        if value is None:
+            continue
+        if isinstance(value, Decimal):
+            out[name] = _number(value)
+        elif isinstance(value, tuple):
+            out[name] = ",".join(value)
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _type_name(event: Event) -> str:
+    match event:
+        case SessionStarted():
+            return "session_started"
+        case Fill():
+            return "fill"
+        case Order():
+            return "order"
+        case SessionEnded():
+            return "session_ended"
+    raise TypeError(f"not an event: {event!r}")  # pragma: no cover
+
+
+def session_of(fields: Mapping[Any, Any] | None) -> str | None:
+    """The session id of an entry without decoding it (None if absent)."""
+    if not fields:
+        return None
+    raw = fields.get(b"session_id", fields.get("session_id"))
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "replace")
+    return raw if isinstance(raw, str) else None

@@ -1,0 +1,253 @@
+"""Settings: read once from the environment into a frozen object, validated up front.
+
+A bad value stops the process with one line naming the setting and what it expects
+(SettingsError). Secrets are kept out of repr() and every message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+
+
+class SettingsError(ValueError):
+    """One bad setting; str() is the one-line message for the operator."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    stream: str = "mm:events"
+    key_prefix: str = ""
+    exchange: str = "paper"
+    exchange_api_key: str | None = field(default=None, repr=False)
+    exchange_api_secret: str | None = field(default=None, repr=False)
+    dry_run: bool = False
+    log_level: str = "INFO"
+    consumer_name: str = ""
+    # consumer runtime
+    batch_size: int = 100
+    block_ms: int = 1000
+    concurrency: int = 64
+    max_deliveries: int = 5
+    reclaim_idle_ms: int = 60_000
+    max_entry_bytes: int = 4096
+    # sweeper
+    settlement_interval_minutes: Decimal = Decimal(3)
+    settlement_lookback_hours: Decimal = Decimal(24)
+    settlement_max_sessions: int = 100
+    session_log_dir: str = "session-logs"
+    # take-profit pricing (percent)
+    tp_base_target_percent: Decimal = Decimal("0.5")
+    tp_tier_2_target_percent: Decimal = Decimal("0.3")
+    tp_tier_3_target_percent: Decimal = Decimal("0")
+    tp_tier_4_target_percent: Decimal = Decimal("-0.1")
+    tp_aging_tier_1_hours: Decimal = Decimal(1)
+    tp_aging_tier_2_hours: Decimal = Decimal(4)
+    tp_aging_tier_3_hours: Decimal = Decimal(12)
+    tp_maker_fee_percent: Decimal | None = None
+    paper_balances: str = ""
+    # migration
+    migration_batch_size: int = 10
+    migration_lookback_hours: Decimal = Decimal(48)
+    migration_overdue_minutes: Decimal = Decimal(15)
+    # risk
+    portfolio_daily_loss_limit: Decimal | None = None
+    emergency_exit: bool = False
+    # operations
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    alert_webhook_url: str | None = None
+    stream_retention_hours: Decimal | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build from the environment (or `env`); keyword overrides win. Raises SettingsError."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = _ENV_NAMES.get(f.name, f.name.upper())
+            raw = source.get(name)
+            if raw is None or (raw.strip() == "" and f.name not in _EMPTY_ALLOWED):
+                continue
+            parse = _PARSERS.get(f.name, _str)
+            values[f.name] = parse(name, raw.strip())
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"LOG_LEVEL: expected one of {' '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"REDIS_URL: expected redis://, rediss:// or unix://, got {redact_url(self.redis_url)!r}")
+        if not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError(f"DATABASE_URL: expected postgresql://..., got {redact_url(self.database_url)!r}")
+        tiers = (self.tp_aging_tier_1_hours, self.tp_aging_tier_2_hours, self.tp_aging_tier_3_hours)
+        if not tiers[0] < tiers[1] < tiers[2]:
+            raise SettingsError("TP_AGING_TIER_1_HOURS < TP_AGING_TIER_2_HOURS < TP_AGING_TIER_3_HOURS must hold")
+        if self.exchange != "paper" and not self.dry_run and not (self.exchange_api_key and self.exchange_api_secret):
+            raise SettingsError(f"EXCHANGE_API_KEY: required with EXCHANGE={self.exchange} (and EXCHANGE_API_SECRET)")
+        if self.tp_maker_fee_percent is not None and not Decimal(0) <= self.tp_maker_fee_percent < 100:
+            raise SettingsError("TP_MAKER_FEE_PERCENT: expected a percentage from 0 to 100")
+        parse_balances("PAPER_BALANCES", self.paper_balances)
+
+    @property
+    def consumer(self) -> str:
+        return self.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def tier_hours(self) -> tuple[Decimal, Decimal, Decimal]:
+        return (self.tp_aging_tier_1_hours, self.tp_aging_tier_2_hours, self.tp_aging_tier_3_hours)
+
+    @property
+    def tier_targets(self) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        """Net targets as fractions (0.005 = 0.5 %), youngest tier first."""
+        percents = (
+            self.tp_base_target_percent,
+            self.tp_tier_2_target_percent,
+            self.tp_tier_3_target_percent,
+            self.tp_tier_4_target_percent,
+        )
+        return tuple(p / 100 for p in percents)  # type: ignore[return-value]
+
+    @property
+    def interval_seconds(self) -> float:
+        return float(self.settlement_interval_minutes * 60)
+
+
+def parse_balances(name: str, raw: str) -> dict[str, Decimal]:
+    """'BTC=1.5,USD=100000' -> {'BTC': Decimal('1.5'), 'USD': Decimal('100000')}."""
+    out: dict[str, Decimal] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        asset, sep, amount = item.partition("=")
+        value = _decimal(name, amount) if sep else None
+        if not asset or value is None or value < 0:
+            raise SettingsError(f"{name}: expected ASSET=AMOUNT,... with amounts >= 0, got {item!r}")
+        out[asset.strip()] = value
+    return out
+
+
+def _str(name: str, raw: str) -> str:
+    return raw
+
+
+def _bool(name: str, raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _decimal(name: str, raw: str) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+    if not value.is_finite():
+        raise SettingsError(f"{name}: expected a finite number, got {raw!r}")
+    return value
+
+
+def _bounded(parse: Callable[[str, str], T], low: Any, what: str) -> Callable[[str, str], T]:
+    def check(name: str, raw: str) -> T:
+        value = parse(name, raw)
+        if value < low or (low == 0 and what == "> 0" and value == 0):  # type: ignore[operator]
+            raise SettingsError(f"{name}: expected a number {what}, got {raw!r}")
+        return value
+
+    return check
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
+
+
+def _port(name: str, raw: str) -> int:
+    value = _int(name, raw)
+    if not 0 <= value <= 65535:
+        raise SettingsError(f"{name}: expected a port from 0 to 65535, got {raw!r}")
+    return value
+
+
+def _level(name: str, raw: str) -> str:
+    value = raw.upper()
+    return "WARN" if value == "WARNING" else value
+
+
+_positive_int = _bounded(_int, 1, ">= 1")
+_positive_decimal = _bounded(_decimal, 0, "> 0")
+_non_negative_decimal = _bounded(_decimal, 0, ">= 0")
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "dry_run": _bool,
+    "emergency_exit": _bool,
+    "log_level": _level,
+    "batch_size": _positive_int,
+    "block_ms": _positive_int,
+    "concurrency": _positive_int,
+    "max_deliveries": _positive_int,
+    "reclaim_idle_ms": _positive_int,
+    "max_entry_bytes": _positive_int,
+    "settlement_interval_minutes": _positive_decimal,
+    "settlement_lookback_hours": _positive_decimal,
+    "settlement_max_sessions": _positive_int,
+    "tp_base_target_percent": _decimal,
+    "tp_tier_2_target_percent": _decimal,
+    "tp_tier_3_target_percent": _decimal,
+    "tp_tier_4_target_percent": _decimal,
+    "tp_aging_tier_1_hours": _positive_decimal,
+    "tp_aging_tier_2_hours": _positive_decimal,
+    "tp_aging_tier_3_hours": _positive_decimal,
+    "tp_maker_fee_percent": _non_negative_decimal,
+    "migration_batch_size": _positive_int,
+    "migration_lookback_hours": _positive_decimal,
+    "migration_overdue_minutes": _positive_decimal,
+    "portfolio_daily_loss_limit": _positive_decimal,
+    "metrics_port": _port,
+    "stream_retention_hours": _positive_decimal,
+}
+
+_ENV_NAMES = {
+    "stream": "MM_STREAM",
+    "key_prefix": "MM_KEY_PREFIX",
+    "batch_size": "CONSUMER_BATCH_SIZE",
+    "block_ms": "CONSUMER_BLOCK_MS",
+    "concurrency": "CONSUMER_CONCURRENCY",
+    "reclaim_idle_ms": "RECLAIM_IDLE_MS",
+    "max_entry_bytes": "MAX_ENTRY_BYTES",
+    "stream_retention_hours": "MM_STREAM_RETENTION_HOURS",
+}
+
+_EMPTY_ALLOWED = {"session_log_dir", "key_prefix", "paper_balances"}

@@ -1,0 +1,115 @@
+"""Every Redis key and stream name mmops uses, in one place.
+
+Names are the wire contract (DESIGN §2). The braces are literal Redis Cluster hash
+tags: every key of a session lives in one slot, so Lua scripts may touch them
+together. `prefix` (setting MM_KEY_PREFIX, default empty) namespaces a whole
+deployment; tests use it to share one Redis without seeing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = ""
+    events: str = "mm:events"
+
+    # --- streams -------------------------------------------------------------
+    @property
+    def stream(self) -> str:
+        return self.prefix + self.events
+
+    @property
+    def takeprofits(self) -> str:
+        return self.prefix + "mm:takeprofits"
+
+    @property
+    def alerts(self) -> str:
+        return self.prefix + "mm:alerts"
+
+    @property
+    def dead(self) -> str:
+        return self.prefix + "mm:dead"
+
+    # --- contract keys per session (DESIGN §2) --------------------------------
+    def tp_attempt(self, sid: str, position_id: str) -> str:
+        return f"{self.prefix}tp_attempt:{{{sid}}}:{position_id}"
+
+    def tp_order(self, sid: str, order_id: str) -> str:
+        return f"{self.prefix}tp_order:{{{sid}}}:{order_id}"
+
+    def settlement_status(self, sid: str) -> str:
+        return f"{self.prefix}settlement:status:{{{sid}}}"
+
+    def settlement_last_run(self, sid: str) -> str:
+        return f"{self.prefix}settlement:last_run:{{{sid}}}"
+
+    def settlement_lock(self, sid: str) -> str:
+        return f"{self.prefix}lock:settlement:{{{sid}}}"
+
+    def migration_completed(self, sid: str) -> str:
+        return f"{self.prefix}migration:completed:{{{sid}}}"
+
+    def metrics_settlement(self, sid: str) -> str:
+        return f"{self.prefix}metrics:settlement:{{{sid}}}"
+
+    def metrics_takeprofit(self, sid: str) -> str:
+        return f"{self.prefix}metrics:takeprofit:{{{sid}}}"
+
+    def metrics_migration(self, sid: str) -> str:
+        return f"{self.prefix}metrics:migration:{{{sid}}}"
+
+    @property
+    def risk_halt(self) -> str:
+        return self.prefix + "risk:halt"
+
+    # --- mmops' own per-session state (documented in the README) -------------
+    def session(self, sid: str) -> str:
+        """hash: started_at, ended_at, pairs, end_id, fills_expected, end_reason."""
+        return f"{self.prefix}session:{{{sid}}}"
+
+    def fills(self, sid: str) -> str:
+        """hash fill_id -> encoded fill: the once-per-fill guard and the migrator's source."""
+        return f"{self.prefix}fills:{{{sid}}}"
+
+    def orders(self, sid: str) -> str:
+        """hash order_id -> encoded trader order (from `order` events and buy fills)."""
+        return f"{self.prefix}orders:{{{sid}}}"
+
+    def positions(self, sid: str) -> str:
+        """hash position_id -> encoded position (buys, closes, TP steps, version)."""
+        return f"{self.prefix}positions:{{{sid}}}"
+
+    def tp_orders(self, sid: str) -> str:
+        """set of the session's TP order ids (index of the tp_order:{sid}:* hashes)."""
+        return f"{self.prefix}tp_orders:{{{sid}}}"
+
+    # --- global indexes --------------------------------------------------------
+    @property
+    def sessions(self) -> str:
+        """zset sid -> last activity (epoch ms): the sweeper's discovery index."""
+        return self.prefix + "mm:sessions"
+
+    @property
+    def sessions_ended(self) -> str:
+        """zset sid -> ended_at (epoch ms) of sessions not migrated yet."""
+        return self.prefix + "mm:sessions:ended"
+
+    def heartbeats(self, group: str) -> str:
+        """zset consumer -> last heartbeat (epoch ms) of live consumers of a group."""
+        return f"{self.prefix}mm:heartbeat:{group}"
+
+    @property
+    def sweeper_lease(self) -> str:
+        return self.prefix + "mm:sweeper:lease"
+
+    @property
+    def daily_pnl(self) -> str:
+        return self.prefix + "mm:pnl:daily"
+
+    # --- paper exchange --------------------------------------------------------
+    def paper(self, name: str) -> str:
+        """paper exchange state: orders, clients, balances, locked, prices, seen_fills."""
+        return f"{self.prefix}paper:{name}"

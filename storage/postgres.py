@@ -1,0 +1,50 @@
+"""The PostgreSQL pool: asyncpg with NUMERIC<->Decimal and JSONB<->orjson codecs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+from mmops.settings import redact_url
+from storage.redis import ServerUnreachable
+
+
+def _jsonb_encode(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # asyncpg already maps NUMERIC to Decimal; JSON columns go through orjson.
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=_jsonb_encode, decoder=orjson.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
+    """A pool that has connected once, or ServerUnreachable naming the URL (redacted)."""
+    try:
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10,
+            command_timeout=300,
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
+        raise ServerUnreachable(
+            f"PostgreSQL at {redact_url(url)} is unreachable: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+        ) from None
+    assert pool is not None
+    return pool
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """One connection (for migrations and tools), or ServerUnreachable."""
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
+        raise ServerUnreachable(
+            f"PostgreSQL at {redact_url(url)} is unreachable: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+        ) from None
+    await _init_connection(conn)
+    return conn

@@ -1,0 +1,57 @@
+"""The Redis connection: built from REDIS_URL, checked at start, named (redacted) on failure."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mmops.settings import redact_url
+
+# Errors after which the same command may succeed later: the entry stays pending.
+TRANSIENT_REDIS_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+class ServerUnreachable(RuntimeError):
+    """A server could not be reached; str() names it by its redacted URL."""
+
+
+def client(url: str, *, blocking: bool = False) -> aioredis.Redis:
+    """A client for `url` (redis://, rediss://, unix://; ACL user:password allowed).
+
+    `blocking` clients are for XREADGROUP BLOCK: their socket timeout leaves room for it.
+    """
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=None if blocking else 10,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry_on_timeout=False,
+        max_connections=256,
+    )
+
+
+async def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
+    """A client that has answered PING, or ServerUnreachable naming the URL."""
+    conn = client(url, blocking=blocking)
+    try:
+        await conn.ping()
+    except RedisError as exc:
+        await conn.aclose()
+        raise ServerUnreachable(f"Redis at {redact_url(url)} is unreachable: {_one_line(exc)}") from None
+    except OSError as exc:
+        await conn.aclose()
+        raise ServerUnreachable(f"Redis at {redact_url(url)} is unreachable: {_one_line(exc)}") from None
+    return conn
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

