@@ -82,6 +82,10 @@ class Keys:
         """hash position_id -> encoded position (buys, closes, TP steps, version)."""
         return f"{self.prefix}positions:{{{sid}}}"
 
+    def pairs(self, sid: str) -> str:
+        """set of the symbols the session traded (learned from its fills)."""
+        return f"{self.prefix}pairs:{{{sid}}}"
+
     def tp_orders(self, sid: str) -> str:
         """set of the session's TP order ids (index of the tp_order:{sid}:* hashes)."""
         return f"{self.prefix}tp_orders:{{{sid}}}"

@@ -35,6 +35,10 @@ def migrations() -> list[Migration]:
 async def upgrade(conn: asyncpg.Connection) -> list[Migration]:
     """Apply every migration not yet recorded; returns the ones applied now."""
     schema = await conn.fetchval("SELECT current_schema()")
+    if schema is None:  # search_path names a schema that does not exist yet: create it
+        wanted = str(await conn.fetchval("SELECT current_setting('search_path')")).split(",")[0].strip()
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(wanted)}")
+        schema = await conn.fetchval("SELECT current_schema()")
     lock_key = int.from_bytes(hashlib.sha256(str(schema).encode()).digest()[:4], "big") >> 1
     applied_now: list[Migration] = []
     await conn.execute("SELECT pg_advisory_lock($1, $2)", _LOCK_NAMESPACE, lock_key)
@@ -67,3 +71,8 @@ async def current_version(conn: asyncpg.Connection) -> int:
     if not exists:
         return 0
     return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+
+def _quote_ident(name: str) -> str:
+    name = name.strip('"')
+    return '"' + name.replace('"', '""') + '"'

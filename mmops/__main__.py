@@ -1,0 +1,5 @@
+import sys
+
+from mmops.cli import main
+
+sys.exit(main())

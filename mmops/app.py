@@ -1,0 +1,86 @@
+"""Building a process: connections, the exchange, the ledger and engine, from Settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from mmops import logs
+from mmops.clock import Clock, SystemClock
+from mmops.settings import Settings
+from storage import redis as redis_store
+from storage.keys import Keys
+from storage.ledger import Ledger
+from trading.exchange import Exchange
+from trading.takeprofit import TakeProfitEngine
+
+log = logs.get("mmops.app")
+
+
+@dataclass
+class App:
+    settings: Settings
+    redis: aioredis.Redis
+    keys: Keys
+    clock: Clock
+    exchange: Exchange
+    ledger: Ledger
+    engine: TakeProfitEngine
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    async def open(cls, settings: Settings, *, clock: Clock | None = None, exchange: Exchange | None = None) -> App:
+        """Connect to Redis (ServerUnreachable names it) and build the shared parts."""
+        from trading.factory import make_exchange
+
+        conn = await redis_store.connect(settings.redis_url)
+        keys = Keys(settings.key_prefix, settings.stream)
+        clock = clock or SystemClock()
+        if exchange is None:
+            exchange = make_exchange(settings, conn, keys, clock)
+        ledger = Ledger(conn, keys)
+        engine = TakeProfitEngine(ledger=ledger, exchange=exchange, keys=keys, settings=settings, clock=clock)
+        return cls(settings=settings, redis=conn, keys=keys, clock=clock, exchange=exchange, ledger=ledger, engine=engine)
+
+    async def alert(self, kind: str, message: str, **figures: object) -> None:
+        """Append to mm:alerts (the webhook forwarder picks it up from there)."""
+        fields = {"kind": kind, "message": message, "ts": str(self.clock.now_ms())}
+        fields.update({k: str(v) for k, v in figures.items()})
+        await self.redis.xadd(self.keys.alerts, fields)  # type: ignore[arg-type]
+        log.warning("alert %s: %s", kind, message)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.exchange.close()
+        await self.redis.aclose()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop reading, finish and ack what is in flight, exit 0."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if not self.stop.is_set():
+            log.info("%s received: finishing in-flight work", sig.name)
+        self.stop.set()
+
+
+async def run_until_stopped(app: App, tasks: list[Callable[[], Awaitable[object]]]) -> None:
+    """Run worker loops until app.stop; a loop that dies stops the others (supervisor restarts us)."""
+    running = [asyncio.ensure_future(task()) for task in tasks]
+    try:
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                app.stop.set()
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        app.stop.set()
+        await asyncio.gather(*running, return_exceptions=True)

@@ -1,0 +1,96 @@
+"""`mmops up | coverage | migrator | sweeper`: run workers until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from mmops import logs, runner
+from mmops.app import App, run_until_stopped
+from mmops.settings import Settings
+from workers import metrics
+from workers.coverage import CoverageHandler
+from workers.runtime import Runtime
+
+log = logs.get("mmops.run")
+WORKERS = ("coverage", "migrator", "sweeper")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    up = sub.add_parser("up", help="run every worker (coverage, migrator, sweeper) in one process")
+    up.add_argument("--embedded", action="store_true",
+                    help="start embedded Redis/PostgreSQL when REDIS_URL/DATABASE_URL do not answer")
+    up.set_defaults(func=lambda a: _run(WORKERS, embedded=a.embedded))
+    for name, text in (
+        ("coverage", "place a take-profit for every buy fill (consumer group 'coverage')"),
+        ("migrator", "persist finished sessions to PostgreSQL (consumer group 'migrator')"),
+        ("sweeper", "the safety-net loop: coverage, repricing, reconciliation, loss limit"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--drain", action="store_true", help="process what is in the stream, then exit")
+        cmd.set_defaults(func=lambda a, n=name: _run((n,), until_drained=a.drain))
+
+
+def _run(names: tuple[str, ...], *, embedded: bool = False, until_drained: bool = False) -> int:
+    overrides: dict[str, object] = {}
+    servers = None
+    if embedded:
+        from storage.servers import ensure_servers
+
+        probe = Settings.from_env()
+        servers = ensure_servers(probe.redis_url, probe.database_url, Path(".mmops"))
+        overrides = {"redis_url": servers.redis_url, "database_url": servers.database_url}
+    try:
+        runner.run(lambda s: serve(s, names, until_drained=until_drained), **overrides)
+    finally:
+        if servers is not None:
+            servers.close()
+    return 0
+
+
+async def serve(settings: Settings, names: tuple[str, ...], *, until_drained: bool = False) -> None:
+    app = await App.open(settings)
+    app.install_signal_handlers()
+    server = None
+    if settings.metrics_port is not None:
+        server = await metrics.serve(settings.metrics_host, settings.metrics_port)
+    closers: list[Callable[[], Awaitable[object]]] = []
+    try:
+        tasks = await build(app, names, until_drained=until_drained, closers=closers)
+        log.info("started %s as %s", " ".join(names), settings.consumer, extra={"stream": app.keys.stream})
+        await run_until_stopped(app, tasks)
+    finally:
+        for close in closers:
+            await close()
+        if server is not None:
+            server.close()
+        await app.close()
+        log.info("stopped")
+
+
+async def build(
+    app: App, names: tuple[str, ...], *, until_drained: bool = False,
+    closers: list[Callable[[], Awaitable[object]]],
+) -> list[Callable[[], Awaitable[object]]]:
+    """The loops of the named workers, sharing one App (connections, exchange, ledger)."""
+    tasks: list[Callable[[], Awaitable[object]]] = []
+    consumer = app.settings.consumer
+    if "coverage" in names:
+        handler = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock)
+        runtime = Runtime(app.redis, app.keys, app.settings, handler, consumer, stop=app.stop)
+        tasks.append(lambda: runtime.run(until_drained=until_drained))
+    if "migrator" in names:
+        from workers.migrator import MigratorHandler
+
+        migrator = await MigratorHandler.create(app)
+        closers.append(migrator.close)
+        m_runtime = Runtime(app.redis, app.keys, app.settings, migrator, consumer, stop=app.stop)
+        tasks.append(lambda: m_runtime.run(until_drained=until_drained))
+    if "sweeper" in names:
+        from workers.sweeper import Sweeper
+
+        sweeper = await Sweeper.create(app)
+        closers.append(sweeper.close)
+        tasks.append(sweeper.run_once if until_drained else sweeper.run)
+    return tasks

@@ -1,0 +1,23 @@
+"""Run an async entry point on uvloop (when installed) with settings and logging set up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from mmops import logs
+from mmops.settings import Settings
+
+T = TypeVar("T")
+
+
+def run(main: Callable[[Settings], Awaitable[T]], **overrides: object) -> T:
+    settings = Settings.from_env(**overrides)
+    logs.setup(settings.log_level)
+    try:
+        import uvloop
+
+        return uvloop.run(main(settings))  # type: ignore[arg-type,no-any-return]
+    except ImportError:  # pragma: no cover
+        return asyncio.run(main(settings))  # type: ignore[arg-type]

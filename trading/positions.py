@@ -1,0 +1,220 @@
+"""The position model (DESIGN §3): one position per buy order, its closes and its TP steps.
+
+Pure data and arithmetic; storage/ledger.py persists it. A position's quantities are
+derived from what happened to it (buy fills, closes, TP steps), never stored twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+import msgspec
+
+from trading.pricing import cost_per_unit
+
+ZERO = Decimal(0)
+
+
+class Buy(msgspec.Struct, frozen=True, array_like=True):
+    fill_id: str
+    price: Decimal
+    qty: Decimal  # net of a fee charged in the base asset
+    fee: Decimal  # in quote
+    ts: int
+
+
+class Close(msgspec.Struct, frozen=True, array_like=True):
+    """A sell fill applied to this position (by a TP's fill or FIFO from another sell)."""
+
+    fill_id: str
+    qty: Decimal
+    price: Decimal
+    fee: Decimal  # in quote
+    ts: int
+
+
+class StepStatus:
+    PENDING = "pending"  # intent recorded, exchange outcome not known yet
+    LIVE = "live"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    FAILED = "failed"  # the exchange refused or the call was not made: covers nothing
+
+
+COVERING = frozenset({StepStatus.PENDING, StepStatus.LIVE, StepStatus.FILLED, StepStatus.CANCELLED})
+
+
+class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One coverage step: at most one exchange order, identified by its client id."""
+
+    n: int
+    client_id: str
+    qty: Decimal
+    price: Decimal
+    tier: int
+    status: str
+    claimed_at: int
+    order_id: str = ""
+    cancelled: Decimal = ZERO  # the unfilled quantity a cancel took off the book
+    fills: tuple[Close, ...] = ()
+    reason: str = ""
+    replaces: str = ""
+    acked_at: int = 0
+    trigger_ms: int = 0  # XADD time of the event that caused the step (latency_ms)
+
+    @property
+    def covering(self) -> Decimal:
+        return self.qty - self.cancelled if self.status in COVERING else ZERO
+
+    @property
+    def filled(self) -> Decimal:
+        return sum((f.qty for f in self.fills), ZERO)
+
+
+class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    v: int  # version: must stay the first field (the ledger's CAS reads it by prefix)
+    id: str
+    session_id: str
+    symbol: str
+    opened_at: int
+    buys: tuple[Buy, ...] = ()
+    closes: tuple[Close, ...] = ()  # sells on other orders, allocated FIFO
+    steps: tuple[Step, ...] = ()
+    dust: Decimal = ZERO  # uncovered quantity last recorded as dust
+
+    # --- quantities ------------------------------------------------------------
+    @property
+    def filled(self) -> Decimal:
+        return sum((b.qty for b in self.buys), ZERO)
+
+    @property
+    def covered(self) -> Decimal:
+        """Quantity in pending, live or filled TPs."""
+        return sum((s.covering for s in self.steps), ZERO)
+
+    @property
+    def closed_other(self) -> Decimal:
+        return sum((c.qty for c in self.closes), ZERO)
+
+    @property
+    def tp_filled(self) -> Decimal:
+        return sum((s.filled for s in self.steps), ZERO)
+
+    @property
+    def uncovered(self) -> Decimal:
+        return max(ZERO, self.filled - self.covered - self.closed_other)
+
+    @property
+    def open_quantity(self) -> Decimal:
+        """Still held: bought and not sold (by a TP fill or another sell)."""
+        return max(ZERO, self.filled - self.closed_other - self.tp_filled)
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_quantity > 0
+
+    @property
+    def unit_cost(self) -> Decimal:
+        return cost_per_unit((b.price, b.qty, b.fee) for b in self.buys)
+
+    @property
+    def buy_fees(self) -> Decimal:
+        return sum((b.fee for b in self.buys), ZERO)
+
+    def sells(self) -> Iterable[Close]:
+        yield from self.closes
+        for step in self.steps:
+            yield from step.fills
+
+    @property
+    def realized_pnl(self) -> Decimal:
+        """Sell proceeds − buy cost − both fees, over the quantity sold so far (quote)."""
+        if not self.buys:
+            return ZERO
+        unit = self.unit_cost
+        return sum((c.price * c.qty - c.fee - c.qty * unit for c in self.sells()), ZERO)
+
+    def unrealized_pnl(self, bid: Decimal) -> Decimal:
+        """Value of the open quantity at `bid` minus its cost (buy fees included)."""
+        if not self.buys:
+            return ZERO
+        return self.open_quantity * (bid - self.unit_cost)
+
+    # --- steps -----------------------------------------------------------------
+    @property
+    def pending(self) -> Step | None:
+        for step in self.steps:
+            if step.status == StepStatus.PENDING:
+                return step
+        return None
+
+    @property
+    def live(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.status == StepStatus.LIVE)
+
+    @property
+    def next_step(self) -> int:
+        return len(self.steps) + 1
+
+    def step(self, n: int) -> Step:
+        return self.steps[n - 1]
+
+    def step_for_order(self, order_id: str) -> Step | None:
+        for step in self.steps:
+            if step.order_id == order_id:
+                return step
+        return None
+
+    def seen_fill(self, fill_id: str) -> bool:
+        return any(c.fill_id == fill_id for c in self.sells()) or any(
+            b.fill_id == fill_id for b in self.buys
+        )
+
+    # --- changes (each returns a new position with the version bumped) ---------
+    def bump(self, **changes: object) -> Position:
+        return msgspec.structs.replace(self, v=self.v + 1, **changes)
+
+    def with_buy(self, buy: Buy) -> Position:
+        return self.bump(buys=(*self.buys, buy), opened_at=min(self.opened_at, buy.ts))
+
+    def with_close(self, close: Close) -> Position:
+        return self.bump(closes=(*self.closes, close))
+
+    def with_step(self, step: Step) -> Position:
+        """Add step `step.n` (must be the next one) or replace an existing step n."""
+        if step.n == self.next_step:
+            return self.bump(steps=(*self.steps, step), dust=ZERO)
+        steps = list(self.steps)
+        steps[step.n - 1] = step
+        return self.bump(steps=tuple(steps))
+
+
+def new_position(*, session_id: str, position_id: str, symbol: str, opened_at: int) -> Position:
+    return Position(v=0, id=position_id, session_id=session_id, symbol=symbol, opened_at=opened_at)
+
+
+def fifo_allocate(positions: Iterable[Position], symbol: str, quantity: Decimal) -> list[tuple[Position, Decimal]]:
+    """Split a sell of `quantity` over the pair's open positions, oldest first."""
+    out: list[tuple[Position, Decimal]] = []
+    left = quantity
+    ordered = sorted((p for p in positions if p.symbol == symbol and p.is_open), key=lambda p: (p.opened_at, p.id))
+    for position in ordered:
+        if left <= 0:
+            break
+        take = min(left, position.open_quantity)
+        out.append((position, take))
+        left -= take
+    return out
+
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_decoder = msgspec.json.Decoder(Position)
+
+
+def encode_position(position: Position) -> bytes:
+    return _encoder.encode(position)
+
+
+def decode_position(raw: bytes | str) -> Position:
+    return _decoder.decode(raw)

@@ -1,0 +1,167 @@
+"""The coverage worker's handler: record every fill once, keep positions, cover buys at once.
+
+Lanes are (session, symbol): a pair's fills are handled in stream order, while pairs
+and sessions proceed concurrently. Everything a fill changes is one compare-and-set
+(storage/ledger.py) guarded by its fill id, so duplicates and replays change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import msgspec
+
+from events import Event, Fill, Order, SessionEnded, SessionStarted
+from mmops import logs
+from mmops.clock import Clock
+from storage.keys import Keys
+from storage.ledger import Committed, Conflict, Duplicate, Ledger, Op
+from trading.exchange import Exchange
+from trading.positions import Buy, Close, Position, StepStatus, fifo_allocate, new_position
+from trading.takeprofit import Outcome, Result, TakeProfitEngine
+from workers.runtime import Entry
+
+log = logs.get("mmops.coverage")
+
+GROUP = "coverage"
+MAX_TRIES = 32
+_order_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+class CoverageHandler:
+    group = GROUP
+
+    def __init__(self, *, ledger: Ledger, engine: TakeProfitEngine, exchange: Exchange, keys: Keys, clock: Clock) -> None:
+        self.ledger = ledger
+        self.engine = engine
+        self.exchange = exchange
+        self.keys = keys
+        self.clock = clock
+        self.redis = ledger.redis
+
+    def lane(self, event: Event) -> str:
+        if isinstance(event, Fill | Order):
+            return f"{event.session_id}\x00{event.symbol}"
+        return event.session_id
+
+    async def handle(self, entry: Entry, event: Event) -> None:
+        match event:
+            case Fill(side="buy"):
+                await self.on_buy(entry, event)
+            case Fill():
+                await self.on_sell(entry, event)
+            case SessionStarted():
+                await self._session_ops(event.session_id, [
+                    ("HSET", self.keys.session(event.session_id), "started_at", event.ts, "pairs", ",".join(event.pairs)),
+                    *(("SADD", self.keys.pairs(event.session_id), pair) for pair in event.pairs),
+                ])
+            case Order():
+                await self._session_ops(event.session_id, [
+                    ("HSET", self.keys.orders(event.session_id), event.order_id, _order_encoder.encode(event).decode()),
+                    ("SADD", self.keys.pairs(event.session_id), event.symbol),
+                ])
+            case SessionEnded():
+                fields: list[str | int] = ["HSET", self.keys.session(event.session_id), "ended_at", event.ts, "end_id", entry.id]
+                if event.fills is not None:
+                    fields += ["fills_expected", event.fills]
+                if event.reason:
+                    fields += ["end_reason", event.reason]
+                await self._session_ops(event.session_id, [
+                    fields, ("ZADD", self.keys.sessions_ended, "NX", event.ts, event.session_id),
+                ])
+
+    async def _session_ops(self, sid: str, ops: list[Op]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for op in ops:
+                pipe.execute_command(*op)
+            pipe.zadd(self.keys.sessions, {sid: self.clock.now_ms()})
+            await pipe.execute()
+
+    def _fill_ops(self, fill: Fill) -> list[Op]:
+        return [
+            ("ZADD", self.keys.sessions, self.clock.now_ms(), fill.session_id),
+            ("SADD", self.keys.pairs(fill.session_id), fill.symbol),
+        ]
+
+    # --- buys ----------------------------------------------------------------------
+    async def on_buy(self, entry: Entry, fill: Fill) -> Outcome:
+        sid, pid = fill.session_id, fill.order_id
+        quantity, fee = _net_of_base_fee(fill)
+        buy = Buy(fill.fill_id, fill.price, quantity, fee, fill.ts)
+        observed = asyncio.ensure_future(self._observe(fill))
+        pos = self.ledger.cached(sid, pid) or new_position(session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts)
+        for _ in range(MAX_TRIES):
+            result = await self.ledger.commit(sid, [pos.with_buy(buy)], fill=fill, ops=self._fill_ops(fill))
+            if isinstance(result, Committed):
+                pos = result.positions[0]
+                break
+            if isinstance(result, Duplicate):
+                if result.current is None:
+                    await observed
+                    return Outcome(Result.NOTHING)
+                pos = result.current  # seen before: still make sure it is covered (crash recovery)
+                break
+            assert isinstance(result, Conflict)
+            pos = result.current or new_position(session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts)
+        else:
+            raise RuntimeError(f"position {pid} kept changing; will retry")
+        await observed
+        return await self.engine.cover(sid, pid, position=pos, trigger_ms=entry.ms)
+
+    async def _observe(self, fill: Fill) -> None:
+        await self.exchange.observe_fill(
+            fill_id=fill.fill_id, order_id=fill.order_id, symbol=fill.symbol, side=fill.side,
+            price=fill.price, quantity=fill.quantity,
+        )
+
+    # --- sells ---------------------------------------------------------------------
+    async def on_sell(self, entry: Entry, fill: Fill) -> None:
+        sid = fill.session_id
+        await self._observe(fill)
+        quantity, fee = _net_of_base_fee(fill)
+        close = Close(fill.fill_id, quantity, fill.price, fee, fill.ts)
+        owner = await self.redis.hget(self.keys.tp_order(sid, fill.order_id), "position")
+        for _ in range(MAX_TRIES):
+            if owner:
+                pos = await self.ledger.position(sid, owner.decode(), fresh=True)
+                writes = [_with_tp_fill(pos, fill.order_id, close)] if pos is not None else []
+                writes = [w for w in writes if w is not None]
+                ops = [*self._fill_ops(fill), *self._tp_status_ops(sid, writes, fill.order_id)]
+            else:
+                positions = await self.ledger.positions(sid)
+                writes = [
+                    position.with_close(Close(fill.fill_id, qty, fill.price, fee * qty / quantity, fill.ts))
+                    for position, qty in fifo_allocate(positions.values(), fill.symbol, quantity)
+                ]
+                ops = self._fill_ops(fill)
+            result = await self.ledger.commit(sid, writes, fill=fill, ops=ops)
+            if not isinstance(result, Conflict):
+                return
+        raise RuntimeError(f"positions of {sid} kept changing; will retry")
+
+    def _tp_status_ops(self, sid: str, writes: list[Position], order_id: str) -> list[Op]:
+        for pos in writes:
+            step = pos.step_for_order(order_id)
+            if step is not None:
+                status = "filled" if step.status == StepStatus.FILLED else "partially_filled"
+                return [("HSET", self.keys.tp_order(sid, order_id), "status", status, "filled", str(step.filled))]
+        return []
+
+
+def _with_tp_fill(pos: Position, order_id: str, close: Close) -> Position | None:
+    step = pos.step_for_order(order_id)
+    if step is None:
+        return None
+    fills = (*step.fills, close)
+    filled = sum((f.qty for f in fills), Decimal(0))
+    status = StepStatus.FILLED if filled >= step.qty - step.cancelled and step.status == StepStatus.LIVE else step.status
+    return pos.with_step(msgspec.structs.replace(step, fills=fills, status=status))
+
+
+def _net_of_base_fee(fill: Fill) -> tuple[Decimal, Decimal]:
+    """(quantity held, fee in quote): a fee charged in the base asset reduces the quantity."""
+    if fill.fee_currency and fill.fee_currency == fill.base:
+        held = fill.quantity - fill.fee if fill.side == "buy" else fill.quantity
+        return held, fill.fee * fill.price
+    return fill.quantity, fill.fee

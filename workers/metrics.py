@@ -1,0 +1,79 @@
+"""Prometheus metrics and the /metrics + /healthz endpoint every worker process serves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry()
+
+PROCESSED = Counter("mmops_entries_processed", "Stream entries handled and acked", ["group"], registry=REGISTRY)
+FAILED = Counter("mmops_entries_failed", "Handler attempts that left an entry pending", ["group"], registry=REGISTRY)
+DEAD = Counter("mmops_entries_dead_lettered", "Entries moved to the dead-letter stream", ["group"], registry=REGISTRY)
+RECLAIMED = Counter("mmops_entries_reclaimed", "Entries reclaimed from idle consumers", ["group"], registry=REGISTRY)
+LATENCY = Histogram(
+    "mmops_handler_seconds", "Handler latency per entry", ["group"], registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PENDING = Gauge("mmops_group_pending", "Entries pending in the group", ["group"], registry=REGISTRY)
+LAG = Gauge("mmops_group_lag", "Entries not yet delivered to the group (-1: unknown)", ["group"], registry=REGISTRY)
+HEARTBEAT_AGE = Gauge("mmops_heartbeat_age_seconds", "Seconds since the loop last made progress", ["group"], registry=REGISTRY)
+TAKEPROFITS = Counter("mmops_takeprofits", "Take-profit outcomes", ["type"], registry=REGISTRY)
+
+
+class Health:
+    """Liveness of the loops in this process: each loop beats; /healthz reports the oldest."""
+
+    def __init__(self, stale_after: float = 30.0) -> None:
+        self.beats: dict[str, float] = {}
+        self.stale_after = stale_after
+
+    def beat(self, name: str) -> None:
+        self.beats[name] = time.monotonic()
+        HEARTBEAT_AGE.labels(name).set(0)
+
+    def report(self) -> tuple[bool, dict[str, float]]:
+        now = time.monotonic()
+        ages = {name: round(now - at, 3) for name, at in self.beats.items()}
+        for name, age in ages.items():
+            HEARTBEAT_AGE.labels(name).set(age)
+        healthy = bool(ages) and all(age < self.stale_after for age in ages.values())
+        return healthy, ages
+
+
+HEALTH = Health()
+
+
+async def serve(host: str, port: int, health: Health = HEALTH) -> asyncio.Server:
+    """A tiny HTTP server: GET /metrics (Prometheus text) and GET /healthz (JSON, 200/503)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while (line := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            path = request.split(b" ")[1] if request.count(b" ") >= 2 else b"/"
+            if path.startswith(b"/healthz"):
+                healthy, ages = health.report()
+                body = orjson.dumps({"healthy": healthy, "heartbeat_age_seconds": ages})
+                status, ctype = ("200 OK" if healthy else "503 Service Unavailable"), "application/json"
+            elif path.startswith(b"/metrics"):
+                health.report()
+                body, status, ctype = generate_latest(REGISTRY), "200 OK", CONTENT_TYPE_LATEST
+            else:
+                body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode() + body
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)

@@ -1,0 +1,367 @@
+"""The one consumer runtime every stream worker plugs a handler into.
+
+It owns everything at the Redis boundary: the consumer group, reading (own pending
+entries first, then new ones, always with COUNT and BLOCK), per-lane ordering with
+bounded concurrency across lanes, acking after the handler returns, reclaiming idle
+entries (XAUTOCLAIM, cursor kept), dead-lettering invalid or poison entries,
+heartbeats, metrics and graceful shutdown. A fix here fixes every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from events import Event, EventError, decode
+from events.codec import session_of
+from mmops import logs
+from mmops.settings import Settings, redact_url
+from storage.keys import Keys
+from storage.redis import TRANSIENT_REDIS_ERRORS
+from workers import metrics
+
+log = logs.get("mmops.runtime")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: str
+    fields: dict[bytes, bytes] | None  # None: the payload was trimmed from the stream
+    deliveries: int = 1
+
+    @property
+    def ms(self) -> int:
+        """The entry's XADD time (epoch ms), from its id."""
+        return int(self.id.split("-", 1)[0])
+
+
+class Retry(Exception):
+    """Not yet: leave the entry pending and hand it back after `after_ms` (not a failure)."""
+
+    def __init__(self, reason: str, after_ms: int = 500) -> None:
+        super().__init__(reason)
+        self.after_ms = after_ms
+
+
+class Transient(Exception):
+    """A dependency is unavailable; the entry stays pending and is retried later."""
+
+
+class Handler(Protocol):
+    group: str
+
+    def lane(self, event: Event) -> str:
+        """Entries of one lane are handled in stream order; lanes run concurrently."""
+        ...
+
+    async def handle(self, entry: Entry, event: Event) -> None:
+        """Make the event's effects durable, then return. Raise Retry/Transient to leave it pending."""
+        ...
+
+
+@dataclass
+class RunStats:
+    processed: int = 0
+    failed: int = 0
+    dead: int = 0
+    reclaimed: int = 0
+    deferred: int = 0
+
+
+@dataclass
+class Runtime:
+    """Consumes `keys.stream` as `consumer` of `handler.group`."""
+
+    redis: aioredis.Redis
+    keys: Keys
+    settings: Settings
+    handler: Handler
+    consumer: str
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: RunStats = field(default_factory=RunStats)
+    claim_every_s: float = 1.0
+    heartbeat_every_s: float = 2.0
+    _claim_cursor: str = "0-0"
+    _last_claim: float = 0.0
+    _last_heartbeat: float = 0.0
+    _deferred: dict[str, tuple[float, Entry]] = field(default_factory=dict)
+    _in_flight: int = 0
+
+    @property
+    def group(self) -> str:
+        return self.handler.group
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def ensure_group(self) -> None:
+        """Create the group (and the stream) if missing; it starts at the stream's beginning."""
+        try:
+            await self.redis.xgroup_create(self.keys.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, *, until_drained: bool = False) -> RunStats:
+        """Consume until `stop` is set (SIGTERM) or, with until_drained, nothing is left."""
+        await self._retrying(self.ensure_group)
+        backlog = True  # first our own pending entries (ID 0), then new ones (>)
+        after = "0-0"
+        while not self.stop.is_set():
+            try:
+                await self._housekeeping(force_claim=until_drained)
+                if backlog:
+                    entries = await self._read(after, block=False)
+                    if entries:
+                        after = entries[-1].id
+                        entries = [e for e in entries if e.id not in self._deferred]
+                        await self._with_deliveries_and_process(entries)
+                        continue
+                    backlog = False
+                entries = await self._read(">", block=not until_drained)
+                entries += self._due_deferred()
+                if entries:
+                    await self._process(entries)
+                    continue
+                if until_drained and await self._drained():
+                    break
+                if until_drained:
+                    await asyncio.sleep(0.02)
+            except TRANSIENT_REDIS_ERRORS as exc:
+                log.warning(
+                    "Redis at %s unreachable (%s); retrying", redact_url(self.settings.redis_url),
+                    str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__,
+                )
+                await self._pause(1.0)
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream or group was deleted (or Redis lost it)
+                    log.warning("group %s missing on %s; re-creating it", self.group, self.keys.stream)
+                    await self._retrying(self.ensure_group)
+                    backlog, after = True, "0-0"
+                    continue
+                raise
+        await self._leave()
+        return self.stats
+
+    async def _leave(self) -> None:
+        try:
+            await self.redis.zrem(self.keys.heartbeats(self.group), self.consumer)
+        except TRANSIENT_REDIS_ERRORS:
+            pass
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _retrying(self, call: Callable[[], Any]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await call()
+                return
+            except TRANSIENT_REDIS_ERRORS:
+                if self.stop.is_set():
+                    return
+                log.warning("Redis at %s unreachable; retrying", redact_url(self.settings.redis_url))
+                await self._pause(delay)
+                delay = min(delay * 2, 5.0)
+
+    # --- reading -----------------------------------------------------------------
+    async def _read(self, after: str, *, block: bool) -> list[Entry]:
+        reply = await self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {self.keys.stream: after},
+            count=self.settings.batch_size,
+            block=self.settings.block_ms if block else None,
+        )
+        metrics.HEALTH.beat(self.group)
+        if not reply:
+            return []
+        _, messages = reply[0]
+        return [Entry(_text(mid), fields or None) for mid, fields in messages]
+
+    async def _with_deliveries_and_process(self, entries: list[Entry]) -> None:
+        await self._process(await self._with_deliveries(entries))
+
+    async def _with_deliveries(self, entries: list[Entry]) -> list[Entry]:
+        """Attach delivery counts (XPENDING) to entries read from a pending list."""
+        if not entries:
+            return entries
+        rows = await self.redis.xpending_range(
+            self.keys.stream, self.group, min=entries[0].id, max=entries[-1].id,
+            count=len(entries) * 4 + 10, consumername=self.consumer,
+        )
+        counts = {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+        return [Entry(e.id, e.fields, counts.get(e.id, e.deliveries)) for e in entries]
+
+    async def _reclaim(self) -> list[Entry]:
+        """XAUTOCLAIM entries idle longer than RECLAIM_IDLE_MS (from dead or stuck consumers)."""
+        reply = await self.redis.xautoclaim(
+            self.keys.stream, self.group, self.consumer,
+            min_idle_time=self.settings.reclaim_idle_ms, start_id=self._claim_cursor,
+            count=self.settings.batch_size,
+        )
+        self._claim_cursor = _text(reply[0])
+        claimed = [Entry(_text(mid), fields or None) for mid, fields in reply[1]]
+        deleted = [_text(mid) for mid in reply[2]] if len(reply) > 2 and reply[2] else []
+        claimed = [e for e in claimed if e.id not in self._deferred]
+        if deleted:  # Redis 7 drops trimmed entries from the PEL itself: record them
+            await self._dead_letter([(Entry(mid, None), "entry payload is missing (trimmed from the stream)") for mid in deleted], ack=False)
+        if claimed:
+            self.stats.reclaimed += len(claimed)
+            metrics.RECLAIMED.labels(self.group).inc(len(claimed))
+            log.info("reclaimed %d idle entries", len(claimed), extra={"group": self.group})
+        return await self._with_deliveries(claimed)
+
+    async def _housekeeping(self, *, force_claim: bool) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat >= self.heartbeat_every_s:
+            self._last_heartbeat = now
+            await self._heartbeat()
+        if force_claim or now - self._last_claim >= self.claim_every_s:
+            self._last_claim = now
+            claimed = await self._reclaim()
+            if claimed:
+                await self._process(claimed)
+
+    async def _heartbeat(self) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.heartbeats(self.group), {self.consumer: int(time.time() * 1000)})
+            pipe.xpending(self.keys.stream, self.group)
+            pipe.xinfo_groups(self.keys.stream)
+            _, pending, groups = await pipe.execute()
+        metrics.PENDING.labels(self.group).set(int(pending["pending"]))
+        for info in groups:
+            if _text(info["name"]) == self.group:
+                lag = info.get("lag")
+                metrics.LAG.labels(self.group).set(-1 if lag is None else int(lag))
+        if self._deferred:  # keep deferred entries ours: reset their idle time, not their count
+            await self.redis.xclaim(
+                self.keys.stream, self.group, self.consumer, min_idle_time=0,
+                message_ids=list(self._deferred), justid=True,
+            )
+
+    async def _drained(self) -> bool:
+        if self._deferred:
+            return False
+        rows = await self.redis.xpending_range(
+            self.keys.stream, self.group, min="-", max="+", count=1, consumername=self.consumer
+        )
+        if not rows:
+            return True
+        # our own entries that failed: hand them back once more before giving up
+        entries = await self._read("0-0", block=False)
+        if not entries:
+            return True
+        before = self.stats.processed + self.stats.dead
+        await self._with_deliveries_and_process(entries)
+        return self.stats.processed + self.stats.dead == before
+
+    def _due_deferred(self) -> list[Entry]:
+        now = time.monotonic()
+        due = [entry for at, entry in self._deferred.values() if at <= now]
+        for entry in due:
+            del self._deferred[entry.id]
+        return due
+
+    # --- processing ------------------------------------------------------------
+    async def _process(self, entries: Sequence[Entry]) -> None:
+        dead: list[tuple[Entry, str]] = []
+        lanes: dict[str, list[tuple[Entry, Event]]] = {}
+        for entry in entries:
+            if entry.fields is None:
+                dead.append((entry, "entry payload is missing (trimmed from the stream)"))
+                continue
+            if entry.deliveries > self.settings.max_deliveries:
+                dead.append((entry, f"delivered {entry.deliveries} times (MAX_DELIVERIES={self.settings.max_deliveries})"))
+                continue
+            try:
+                event = decode(entry.fields, max_bytes=self.settings.max_entry_bytes)
+            except EventError as exc:
+                dead.append((entry, str(exc)))
+                continue
+            lanes.setdefault(self.handler.lane(event), []).append((entry, event))
+        if dead:
+            await self._dead_letter(dead)
+        if not lanes:
+            return
+        limit = asyncio.Semaphore(self.settings.concurrency)
+        done: list[str] = []
+        await asyncio.gather(*(self._run_lane(items, limit, done) for items in lanes.values()))
+        if done:
+            await self.redis.xack(self.keys.stream, self.group, *done)
+            self.stats.processed += len(done)
+            metrics.PROCESSED.labels(self.group).inc(len(done))
+
+    async def _run_lane(self, items: list[tuple[Entry, Event]], limit: asyncio.Semaphore, done: list[str]) -> None:
+        async with limit:
+            for index, (entry, event) in enumerate(items):
+                started = time.perf_counter()
+                try:
+                    await self.handler.handle(entry, event)
+                except Retry as exc:
+                    # keep lane order: this entry and the ones behind it wait
+                    for later, _ in items[index:]:
+                        self._deferred[later.id] = (time.monotonic() + exc.after_ms / 1000, later)
+                    self.stats.deferred += 1
+                    log.debug("deferred %s: %s", entry.id, exc, extra={"group": self.group})
+                    return
+                except (Transient, *TRANSIENT_REDIS_ERRORS) as exc:
+                    self._failed(entry, exc, trace=False)
+                    return
+                except Exception as exc:  # a bug or an unexpected error: keep it pending, count deliveries
+                    self._failed(entry, exc, trace=True)
+                    return
+                metrics.LATENCY.labels(self.group).observe(time.perf_counter() - started)
+                done.append(entry.id)
+
+    def _failed(self, entry: Entry, exc: BaseException, *, trace: bool) -> None:
+        self.stats.failed += 1
+        metrics.FAILED.labels(self.group).inc()
+        message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        log.warning(
+            "entry %s left pending: %s", entry.id, message,
+            exc_info=exc if trace else None,
+            extra={"group": self.group, "deliveries": entry.deliveries, "error_type": type(exc).__name__},
+        )
+
+    async def _dead_letter(self, dead: Iterable[tuple[Entry, str]], *, ack: bool = True) -> None:
+        """XADD each entry with its reason to mm:dead and XACK it, in one transaction."""
+        items = list(dead)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for entry, reason in items:
+                record: dict[str | bytes, str | bytes] = {
+                    "stream": self.keys.stream, "id": entry.id, "group": self.group,
+                    "error": reason, "deliveries": str(entry.deliveries),
+                }
+                for key, value in (entry.fields or {}).items():
+                    name = key if key not in (b"stream", b"id", b"group", b"error", b"deliveries") else b"orig_" + key
+                    record[name] = value
+                pipe.xadd(self.keys.dead, record)
+                pipe.xadd(self.keys.alerts, {
+                    "kind": "dead_letter", "message": f"{self.keys.stream} {entry.id} -> {self.keys.dead}: {reason}",
+                    "group": self.group, "entry_id": entry.id, "session_id": session_of(entry.fields) or "",
+                })
+            if ack:
+                pipe.xack(self.keys.stream, self.group, *[e.id for e, _ in items])
+            await pipe.execute()
+        self.stats.dead += len(items)
+        metrics.DEAD.labels(self.group).inc(len(items))
+        for entry, reason in items:
+            log.warning("dead-lettered %s: %s", entry.id, reason, extra={"group": self.group})
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def jittered(base: float) -> float:
+    return base * (0.5 + random.random())
