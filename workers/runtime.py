@@ -55,6 +55,9 @@ class Transient(Exception):
 
 
 class Handler(Protocol):
+    """A worker's logic. Optional attributes: `stream` (a stream other than the input
+    stream, e.g. mm:alerts) and `decode(fields)` (another payload format)."""
+
     group: str
 
     def lane(self, event: Event) -> str:
@@ -94,6 +97,12 @@ class Runtime:
     _deferred: dict[str, tuple[float, Entry]] = field(default_factory=dict)
     _in_flight: int = 0
 
+    def __post_init__(self) -> None:
+        self.stream: str = getattr(self.handler, "stream", None) or self.keys.stream
+        self.decode: Callable[..., Any] = getattr(self.handler, "decode", None) or (
+            lambda fields: decode(fields, max_bytes=self.settings.max_entry_bytes)
+        )
+
     @property
     def group(self) -> str:
         return self.handler.group
@@ -102,7 +111,7 @@ class Runtime:
     async def ensure_group(self) -> None:
         """Create the group (and the stream) if missing; it starts at the stream's beginning."""
         try:
-            await self.redis.xgroup_create(self.keys.stream, self.group, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -140,7 +149,7 @@ class Runtime:
                 await self._pause(1.0)
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # the stream or group was deleted (or Redis lost it)
-                    log.warning("group %s missing on %s; re-creating it", self.group, self.keys.stream)
+                    log.warning("group %s missing on %s; re-creating it", self.group, self.stream)
                     await self._retrying(self.ensure_group)
                     backlog, after = True, "0-0"
                     continue
@@ -178,7 +187,7 @@ class Runtime:
         reply = await self.redis.xreadgroup(
             self.group,
             self.consumer,
-            {self.keys.stream: after},
+            {self.stream: after},
             count=self.settings.batch_size,
             block=self.settings.block_ms if block else None,
         )
@@ -196,7 +205,7 @@ class Runtime:
         if not entries:
             return entries
         rows = await self.redis.xpending_range(
-            self.keys.stream, self.group, min=entries[0].id, max=entries[-1].id,
+            self.stream, self.group, min=entries[0].id, max=entries[-1].id,
             count=len(entries) * 4 + 10, consumername=self.consumer,
         )
         counts = {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
@@ -205,7 +214,7 @@ class Runtime:
     async def _reclaim(self) -> list[Entry]:
         """XAUTOCLAIM entries idle longer than RECLAIM_IDLE_MS (from dead or stuck consumers)."""
         reply = await self.redis.xautoclaim(
-            self.keys.stream, self.group, self.consumer,
+            self.stream, self.group, self.consumer,
             min_idle_time=self.settings.reclaim_idle_ms, start_id=self._claim_cursor,
             count=self.settings.batch_size,
         )
@@ -235,8 +244,8 @@ class Runtime:
     async def _heartbeat(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.heartbeats(self.group), {self.consumer: int(time.time() * 1000)})
-            pipe.xpending(self.keys.stream, self.group)
-            pipe.xinfo_groups(self.keys.stream)
+            pipe.xpending(self.stream, self.group)
+            pipe.xinfo_groups(self.stream)
             _, pending, groups = await pipe.execute()
         metrics.PENDING.labels(self.group).set(int(pending["pending"]))
         for info in groups:
@@ -245,7 +254,7 @@ class Runtime:
                 metrics.LAG.labels(self.group).set(-1 if lag is None else int(lag))
         if self._deferred:  # keep deferred entries ours: reset their idle time, not their count
             await self.redis.xclaim(
-                self.keys.stream, self.group, self.consumer, min_idle_time=0,
+                self.stream, self.group, self.consumer, min_idle_time=0,
                 message_ids=list(self._deferred), justid=True,
             )
 
@@ -253,7 +262,7 @@ class Runtime:
         if self._deferred:
             return False
         rows = await self.redis.xpending_range(
-            self.keys.stream, self.group, min="-", max="+", count=1, consumername=self.consumer
+            self.stream, self.group, min="-", max="+", count=1, consumername=self.consumer
         )
         if not rows:
             return True
@@ -284,7 +293,7 @@ class Runtime:
                 dead.append((entry, f"delivered {entry.deliveries} times (MAX_DELIVERIES={self.settings.max_deliveries})"))
                 continue
             try:
-                event = decode(entry.fields, max_bytes=self.settings.max_entry_bytes)
+                event = self.decode(entry.fields)
             except EventError as exc:
                 dead.append((entry, str(exc)))
                 continue
@@ -297,7 +306,7 @@ class Runtime:
         done: list[str] = []
         await asyncio.gather(*(self._run_lane(items, limit, done) for items in lanes.values()))
         if done:
-            await self.redis.xack(self.keys.stream, self.group, *done)
+            await self.redis.xack(self.stream, self.group, *done)
             self.stats.processed += len(done)
             metrics.PROCESSED.labels(self.group).inc(len(done))
 
@@ -339,7 +348,7 @@ class Runtime:
         async with self.redis.pipeline(transaction=True) as pipe:
             for entry, reason in items:
                 record: dict[str | bytes, str | bytes] = {
-                    "stream": self.keys.stream, "id": entry.id, "group": self.group,
+                    "stream": self.stream, "id": entry.id, "group": self.group,
                     "error": reason, "deliveries": str(entry.deliveries),
                 }
                 for key, value in (entry.fields or {}).items():
@@ -347,11 +356,11 @@ class Runtime:
                     record[name] = value
                 pipe.xadd(self.keys.dead, record)
                 pipe.xadd(self.keys.alerts, {
-                    "kind": "dead_letter", "message": f"{self.keys.stream} {entry.id} -> {self.keys.dead}: {reason}",
+                    "kind": "dead_letter", "message": f"{self.stream} {entry.id} -> {self.keys.dead}: {reason}",
                     "group": self.group, "entry_id": entry.id, "session_id": session_of(entry.fields) or "",
                 })
             if ack:
-                pipe.xack(self.keys.stream, self.group, *[e.id for e, _ in items])
+                pipe.xack(self.stream, self.group, *[e.id for e, _ in items])
             await pipe.execute()
         self.stats.dead += len(items)
         metrics.DEAD.labels(self.group).inc(len(items))
