@@ -71,6 +71,7 @@ class Settings:
     tp_aging_tier_2_hours: Decimal = Decimal(4)
     tp_aging_tier_3_hours: Decimal = Decimal(12)
     tp_maker_fee_percent: Decimal | None = None
+    tp_pending_settle_ms: int = 5_000
     paper_balances: str = ""
     # migration
     migration_batch_size: int = 10
@@ -231,6 +232,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "tp_aging_tier_2_hours": _positive_decimal,
     "tp_aging_tier_3_hours": _positive_decimal,
     "tp_maker_fee_percent": _non_negative_decimal,
+    "tp_pending_settle_ms": _bounded(_int, 0, ">= 0"),
     "migration_batch_size": _positive_int,
     "migration_lookback_hours": _positive_decimal,
     "migration_overdue_minutes": _positive_decimal,

@@ -18,6 +18,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from mmops import logs
 from mmops.clock import Clock, iso
+from mmops.faults import crash_point
 from mmops.settings import Settings
 from storage.keys import Keys
 from storage.ledger import Committed, Conflict, Ledger, Op
@@ -49,7 +50,8 @@ class Result(enum.StrEnum):
     DUST = "dust"
     SKIPPED = "skipped"
     FAILED = "failed"
-    PENDING = "pending"  # outcome unknown or another caller is placing: looked at again later
+    PENDING = "pending"  # outcome unknown (exchange unreachable): the sweeper settles it
+    BUSY = "busy"  # another caller claimed this step moments ago: look again shortly
     CANCELLED = "cancelled"
     FILLED = "filled"
 
@@ -79,7 +81,7 @@ class TakeProfitEngine:
         keys: Keys,
         settings: Settings,
         clock: Clock,
-        pending_settle_ms: int = 5_000,
+        pending_settle_ms: int | None = None,
     ) -> None:
         self.ledger = ledger
         self.exchange = exchange
@@ -88,7 +90,7 @@ class TakeProfitEngine:
         self.clock = clock
         self.tiers = tiers_from(settings)
         self.maker_fee = None if settings.tp_maker_fee_percent is None else settings.tp_maker_fee_percent / 100
-        self.pending_settle_ms = pending_settle_ms
+        self.pending_settle_ms = settings.tp_pending_settle_ms if pending_settle_ms is None else pending_settle_ms
 
     # --- covering ----------------------------------------------------------------
     async def cover(
@@ -147,6 +149,7 @@ class TakeProfitEngine:
             if isinstance(result, Conflict):
                 position = result.current
                 continue
+            crash_point("step_claimed")
             return await self._place(claimed, step, market)
         return Outcome(Result.PENDING, None, "position kept changing (CAS retries exhausted)")
 
@@ -157,6 +160,7 @@ class TakeProfitEngine:
                 order = await self.exchange.place_limit_sell(
                     symbol=pos.symbol, amount=step.qty, price=price, client_id=step.client_id
                 )
+                crash_point("order_placed")
                 if price != step.price:
                     step = _replace(step, price=price)
                 return await self._confirm(pos, step, order)
@@ -206,7 +210,7 @@ class TakeProfitEngine:
                 return Outcome(Result.NOTHING, outcome.position)
             return outcome
         if self.clock.now_ms() - step.claimed_at < self.pending_settle_ms:
-            return Outcome(Result.PENDING, pos, "another caller is placing this step")
+            return Outcome(Result.BUSY, pos, "another caller is placing this step")
         market = await self.exchange.market(pos.symbol)
         outcome = await self._place(pos, step, market)
         if outcome.result is Result.CREATED:

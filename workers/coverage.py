@@ -15,12 +15,13 @@ import msgspec
 from events import Event, Fill, Order, SessionEnded, SessionStarted
 from mmops import logs
 from mmops.clock import Clock
+from mmops.faults import crash_point
 from storage.keys import Keys
 from storage.ledger import Committed, Conflict, Duplicate, Ledger, Op
 from trading.exchange import Exchange
 from trading.positions import Buy, Close, Position, StepStatus, fifo_allocate, new_position
 from trading.takeprofit import Outcome, Result, TakeProfitEngine
-from workers.runtime import Entry
+from workers.runtime import Entry, Retry
 
 log = logs.get("mmops.coverage")
 
@@ -107,7 +108,11 @@ class CoverageHandler:
         else:
             raise RuntimeError(f"position {pid} kept changing; will retry")
         await observed
-        return await self.engine.cover(sid, pid, position=pos, trigger_ms=entry.ms)
+        crash_point("fill_recorded")
+        outcome = await self.engine.cover(sid, pid, position=pos, trigger_ms=entry.ms)
+        if outcome.result is Result.BUSY:
+            raise Retry(outcome.reason, after_ms=max(self.engine.pending_settle_ms, 100))
+        return outcome
 
     async def _observe(self, fill: Fill) -> None:
         await self.exchange.observe_fill(

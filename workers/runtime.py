@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from events import Event, EventError, decode
 from events.codec import session_of
 from mmops import logs
+from mmops.faults import crash_point
 from mmops.settings import Settings, redact_url
 from storage.keys import Keys
 from storage.redis import TRANSIENT_REDIS_ERRORS
@@ -306,6 +307,7 @@ class Runtime:
         done: list[str] = []
         await asyncio.gather(*(self._run_lane(items, limit, done) for items in lanes.values()))
         if done:
+            crash_point("before_ack")
             await self.redis.xack(self.stream, self.group, *done)
             self.stats.processed += len(done)
             metrics.PROCESSED.labels(self.group).inc(len(done))

@@ -1,0 +1,55 @@
+"""Small builders shared by tests: events as XADD field maps, and draining a worker."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from decimal import Decimal
+
+from mmops.app import App
+from trading.paper import PaperExchange
+from workers.coverage import CoverageHandler
+from workers.runtime import Runtime, RunStats
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def fill(
+    sid: str, fill_id: str, order_id: str, *, symbol: str = "BTC/USD", side: str = "buy",
+    price: str = "64000.5", quantity: str = "0.01", fee: str = "1.024008", ts: int | None = None,
+) -> dict[str, str]:
+    return {
+        "type": "fill", "session_id": sid, "fill_id": fill_id, "order_id": order_id, "symbol": symbol,
+        "side": side, "price": price, "quantity": quantity, "fee": fee, "ts": str(ts or now_ms()),
+    }
+
+
+def coverage_runtime(app: App, consumer: str = "test-consumer") -> Runtime:
+    handler = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock)
+    return Runtime(app.redis, app.keys, app.settings, handler, consumer, stop=app.stop)
+
+
+async def drain_coverage(app: App, consumer: str = "test-consumer") -> RunStats:
+    return await coverage_runtime(app, consumer).run(until_drained=True)
+
+
+async def takeprofit_entries(app: App, kind: str | None = None) -> list[dict[str, str]]:
+    rows = await app.redis.xrange(app.keys.takeprofits)
+    out = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
+    return [r for r in out if kind is None or r["type"] == kind]
+
+
+async def orders_per_client_id(app: App) -> Counter[str]:
+    assert isinstance(app.exchange, PaperExchange)
+    return Counter(o.client_id or "" for o in await app.exchange.orders())
+
+
+async def placed_by_position(app: App, sid: str) -> dict[str, Decimal]:
+    """Σ amount of paper orders placed per position, from the TP records."""
+    out: dict[str, Decimal] = {}
+    for tp in await takeprofit_entries(app, "created"):
+        if tp["session_id"] == sid:
+            out[tp["position_id"]] = out.get(tp["position_id"], Decimal(0)) + Decimal(tp["quantity"])
+    return out
