@@ -127,7 +127,9 @@ class CircuitBreaker:
         if epoch != self._epoch:
             return
         if self._state is BreakerState.HALF_OPEN and trial:
-            log.info("circuit breaker closed after a successful trial", extra={"breaker": self.name})
+            log.info(
+                "circuit breaker closed after a successful trial", extra={"breaker": self.name}
+            )
             self._set_state(BreakerState.CLOSED)
         self._failures = 0
 
