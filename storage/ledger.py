@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from events.schema import Fill
 from storage.keys import Keys
+from storage.pipeliner import Pipeliner
 from trading.positions import Position, decode_position, encode_position
 
 # KEYS: positions hash, fills hash.
@@ -103,6 +104,7 @@ class Ledger:
 
     def __post_init__(self) -> None:
         self._commit = self.redis.register_script(_COMMIT)
+        self._pipeliner = Pipeliner(self.redis)
 
     # --- reads -----------------------------------------------------------------
     async def position(self, sid: str, pid: str, *, fresh: bool = False) -> Position | None:
@@ -142,7 +144,7 @@ class Ledger:
         for position in writes:
             args += [position.id, position.v - 1, encode_position(position)]
         args.append(orjson.dumps([list(op) for op in ops]))
-        reply = await self._commit(keys=[self.keys.positions(sid), self.keys.fills(sid)], args=args)
+        reply = await self._pipeliner.run(self._commit, [self.keys.positions(sid), self.keys.fills(sid)], args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "ok":
             for position in writes:

@@ -20,6 +20,7 @@ from tests.helpers import (
     takeprofit_entries,
 )
 from trading.client_ids import PREFIX, client_id
+from trading.positions import Buy, new_position
 
 
 @pytest.fixture
@@ -165,13 +166,13 @@ async def test_concurrent_callers_on_one_position_place_one_order_per_step(setti
     """Many engines (separate apps = separate caches and clients) race to cover one position."""
     apps = [await App.open(settings) for _ in range(4)]
     try:
-        await apps[0].redis.xadd(apps[0].keys.stream, fill("s-8", "f-1", "o-1", quantity="0.5", fee="1"))
-        # record the fill without covering it, as a worker that died after recording would
-        from tests.helpers import coverage_runtime
-
-        runtime = coverage_runtime(apps[0])
-        runtime.handler.engine = _NoCover()  # type: ignore[attr-defined]
-        await runtime.run(until_drained=True)
+        # a recorded, uncovered position, as a worker that died after recording leaves it
+        opened = now_ms()
+        position = new_position(session_id="s-8", position_id="o-1", symbol="BTC/USD", opened_at=opened)
+        position = position.with_buy(Buy("f-1", Decimal("64000.5"), Decimal("0.5"), Decimal(1), opened))
+        await apps[0].ledger.commit("s-8", [position])
+        await apps[0].exchange.observe_fill(fill_id="f-1", order_id="o-1", symbol="BTC/USD", side="buy",
+                                            price=Decimal("64000.5"), quantity=Decimal("0.5"))
         results = await asyncio.gather(*(a.engine.cover("s-8", "o-1") for a in apps for _ in range(5)))
         assert sum(1 for r in results if r.result.value == "created") == 1
         orders = await orders_per_client_id(apps[0])
@@ -181,15 +182,6 @@ async def test_concurrent_callers_on_one_position_place_one_order_per_step(setti
     finally:
         for a in apps:
             await a.close()
-
-
-class _NoCover:
-    pending_settle_ms = 0
-
-    async def cover(self, *args: object, **kwargs: object) -> object:
-        from trading.takeprofit import Outcome, Result
-
-        return Outcome(Result.NOTHING)
 
 
 async def test_aging_tier_uses_position_age(settings: Settings, redis: object) -> None:

@@ -87,12 +87,14 @@ async def test_three_consumers_and_a_concurrent_caller_place_one_order_per_step(
     workers = [start_worker(env, f"c{i}", CONSUMER_BATCH_SIZE="7") for i in range(3)]
     sent = 0
     try:
+        finished = asyncio.Event()
+
         async def sweeper_like() -> None:
             """Covers the same positions concurrently, as the sweeper would."""
-            while True:
+            while not finished.is_set():
                 for pid in positions:
                     await app.engine.cover(sid, pid)
-                await asyncio.sleep(0)
+                await asyncio.sleep(0.001)
 
         racer = asyncio.create_task(sweeper_like())
         for round_ in range(3):  # partial fills: three per buy order
@@ -108,8 +110,8 @@ async def test_three_consumers_and_a_concurrent_caller_place_one_order_per_step(
             return all(p.uncovered == 0 and p.pending is None for p in all_positions.values())
 
         await wait_for(done, timeout=60)
-        racer.cancel()
-        await asyncio.gather(racer, return_exceptions=True)
+        finished.set()
+        await asyncio.wait_for(racer, 30)
     finally:
         codes = [await stop(w) for w in workers]
     assert codes == [0, 0, 0]

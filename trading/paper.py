@@ -56,6 +56,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from storage.keys import Keys
+from storage.pipeliner import Pipeliner
 from trading.exchange import (
     BadSymbol,
     DuplicateClientId,
@@ -382,6 +383,7 @@ class PaperExchange:
         self._init_lock = asyncio.Lock()
         self._markets: dict[str, Market] = {}
         self._ticks: dict[str, Decimal] = {}  # ticks of unlisted symbols, once known
+        self._pipeliner = Pipeliner(redis)  # hot calls share round trips
         register = redis.register_script
         self._place = register(PLACE_LUA)
         self._cancel = register(CANCEL_LUA)
@@ -511,7 +513,7 @@ class PaperExchange:
         k = self._k
         keys = [k["seen_fills"], k["free"], k["orders"], k["prices"], k["bids"], k["ticks"]]
         args = [fill_id, order_id, side, base, str(units), symbol, triple, bid, tick]
-        _, stored = await self._observe(keys=keys, args=args)
+        _, stored = await self._pipeliner.run(self._observe, keys, args)
         self._remember_tick(symbol, stored)
 
     async def fill_order(self, order_id: str, quantity: Decimal | None = None) -> Order:
@@ -593,7 +595,7 @@ class PaperExchange:
                 "1" if post_only else "0",
                 ts,
             ]
-            outcome, detail = await self._place(keys=keys, args=args)
+            outcome, detail = await self._pipeliner.run(self._place, keys, args)
             if outcome == b"ok":
                 return _order(detail)
             if outcome == b"dup":

@@ -63,6 +63,16 @@ class Outcome:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What covering a position takes: the position to commit, its claimed step, side effects."""
+
+    position: Position
+    step: Step | None
+    ops: list[Op]
+    outcome: Outcome | None  # the result when no order is to be placed
+
+
 def tiers_from(settings: Settings) -> Tiers:
     return Tiers(hours=settings.tier_hours, targets=settings.tier_targets)
 
@@ -93,6 +103,49 @@ class TakeProfitEngine:
         self.pending_settle_ms = settings.tp_pending_settle_ms if pending_settle_ms is None else pending_settle_ms
 
     # --- covering ----------------------------------------------------------------
+    def plan(self, pos: Position, market: Market, *, trigger_ms: int = 0, replaces: str = "") -> Plan:
+        """Decide, without I/O, what covering `pos` takes: a claimed step, a dust mark, or nothing.
+
+        The returned position (with its ops) is what to commit; a claimed step is then
+        placed with `place`. Pure, so the coverage worker can commit a fill and the claim
+        of its TP in one compare-and-set.
+        """
+        sid = pos.session_id
+        if pos.pending is not None:
+            return Plan(pos, None, [], Outcome(Result.BUSY, pos, "a step is pending"))
+        if pos.uncovered <= 0:
+            return Plan(pos, None, [], Outcome(Result.NOTHING, pos))
+        now = self.clock.now_ms()
+        quote = quote_take_profit(
+            buys=[(b.price, b.qty, b.fee) for b in pos.buys], uncovered=pos.uncovered,
+            age_ms=now - pos.opened_at, market=market, tiers=self.tiers, maker_fee=self.maker_fee,
+        )
+        if quote.dust:
+            if pos.dust == pos.uncovered:
+                return Plan(pos, None, [], Outcome(Result.DUST, pos))
+            changed = pos.bump(dust=pos.uncovered)
+            reason = (f"dust: {pos.uncovered} below the minimum order "
+                      f"({market.min_amount} {market.base}, {market.min_cost} {market.quote})")
+            return Plan(changed, None, [
+                self._tp_event("skipped", changed, order_id="", client="", qty=pos.uncovered,
+                               price=quote.price, tier=quote.tier, reason=reason),
+                ("HINCRBY", self.keys.metrics_takeprofit(sid), "skipped", 1),
+            ], Outcome(Result.DUST, changed, reason))
+        if self.settings.dry_run:
+            return Plan(pos, None, [
+                self._tp_event("skipped", pos, order_id="", client="", qty=quote.amount,
+                               price=quote.price, tier=quote.tier, reason="dry_run"),
+            ], Outcome(Result.SKIPPED, pos, "dry_run"))
+        last = pos.steps[-1] if pos.steps else None
+        n = last.n if last is not None and last.status == StepStatus.FAILED else pos.next_step
+        step = Step(
+            n=n, client_id=client_id(sid, pos.id, n), qty=quote.amount, price=quote.price,
+            tier=quote.tier, status=StepStatus.PENDING, claimed_at=now, trigger_ms=trigger_ms,
+            replaces=replaces,
+        )
+        claimed = pos.with_step(step)
+        return Plan(claimed, step, [("SET", self.keys.tp_attempt(sid, pos.id), step.client_id, "EX", ATTEMPT_TTL_S)], None)
+
     async def cover(
         self, sid: str, pid: str, *, position: Position | None = None, trigger_ms: int = 0, replaces: str = ""
     ) -> Outcome:
@@ -111,47 +164,25 @@ class TakeProfitEngine:
             if pos.uncovered <= 0:
                 return Outcome(Result.NOTHING, pos)
             market = await self.exchange.market(pos.symbol)
-            now = self.clock.now_ms()
-            quote = quote_take_profit(
-                buys=[(b.price, b.qty, b.fee) for b in pos.buys], uncovered=pos.uncovered,
-                age_ms=now - pos.opened_at, market=market, tiers=self.tiers, maker_fee=self.maker_fee,
-            )
-            if quote.dust:
-                if pos.dust == pos.uncovered:
-                    return Outcome(Result.DUST, pos)
-                changed = pos.bump(dust=pos.uncovered)
-                reason = f"dust: {pos.uncovered} below the minimum order ({market.min_amount} {market.base}, {market.min_cost} {market.quote})"
-                result = await self.ledger.commit(sid, [changed], ops=[
-                    self._tp_event("skipped", changed, order_id="", client="", qty=pos.uncovered,
-                                   price=quote.price, tier=quote.tier, reason=reason),
-                    ("HINCRBY", self.keys.metrics_takeprofit(sid), "skipped", 1),
-                ])
-                if isinstance(result, Conflict):
-                    position = result.current
-                    continue
-                return Outcome(Result.DUST, changed, reason)
-            if self.settings.dry_run:
-                await self.ledger.redis.xadd(self.keys.takeprofits, self._fields(
-                    "skipped", pos, order_id="", client="", qty=quote.amount, price=quote.price,
-                    tier=quote.tier, reason="dry_run"))
-                return Outcome(Result.SKIPPED, pos, "dry_run")
-            last = pos.steps[-1] if pos.steps else None
-            n = last.n if last is not None and last.status == StepStatus.FAILED else pos.next_step
-            step = Step(
-                n=n, client_id=client_id(sid, pid, n), qty=quote.amount, price=quote.price,
-                tier=quote.tier, status=StepStatus.PENDING, claimed_at=now, trigger_ms=trigger_ms,
-                replaces=replaces,
-            )
-            claimed = pos.with_step(step)
-            result = await self.ledger.commit(sid, [claimed], ops=[
-                ("SET", self.keys.tp_attempt(sid, pid), step.client_id, "EX", ATTEMPT_TTL_S),
-            ])
+            plan = self.plan(pos, market, trigger_ms=trigger_ms, replaces=replaces)
+            if plan.position is pos and not plan.ops:
+                assert plan.outcome is not None
+                return plan.outcome
+            writes = [] if plan.position is pos else [plan.position]
+            result = await self.ledger.commit(sid, writes, ops=plan.ops)
             if isinstance(result, Conflict):
                 position = result.current
                 continue
-            crash_point("step_claimed")
-            return await self._place(claimed, step, market)
+            return await self.execute(plan, market)
         return Outcome(Result.PENDING, None, "position kept changing (CAS retries exhausted)")
+
+    async def execute(self, plan: Plan, market: Market) -> Outcome:
+        """After a plan was committed: place its claimed step, or report its outcome."""
+        if plan.step is None:
+            assert plan.outcome is not None
+            return plan.outcome
+        crash_point("step_claimed")
+        return await self._place(plan.position, plan.step, market)
 
     async def _place(self, pos: Position, step: Step, market: Market) -> Outcome:
         price = step.price

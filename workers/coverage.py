@@ -8,6 +8,7 @@ and sessions proceed concurrently. Everything a fill changes is one compare-and-
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from decimal import Decimal
 
 import msgspec
@@ -87,29 +88,34 @@ class CoverageHandler:
 
     # --- buys ----------------------------------------------------------------------
     async def on_buy(self, entry: Entry, fill: Fill) -> Outcome:
+        """Record the fill and claim its TP step in one compare-and-set, then place the TP."""
         sid, pid = fill.session_id, fill.order_id
         quantity, fee = _net_of_base_fee(fill)
         buy = Buy(fill.fill_id, fill.price, quantity, fee, fill.ts)
         observed = asyncio.ensure_future(self._observe(fill))
+        market = await self.exchange.market(fill.symbol)
         pos = self.ledger.cached(sid, pid) or new_position(session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts)
         for _ in range(MAX_TRIES):
-            result = await self.ledger.commit(sid, [pos.with_buy(buy)], fill=fill, ops=self._fill_ops(fill))
+            bought = pos.with_buy(buy)
+            plan = self.engine.plan(bought, market, trigger_ms=entry.ms)
+            # one version step for the fill and the claim together
+            plan = dataclasses.replace(plan, position=msgspec.structs.replace(plan.position, v=bought.v))
+            result = await self.ledger.commit(sid, [plan.position], fill=fill, ops=[*self._fill_ops(fill), *plan.ops])
             if isinstance(result, Committed):
-                pos = result.positions[0]
-                break
+                await observed
+                crash_point("fill_recorded")
+                return await self._settle(await self.engine.execute(plan, market))
             if isinstance(result, Duplicate):
+                await observed
                 if result.current is None:
-                    await observed
                     return Outcome(Result.NOTHING)
-                pos = result.current  # seen before: still make sure it is covered (crash recovery)
-                break
+                # seen before: still make sure it is covered (a crash may have come in between)
+                return await self._settle(await self.engine.cover(sid, pid, position=result.current, trigger_ms=entry.ms))
             assert isinstance(result, Conflict)
             pos = result.current or new_position(session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts)
-        else:
-            raise RuntimeError(f"position {pid} kept changing; will retry")
-        await observed
-        crash_point("fill_recorded")
-        outcome = await self.engine.cover(sid, pid, position=pos, trigger_ms=entry.ms)
+        raise RuntimeError(f"position {pid} kept changing; will retry")
+
+    async def _settle(self, outcome: Outcome) -> Outcome:
         if outcome.result is Result.BUSY:
             raise Retry(outcome.reason, after_ms=max(self.engine.pending_settle_ms, 100))
         return outcome
