@@ -15,5 +15,5 @@ POINTS = ("fill_recorded", "step_claimed", "order_placed", "before_ack")
 
 
 def crash_point(name: str) -> None:
-    if _POINT and _POINT == name:
+    if _POINT and name == _POINT:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mmops import logs
 from mmops.settings import Settings
@@ -12,12 +12,12 @@ from mmops.settings import Settings
 T = TypeVar("T")
 
 
-def run(main: Callable[[Settings], Awaitable[T]], **overrides: object) -> T:
-    settings = Settings.from_env(**overrides)
+def run(main: Callable[[Settings], Awaitable[T]], **overrides: Any) -> T:
+    settings = Settings.from_env(None, **overrides)
     logs.setup(settings.log_level)
     try:
         import uvloop
 
-        return uvloop.run(main(settings))  # type: ignore[arg-type,no-any-return]
+        return uvloop.run(main(settings))  # type: ignore[arg-type]
     except ImportError:  # pragma: no cover
         return asyncio.run(main(settings))  # type: ignore[arg-type]

@@ -7,12 +7,13 @@ A bad value stops the process with one line naming the setting and what it expec
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -23,19 +24,16 @@ class SettingsError(ValueError):
     """One bad setting; str() is the one-line message for the operator."""
 
 
+# scheme://user:PASSWORD@host...: the password runs to the last '@' (so an unescaped '#',
+# '/' or '@' in it is still hidden); and a libpq-style ?password=... query parameter
+_USERINFO_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):.*@(?=[^@]*$)")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    url = _USERINFO_PASSWORD.sub(r"\g<head>:***@", url, count=1)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", url)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,8 +81,18 @@ class Settings:
     # operations
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
-    alert_webhook_url: str | None = None
+    alert_webhook_url: str | None = field(default=None, repr=False)  # may carry a token
     stream_retention_hours: Decimal | None = None
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            if f.repr:
+                value = getattr(self, f.name)
+                if f.name in ("redis_url", "database_url"):
+                    value = redact_url(value)
+                shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -110,6 +118,11 @@ class Settings:
             raise SettingsError(f"REDIS_URL: expected redis://, rediss:// or unix://, got {redact_url(self.redis_url)!r}")
         if not self.database_url.startswith(("postgresql://", "postgres://")):
             raise SettingsError(f"DATABASE_URL: expected postgresql://..., got {redact_url(self.database_url)!r}")
+        for name, url in (("REDIS_URL", self.redis_url), ("DATABASE_URL", self.database_url)):
+            try:
+                urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc} in {redact_url(url)!r}") from None
         tiers = (self.tp_aging_tier_1_hours, self.tp_aging_tier_2_hours, self.tp_aging_tier_3_hours)
         if not tiers[0] < tiers[1] < tiers[2]:
             raise SettingsError("TP_AGING_TIER_1_HOURS < TP_AGING_TIER_2_HOURS < TP_AGING_TIER_3_HOURS must hold")
@@ -181,7 +194,7 @@ def _decimal(name: str, raw: str) -> Decimal:
 def _bounded(parse: Callable[[str, str], T], low: Any, what: str) -> Callable[[str, str], T]:
     def check(name: str, raw: str) -> T:
         value = parse(name, raw)
-        if value < low or (low == 0 and what == "> 0" and value == 0):  # type: ignore[operator]
+        if value < low or (low == 0 and what == "> 0" and value == 0):
             raise SettingsError(f"{name}: expected a number {what}, got {raw!r}")
         return value
 

@@ -118,7 +118,7 @@ class Ledger:
 
     async def positions(self, sid: str) -> dict[str, Position]:
         raw = await self.redis.hgetall(self.keys.positions(sid))
-        out = {k.decode(): decode_position(v) for k, v in raw.items()}
+        out = {_text(k): decode_position(v) for k, v in raw.items()}
         for pid, position in out.items():
             self._remember(sid, pid, position)
         return out
@@ -171,3 +171,7 @@ class Ledger:
     def forget(self, sid: str) -> None:
         for key in [k for k in self._cache if k[0] == sid]:
             del self._cache[key]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

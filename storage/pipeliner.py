@@ -25,6 +25,7 @@ class Pipeliner:
         self.max_batch = max_batch
         self._queue: list[Call] = []
         self._scheduled = False
+        self._sending: set[asyncio.Future[None]] = set()
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -39,7 +40,9 @@ class Pipeliner:
         self._scheduled = False
         queue, self._queue = self._queue, []
         for start in range(0, len(queue), self.max_batch):
-            asyncio.ensure_future(self._send(queue[start:start + self.max_batch]))
+            task = asyncio.ensure_future(self._send(queue[start:start + self.max_batch]))
+            self._sending.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[Call]) -> None:
         try:

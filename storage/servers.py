@@ -123,7 +123,7 @@ class PostgresProcess:
         import pgserver
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(self.directory, cleanup_mode="stop")
+        server = pgserver.get_server(self.directory, cleanup_mode="stop")  # type: ignore[attr-defined]
         self.server = server
         uri = server.get_uri("postgres")
         # pgserver speaks over a unix socket; asyncpg wants host= in the query

@@ -281,7 +281,14 @@ class CcxtExchange:
         return Quote(bid=_dec(bid), ask=_dec(ask))
 
     async def observe_fill(
-        self, *, fill_id: str, symbol: str, side: str, price: Decimal, quantity: Decimal
+        self,
+        *,
+        fill_id: str,
+        order_id: str,
+        symbol: str,
+        side: str,
+        price: Decimal,
+        quantity: Decimal,
     ) -> None:
         """Nothing to do: a real exchange moves its own balances."""
 

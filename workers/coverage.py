@@ -134,10 +134,11 @@ class CoverageHandler:
         close = Close(fill.fill_id, quantity, fill.price, fee, fill.ts)
         owner = await self.redis.hget(self.keys.tp_order(sid, fill.order_id), "position")
         for _ in range(MAX_TRIES):
+            writes: list[Position]
             if owner:
-                pos = await self.ledger.position(sid, owner.decode(), fresh=True)
-                writes = [_with_tp_fill(pos, fill.order_id, close)] if pos is not None else []
-                writes = [w for w in writes if w is not None]
+                pos = await self.ledger.position(sid, _text(owner), fresh=True)
+                changed = _with_tp_fill(pos, fill.order_id, close) if pos is not None else None
+                writes = [changed] if changed is not None else []
                 ops = [*self._fill_ops(fill), *self._tp_status_ops(sid, writes, fill.order_id)]
             else:
                 positions = await self.ledger.positions(sid)
@@ -168,6 +169,10 @@ def _with_tp_fill(pos: Position, order_id: str, close: Close) -> Position | None
     filled = sum((f.qty for f in fills), Decimal(0))
     status = StepStatus.FILLED if filled >= step.qty - step.cancelled and step.status == StepStatus.LIVE else step.status
     return pos.with_step(msgspec.structs.replace(step, fills=fills, status=status))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _net_of_base_fee(fill: Fill) -> tuple[Decimal, Decimal]:

@@ -54,7 +54,7 @@ async def serve(host: str, port: int, health: Health = HEALTH) -> asyncio.Server
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), 5)
-            while (line := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+            while await asyncio.wait_for(reader.readline(), 5) not in (b"\r\n", b"\n", b""):
                 pass
             path = request.split(b" ")[1] if request.count(b" ") >= 2 else b"/"
             if path.startswith(b"/healthz"):

@@ -10,11 +10,12 @@ heartbeats, metrics and graceful shutdown. A fix here fixes every worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -53,6 +54,9 @@ class Retry(Exception):
 
 class Transient(Exception):
     """A dependency is unavailable; the entry stays pending and is retried later."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Transient, *TRANSIENT_REDIS_ERRORS)
 
 
 class Handler(Protocol):
@@ -159,16 +163,12 @@ class Runtime:
         return self.stats
 
     async def _leave(self) -> None:
-        try:
+        with contextlib.suppress(*TRANSIENT_REDIS_ERRORS):
             await self.redis.zrem(self.keys.heartbeats(self.group), self.consumer)
-        except TRANSIENT_REDIS_ERRORS:
-            pass
 
     async def _pause(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def _retrying(self, call: Callable[[], Any]) -> None:
         delay = 0.2
@@ -195,7 +195,7 @@ class Runtime:
         metrics.HEALTH.beat(self.group)
         if not reply:
             return []
-        _, messages = reply[0]
+        messages = cast(list[tuple[bytes, dict[bytes, bytes] | None]], reply[0][1])  # type: ignore[index]
         return [Entry(_text(mid), fields or None) for mid, fields in messages]
 
     async def _with_deliveries_and_process(self, entries: list[Entry]) -> None:
@@ -209,7 +209,7 @@ class Runtime:
             self.stream, self.group, min=entries[0].id, max=entries[-1].id,
             count=len(entries) * 4 + 10, consumername=self.consumer,
         )
-        counts = {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+        counts = {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}  # type: ignore[arg-type]
         return [Entry(e.id, e.fields, counts.get(e.id, e.deliveries)) for e in entries]
 
     async def _reclaim(self) -> list[Entry]:
@@ -219,17 +219,38 @@ class Runtime:
             min_idle_time=self.settings.reclaim_idle_ms, start_id=self._claim_cursor,
             count=self.settings.batch_size,
         )
-        self._claim_cursor = _text(reply[0])
-        claimed = [Entry(_text(mid), fields or None) for mid, fields in reply[1]]
+        start, self._claim_cursor = self._claim_cursor, _text(reply[0])
+        claimed = [Entry(_text(mid), fields or None) for mid, fields in reply[1] if mid is not None]
         deleted = [_text(mid) for mid in reply[2]] if len(reply) > 2 and reply[2] else []
+        if len(claimed) < len(reply[1]):  # Redis 6.2: a trimmed entry is a nil, still pending
+            deleted += await self._trimmed(start, self._claim_cursor, {e.id for e in claimed})
         claimed = [e for e in claimed if e.id not in self._deferred]
-        if deleted:  # Redis 7 drops trimmed entries from the PEL itself: record them
-            await self._dead_letter([(Entry(mid, None), "entry payload is missing (trimmed from the stream)") for mid in deleted], ack=False)
+        if deleted:  # Redis 7 drops trimmed entries from the PEL itself (the XACK is a no-op)
+            await self._dead_letter([(Entry(mid, None), "entry payload is missing (trimmed from the stream)") for mid in deleted])
         if claimed:
             self.stats.reclaimed += len(claimed)
             metrics.RECLAIMED.labels(self.group).inc(len(claimed))
             log.info("reclaimed %d idle entries", len(claimed), extra={"group": self.group})
         return await self._with_deliveries(claimed)
+
+    async def _trimmed(self, start: str, cursor: str, claimed: set[str]) -> list[str]:
+        """Our pending entries in [start, cursor) whose payload is gone from the stream.
+
+        Redis 6.2's XAUTOCLAIM answers such an entry with a nil (no id) and leaves it in
+        the PEL, now ours; XPENDING gives the ids back and XRANGE tells which are gone."""
+        rows = await self.redis.xpending_range(
+            self.stream, self.group, min=start, max="+" if cursor == "0-0" else f"({cursor}",
+            count=self.settings.batch_size + len(self._deferred) + 100, consumername=self.consumer,
+        )
+        candidates = [mid for mid in (_text(row["message_id"]) for row in rows)  # type: ignore[arg-type]
+                      if mid not in claimed and mid not in self._deferred]
+        if not candidates:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for mid in candidates:
+                pipe.xrange(self.stream, mid, mid)
+            found = await pipe.execute()
+        return [mid for mid, entries in zip(candidates, found, strict=True) if not entries]
 
     async def _housekeeping(self, *, force_claim: bool) -> None:
         now = time.monotonic()
@@ -325,7 +346,7 @@ class Runtime:
                     self.stats.deferred += 1
                     log.debug("deferred %s: %s", entry.id, exc, extra={"group": self.group})
                     return
-                except (Transient, *TRANSIENT_REDIS_ERRORS) as exc:
+                except TRANSIENT_ERRORS as exc:
                     self._failed(entry, exc, trace=False)
                     return
                 except Exception as exc:  # a bug or an unexpected error: keep it pending, count deliveries
@@ -356,7 +377,7 @@ class Runtime:
                 for key, value in (entry.fields or {}).items():
                     name = key if key not in (b"stream", b"id", b"group", b"error", b"deliveries") else b"orig_" + key
                     record[name] = value
-                pipe.xadd(self.keys.dead, record)
+                pipe.xadd(self.keys.dead, record)  # type: ignore[arg-type]
                 pipe.xadd(self.keys.alerts, {
                     "kind": "dead_letter", "message": f"{self.stream} {entry.id} -> {self.keys.dead}: {reason}",
                     "group": self.group, "entry_id": entry.id, "session_id": session_of(entry.fields) or "",

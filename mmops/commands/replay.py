@@ -1,0 +1,345 @@
+"""`mmops replay`: re-run a range of the input stream through a worker's handler.
+
+`mmops replay --group coverage|migrator --from ID [--to ID]` reads the range with
+XRANGE and calls the group's handler on each entry directly, lanes concurrently and
+each lane in stream order, as the runtime does. It never reads, acks or claims through
+the consumer group, so the group's position and pending entries are untouched. With
+the invariants (DESIGN §4) a range that was already processed causes no effects; the
+command reports the effects it did cause, measured by before/after counts over the
+replayed sessions.
+
+`mmops replay --reset GROUP --to ID` moves the group itself (XGROUP SETID): every entry
+after ID is delivered to the group again, for a full reprocess by the running workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import asyncpg
+from redis.exceptions import ResponseError
+
+from events import Event, EventError
+from events import decode as decode_event
+from mmops import runner
+from mmops.app import App
+from mmops.commands.simulate import StatusLine
+from mmops.commands.status import entries_of, render_table
+from mmops.settings import Settings
+from storage import postgres
+from workers.runtime import Entry, Handler, Retry
+
+GROUPS = ("coverage", "migrator")
+PAGE = 200
+_START = re.compile(r"-|\d{1,20}(-\d{1,20})?")
+_END = re.compile(r"\+|\d{1,20}(-\d{1,20})?")
+_SETID = re.compile(r"\$|\d{1,20}(-\d{1,20})?")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cmd = sub.add_parser(
+        "replay", help="re-run a range of the stream through a worker's handler (no ack, no claim)",
+        description="Re-runs entries FROM..TO (inclusive; '-' and '+' are the ends, an id may be "
+        "MS or MS-SEQ) through the coverage or migrator handler and reports the effects. "
+        "--reset GROUP --to ID moves the group instead (XGROUP SETID) for a full reprocess.",
+    )
+    what = cmd.add_mutually_exclusive_group(required=True)
+    what.add_argument("--group", choices=GROUPS, help="the worker whose handler re-runs the range")
+    what.add_argument("--reset", choices=GROUPS, metavar="GROUP", help="move this group to --to (XGROUP SETID)")
+    cmd.add_argument("--from", dest="start", metavar="ID", help="first entry id (required with --group)")
+    cmd.add_argument("--to", dest="end", metavar="ID", help="last entry id (default: the end of the stream)")
+    cmd.set_defaults(func=_replay)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if args.reset:
+        if args.end is None or not _SETID.fullmatch(args.end) or args.start is not None:
+            return _usage("--reset GROUP needs --to ID (an entry id, 0 or $) and no --from")
+        return runner.run(lambda s: reset(s, args.reset, args.end))
+    if args.start is None or not _START.fullmatch(args.start):
+        return _usage("--from: expected an entry id (MS or MS-SEQ) or '-'")
+    end = args.end or "+"
+    if not _END.fullmatch(end):
+        return _usage("--to: expected an entry id (MS or MS-SEQ) or '+'")
+    return runner.run(lambda s: _run(s, args.group, args.start, end))
+
+
+def _usage(message: str) -> int:
+    print(f"mmops replay: {message}", file=sys.stderr)
+    return 2
+
+
+async def _run(settings: Settings, group: str, start: str, end: str) -> int:
+    app = await App.open(settings)
+    try:
+        line = StatusLine(sys.stderr, every=5.0)
+        result = await replay(app, group, start, end, progress=line.show)
+        line.close()
+    finally:
+        await app.close()
+    print(result.render())
+    return 1 if result.failed else 0
+
+
+# --- replaying --------------------------------------------------------------------------
+@dataclass
+class ReplayResult:
+    stream: str
+    group: str
+    first: str | None = None
+    last: str | None = None
+    entries: int = 0
+    handled: int = 0
+    invalid: int = 0
+    deferred: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    sessions: set[str] = field(default_factory=set)
+    effects: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_effects(self) -> int:
+        return sum(self.effects.values())
+
+    def render(self) -> str:
+        span = f" ({self.first} .. {self.last})" if self.first else ""
+        lines = [
+            f"re-ran {self.entries} entries of {self.stream}{span} through the {self.group} handler: "
+            f"{self.handled} handled, {self.invalid} invalid (skipped), {self.deferred} not ready, {self.failed} failed",
+            f"effects: {self.total_effects} over {len(self.sessions)} sessions",
+        ]
+        rows = [[name, count] for name, count in self.effects.items()]
+        lines.append("\n".join("  " + row for row in render_table(["EFFECT", "NEW"], rows).splitlines()))
+        lines += [f"error: {error}" for error in self.errors[:5]]
+        return "\n".join(lines)
+
+
+async def replay(
+    app: App, group: str, start: str, end: str = "+", *, progress: Callable[[str], None] | None = None,
+) -> ReplayResult:
+    """Re-run XRANGE start..end through the group's handler; count what changed."""
+    handler, close, effects = await _handler(app, group)
+    result = ReplayResult(app.keys.stream, group)
+    started = time.monotonic()
+    try:
+        await effects.start()
+        last = await _last_id(app, end)
+        async for page in _pages(app, start, end):
+            if result.first is None:
+                result.first = page[0].id
+            result.last = page[-1].id
+            new = {sid for sid in map(_session, page) if sid and sid not in result.sessions}
+            if new:
+                await effects.add_sessions(new)  # counted before their entries are re-run
+                result.sessions |= new
+            await _run_page(app, handler, page, result)
+            if progress is not None and last is not None and time.monotonic() - started > 1.0:
+                span = max(1, _ms(last) - _ms(result.first))
+                share = min(1.0, (_ms(result.last) - _ms(result.first)) / span)
+                progress(f"replay {group}: {result.entries} entries, {share:.0%} of the range")
+        result.effects = await effects.finish()
+    finally:
+        if close is not None:
+            await close()
+    return result
+
+
+async def _last_id(app: App, end: str) -> str | None:
+    if end != "+":
+        return end
+    newest = entries_of(await app.redis.xrevrange(app.keys.stream, count=1))
+    return newest[0][0] if newest else None
+
+
+async def _pages(app: App, start: str, end: str) -> AsyncIterator[list[Entry]]:
+    cursor = start
+    while True:
+        page = entries_of(await app.redis.xrange(app.keys.stream, min=cursor, max=end, count=PAGE))
+        if not page:
+            return
+        yield [Entry(mid, fields or None) for mid, fields in page]
+        if len(page) < PAGE:
+            return
+        cursor = "(" + page[-1][0]
+
+
+async def _run_page(app: App, handler: Handler, entries: list[Entry], result: ReplayResult) -> None:
+    lanes: dict[str, list[tuple[Entry, Event]]] = {}
+    for entry in entries:
+        result.entries += 1
+        try:
+            event = decode_event(entry.fields, max_bytes=app.settings.max_entry_bytes)
+        except EventError:
+            result.invalid += 1
+            continue
+        lanes.setdefault(handler.lane(event), []).append((entry, event))
+    limit = asyncio.Semaphore(app.settings.concurrency)
+
+    async def run_lane(items: list[tuple[Entry, Event]]) -> None:
+        async with limit:
+            for entry, event in items:
+                try:
+                    await handler.handle(entry, event)
+                    result.handled += 1
+                except Retry as exc:
+                    result.deferred += 1
+                    result.errors.append(f"{entry.id} not ready: {exc}")
+                except Exception as exc:  # reported, the replay goes on
+                    result.failed += 1
+                    text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                    result.errors.append(f"{entry.id}: {text}")
+
+    await asyncio.gather(*(run_lane(items) for items in lanes.values()))
+
+
+# --- handlers and their effects ---------------------------------------------------------
+class Effects(Protocol):
+    async def start(self) -> None: ...
+
+    async def add_sessions(self, sids: set[str]) -> None: ...
+
+    async def finish(self) -> dict[str, int]:
+        """Effect name -> how many new (after - before)."""
+        ...
+
+
+async def _handler(app: App, group: str) -> tuple[Handler, Callable[[], Awaitable[object]] | None, Effects]:
+    if group == "coverage":
+        from workers.coverage import CoverageHandler
+
+        coverage = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock)
+        return coverage, None, CoverageEffects(app)
+    from workers.migrator import MigratorHandler  # type: ignore[attr-defined,unused-ignore]
+
+    migrator = await MigratorHandler.create(app)
+    return migrator, migrator.close, MigratorEffects(app)
+
+
+class CoverageEffects:
+    """New mm:takeprofits entries of the replayed sessions, fills recorded, exchange orders."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.sessions: set[str] = set()
+        self.fills_before = 0
+        self.tp_mark = "0-0"
+        self.orders_before = 0
+
+    async def start(self) -> None:
+        newest = entries_of(await self.app.redis.xrevrange(self.app.keys.takeprofits, count=1))
+        self.tp_mark = newest[0][0] if newest else "0-0"
+        self.orders_before = await self._orders()
+
+    async def add_sessions(self, sids: set[str]) -> None:
+        self.fills_before += await self._fills(sids)
+        self.sessions |= sids
+
+    async def finish(self) -> dict[str, int]:
+        out = {
+            "take-profit events": await self._takeprofit_events(),
+            "fills recorded": await self._fills(self.sessions) - self.fills_before,
+        }
+        if self.app.settings.exchange == "paper":
+            out["exchange orders"] = await self._orders() - self.orders_before
+        return out
+
+    async def _fills(self, sids: set[str]) -> int:
+        async with self.app.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hlen(self.app.keys.fills(sid))
+            return sum(int(n) for n in await pipe.execute())
+
+    async def _orders(self) -> int:
+        if self.app.settings.exchange != "paper":
+            return 0
+        return int(await self.app.redis.hlen(self.app.keys.paper("orders")))
+
+    async def _takeprofit_events(self) -> int:
+        total = 0
+        cursor = "(" + self.tp_mark
+        while True:
+            page = entries_of(await self.app.redis.xrange(self.app.keys.takeprofits, min=cursor, max="+", count=1000))
+            total += sum(1 for _, f in page if _text(f.get(b"session_id", b"")) in self.sessions)
+            if len(page) < 1000:
+                return total
+            cursor = "(" + page[-1][0]
+
+
+class MigratorEffects:
+    """Rows of the replayed sessions in sessions, orders, fills and session_pairs."""
+
+    TABLES = (("sessions", "id"), ("orders", "session_id"), ("fills", "session_id"), ("session_pairs", "session_id"))
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.sessions: set[str] = set()
+        self.before: dict[str, int] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def add_sessions(self, sids: set[str]) -> None:
+        for name, count in (await self._rows(sids)).items():
+            self.before[name] = self.before.get(name, 0) + count
+        self.sessions |= sids
+
+    async def finish(self) -> dict[str, int]:
+        after = await self._rows(self.sessions)
+        return {name: count - self.before.get(name, 0) for name, count in after.items()}
+
+    async def _rows(self, sids: set[str]) -> dict[str, int]:
+        conn = await postgres.connect(self.app.settings.database_url)
+        try:
+            out: dict[str, int] = {}
+            for table, key in self.TABLES:
+                try:
+                    query = f"SELECT count(*) FROM {table} WHERE {key} = ANY($1::text[])"
+                    out[f"{table} rows"] = int(await conn.fetchval(query, sorted(sids)))
+                except asyncpg.UndefinedTableError:  # no schema yet: nothing written
+                    out[f"{table} rows"] = 0
+            return out
+        finally:
+            await conn.close()
+
+
+# --- reset --------------------------------------------------------------------------------
+async def reset(settings: Settings, group: str, to: str) -> int:
+    """XGROUP SETID: the group will be delivered every entry after `to` again."""
+    app = await App.open(settings)
+    try:
+        stream = app.keys.stream
+        try:
+            groups = {_text(g["name"]): g for g in await app.redis.xinfo_groups(stream)}
+        except ResponseError:
+            groups = {}
+        if group not in groups:
+            print(f"mmops replay: no group {group!r} on {stream}", file=sys.stderr)
+            return 1
+        old = _text(groups[group].get("last-delivered-id") or "0-0")
+        await app.redis.xgroup_setid(stream, group, to)
+        print(f"group {group} on {stream} moved from {old} to {to}: entries after {to} will be delivered again")
+        return 0
+    finally:
+        await app.close()
+
+
+def _session(entry: Entry) -> str | None:
+    if not entry.fields:
+        return None
+    raw = entry.fields.get(b"session_id")
+    return _text(raw) if raw else None
+
+
+def _ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -1,0 +1,337 @@
+"""`mmops status [--json]`: consumer groups, pending work, lag, dead letters, lease, risk halt.
+
+Exit status 1 when unhealthy, with the reasons:
+- an entry pending (delivered, not acked) idle longer than STUCK_FACTOR x RECLAIM_IDLE_MS:
+  nobody is reclaiming it;
+- a group with work (lag or pending entries) and no live consumer (heartbeat within
+  LIVE_AFTER_S);
+- `risk:halt` is set;
+- a dead letter newer than --dead-window minutes.
+A missing sweeper lease or an unknown lag is only a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from mmops import runner
+from mmops.settings import Settings
+from storage import redis as redis_store
+from storage.keys import Keys
+
+STUCK_FACTOR = 3
+LIVE_AFTER_S = 15.0
+DEAD_SCAN = 1000  # newest dead letters counted per group
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cmd = sub.add_parser(
+        "status", help="consumer groups, pending entries, lag, dead letters, sweeper lease, risk halt",
+        description="Exit status 1 (with the reasons) when unhealthy: an entry pending longer than "
+        f"{STUCK_FACTOR} x RECLAIM_IDLE_MS, a group with work and no live consumer, risk:halt set, "
+        "or a dead letter newer than --dead-window.",
+    )
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.add_argument("--dead-window", type=float, default=60.0, metavar="MINUTES",
+                     help="dead letters newer than this make the status unhealthy (default 60)")
+    cmd.set_defaults(func=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    thresholds = Thresholds(dead_window_ms=int(args.dead_window * 60_000))
+
+    async def main(settings: Settings) -> int:
+        conn = await redis_store.connect(settings.redis_url)
+        try:
+            report = await collect(conn, Keys(settings.key_prefix, settings.stream), settings, thresholds)
+        finally:
+            await conn.aclose()
+        if args.json:
+            print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(render(report))
+        return 0 if report["healthy"] else 1
+
+    return runner.run(main)
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    stuck_factor: int = STUCK_FACTOR
+    live_after_ms: int = int(LIVE_AFTER_S * 1000)
+    dead_window_ms: int = 3_600_000
+
+
+# --- collecting ------------------------------------------------------------------------
+async def collect(redis: aioredis.Redis, keys: Keys, settings: Settings, thresholds: Thresholds | None = None) -> dict[str, Any]:
+    """The whole status as a JSON-ready dict, with `healthy`, `problems` and `warnings`."""
+    limits = thresholds or Thresholds()
+    now = time.time_ns() // 1_000_000
+    stuck_ms = limits.stuck_factor * settings.reclaim_idle_ms
+    dead = await _dead_letters(redis, keys, now)
+    streams = [await _stream(redis, keys, name, now, stuck_ms, limits, dead["by_group"]) for name in (keys.stream, keys.alerts)]
+    lease = await _lease(redis, keys)
+    halt_raw = await redis.get(keys.risk_halt)
+    halt = _json_or_text(halt_raw) if halt_raw is not None else None
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    for stream in streams:
+        for group in stream["groups"]:
+            name = f"{stream['stream']}/{group['group']}"
+            if group["stuck"]:
+                problems.append(
+                    f"{name}: {group['stuck']} pending entr{'y' if group['stuck'] == 1 else 'ies'} idle longer than "
+                    f"{limits.stuck_factor} x RECLAIM_IDLE_MS ({fmt_ms(stuck_ms)}): nobody reclaims them"
+                )
+            backlog = group["lag"] if group["lag"] is not None else (1 if group["behind"] else 0)
+            if group["live"] == 0 and (backlog or group["pending"]):
+                work = f"lag {group['lag'] if group['lag'] is not None else '?'}, {group['pending']} pending"
+                problems.append(f"{name}: no live consumer ({work})")
+            if group["lag"] is None and group["behind"]:
+                warnings.append(f"{name}: lag unknown (entries were deleted or trimmed); the group is behind the stream")
+    if halt is not None:
+        problems.append(f"risk halt is set ({keys.risk_halt}): the trader stops opening positions")
+    if dead["newest_age_ms"] is not None and dead["newest_age_ms"] < limits.dead_window_ms:
+        problems.append(
+            f"dead letter {fmt_ms(dead['newest_age_ms'])} ago ({dead['total']} in {keys.dead}; see mmops dead list)"
+        )
+    if lease["holder"] is None:
+        warnings.append("no live sweeper lease: is a sweeper running?")
+    return {
+        "ts": now,
+        "healthy": not problems,
+        "problems": problems,
+        "warnings": warnings,
+        "streams": streams,
+        "dead_letters": {k: v for k, v in dead.items() if k != "by_group"},
+        "sweeper_lease": lease,
+        "risk_halt": halt,
+    }
+
+
+async def _stream(
+    redis: aioredis.Redis, keys: Keys, stream: str, now: int, stuck_ms: int, limits: Thresholds,
+    dead_by_group: dict[str, int],
+) -> dict[str, Any]:
+    try:
+        info = await redis.xinfo_stream(stream)
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError as exc:
+        if "no such key" not in str(exc).lower():
+            raise
+        return {"stream": stream, "length": 0, "last_id": None, "groups": []}
+    last_id = _text(info.get("last-generated-id") or "0-0")
+    out: list[dict[str, Any]] = []
+    for g in groups:
+        name = _text(g["name"])
+        consumers = await _consumers(redis, keys, stream, name, now, limits)
+        oldest = await redis.xpending_range(stream, name, min="-", max="+", count=1)
+        stuck = await redis.xpending_range(stream, name, min="-", max="+", count=100, idle=stuck_ms)
+        lag = g.get("lag")
+        delivered = _text(g.get("last-delivered-id") or "0-0")
+        out.append({
+            "group": name,
+            "consumers": consumers,
+            "live": sum(1 for c in consumers if c["live"]),
+            "pending": int(g.get("pending") or 0),
+            "oldest_pending_id": _text(oldest[0]["message_id"]) if oldest else None,
+            "oldest_pending_age_ms": now - _ms(_text(oldest[0]["message_id"])) if oldest else None,
+            "oldest_pending_idle_ms": int(oldest[0]["time_since_delivered"]) if oldest else None,
+            "stuck": len(stuck),
+            "lag": None if lag is None else int(lag),
+            "last_delivered_id": delivered,
+            "behind": _id_key(delivered) < _id_key(last_id),
+            "dead_letters": dead_by_group.get(name, 0),
+        })
+    return {"stream": stream, "length": int(info.get("length") or 0), "last_id": last_id, "groups": out}
+
+
+async def _consumers(
+    redis: aioredis.Redis, keys: Keys, stream: str, group: str, now: int, limits: Thresholds
+) -> list[dict[str, Any]]:
+    rows = await redis.xinfo_consumers(stream, group)
+    scored: Any = await redis.zrange(keys.heartbeats(group), 0, -1, withscores=True)
+    beats = {_text(m): int(score) for m, score in scored}
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        name = _text(row["name"])
+        beat = beats.pop(name, None)
+        age = None if beat is None else max(0, now - beat)
+        out.append({
+            "name": name, "pending": int(row.get("pending") or 0), "idle_ms": int(row.get("idle") or 0),
+            "heartbeat_age_ms": age, "live": age is not None and age < limits.live_after_ms,
+        })
+    for name, beat in beats.items():  # heartbeating but never read from this group yet
+        age = max(0, now - beat)
+        out.append({"name": name, "pending": 0, "idle_ms": None, "heartbeat_age_ms": age, "live": age < limits.live_after_ms})
+    out.sort(key=lambda c: (not c["live"], c["name"]))
+    return out
+
+
+async def _dead_letters(redis: aioredis.Redis, keys: Keys, now: int) -> dict[str, Any]:
+    total = int(await redis.xlen(keys.dead))
+    newest = entries_of(await redis.xrevrange(keys.dead, count=DEAD_SCAN))
+    by_group: dict[str, int] = {}
+    for _, fields in newest:
+        group = _text(fields.get(b"group", b"?"))
+        by_group[group] = by_group.get(group, 0) + 1
+    newest_id = newest[0][0] if newest else None
+    return {
+        "total": total,
+        "newest_id": newest_id,
+        "newest_age_ms": None if newest_id is None else max(0, now - _ms(newest_id)),
+        "by_group": by_group,
+    }
+
+
+async def _lease(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.get(keys.sweeper_lease)
+        pipe.pttl(keys.sweeper_lease)
+        holder, ttl = await pipe.execute()
+    return {
+        "holder": None if holder is None else _text(holder)[:120],
+        "ttl_ms": None if holder is None or int(ttl) < 0 else int(ttl),
+    }
+
+
+# --- rendering ---------------------------------------------------------------------------
+def render(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for stream in report["streams"]:
+        last = stream["last_id"]
+        when = f", last {last} ({fmt_ms(report['ts'] - _ms(last))} ago)" if last and last != "0-0" else ""
+        lines.append(f"stream {stream['stream']}: {stream['length']} entries{when}")
+        if not stream["groups"]:
+            lines.append("  (no consumer groups)")
+            continue
+        rows = [
+            [
+                g["group"], len(g["consumers"]), g["live"], g["pending"],
+                "-" if g["oldest_pending_age_ms"] is None
+                else f"{fmt_ms(g['oldest_pending_age_ms'])} (idle {fmt_ms(g['oldest_pending_idle_ms'])})",
+                "?" if g["lag"] is None else g["lag"], g["dead_letters"],
+            ]
+            for g in stream["groups"]
+        ]
+        lines.append(_indent(render_table(["GROUP", "CONSUMERS", "LIVE", "PENDING", "OLDEST PENDING", "LAG", "DEAD"], rows)))
+        consumers = [
+            [c["name"], g["group"], "-" if c["idle_ms"] is None else fmt_ms(c["idle_ms"]),
+             "-" if c["heartbeat_age_ms"] is None else fmt_ms(c["heartbeat_age_ms"]),
+             c["pending"], "live" if c["live"] else "gone"]
+            for g in stream["groups"] for c in g["consumers"]
+        ]
+        if consumers:
+            lines.append(_indent(render_table(["CONSUMER", "GROUP", "IDLE", "HEARTBEAT", "PENDING", "STATE"], consumers)))
+    lines.append("")
+    lease = report["sweeper_lease"]
+    if lease["holder"] is None:
+        lines.append("sweeper lease: none")
+    else:
+        expiry = "" if lease["ttl_ms"] is None else f" (expires in {fmt_ms(lease['ttl_ms'])})"
+        lines.append(f"sweeper lease: {lease['holder']}{expiry}")
+    halt = report["risk_halt"]
+    lines.append("risk halt: off" if halt is None else f"risk halt: ON {orjson.dumps(halt).decode()[:200]}")
+    dead = report["dead_letters"]
+    newest = "" if dead["newest_age_ms"] is None else f" (newest {fmt_ms(dead['newest_age_ms'])} ago)"
+    lines.append(f"dead letters: {dead['total']}{newest}")
+    lines.append("")
+    for warning in report["warnings"]:
+        lines.append(f"warning: {warning}")
+    if report["healthy"]:
+        lines.append("healthy")
+    else:
+        lines.append("UNHEALTHY:")
+        lines += [f"  - {problem}" for problem in report["problems"]]
+    return "\n".join(lines)
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """An aligned text table; columns whose values are all numbers are right-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    numeric = [
+        bool(rows) and all(isinstance(row[i], int | float | Decimal) or row[i] in ("-", "?") for row in rows)
+        for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(list(headers)), *(line(row) for row in cells)])
+
+
+def fmt_ms(ms: int | float | None) -> str:
+    """A duration for people: 850ms, 12.3s, 4m05s, 2h07m, 3d04h."""
+    if ms is None:
+        return "-"
+    ms = max(0, int(ms))
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+StreamEntry = tuple[str, dict[bytes, bytes]]
+
+
+def entries_of(reply: object) -> list[StreamEntry]:
+    """An XRANGE/XREVRANGE reply as (id, fields) pairs with text ids (a trimmed payload: {})."""
+    out: list[StreamEntry] = []
+    for entry_id, fields in reply or []:  # type: ignore[attr-defined]
+        out.append((_text(entry_id), dict(fields or {})))
+    return out
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def _json_or_text(raw: bytes | str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _text(raw)
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
