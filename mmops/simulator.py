@@ -66,7 +66,7 @@ class SimConfig:
     duration: float = 30.0  # seconds
     seed: int = 0
     volatility: float = 0.3  # std. dev. of the log price, percent per sqrt(second)
-    tag: str = ""  # part of every id; "" = derived from the seed
+    tag: str = ""  # part of every id; "" = the seed and the start time (ids never collide)
 
     def validate(self) -> None:
         if self.sessions < 1:
@@ -131,6 +131,7 @@ class SimStats:
     session_ids: list[str] = field(default_factory=list)
     pairs: dict[str, PairStats] = field(default_factory=dict)
     planned_buys: int = 0
+    tag: str = ""
 
 
 @dataclass
@@ -140,6 +141,7 @@ class _Session:
     end_t: float
     fills: int = 0
     orders: int = 0
+    last_ts: int = 0  # of the session's latest event: its end is never earlier
     started: bool = False
     ended: bool = False
     queued: dict[str, deque[Decimal]] = field(default_factory=dict)  # symbol -> partial fills left
@@ -174,14 +176,13 @@ class Simulator:
         self.exchange = exchange
         self.config = config
         self.rng = random.Random(config.seed)
-        self.tag = config.tag or f"{config.seed}"
+        self.tag = config.tag or f"{config.seed}-{_base36(time.time_ns() // 1_000_000_000)}"
         self.pairs = pairs_for(config.pairs)
         self.walks = {p.symbol: _Walk(float(p.start), high=float(p.start)) for p in self.pairs}
-        self.stats = SimStats(planned_buys=config.total_buys)
+        self.stats = SimStats(planned_buys=config.total_buys, tag=self.tag)
         self.stats.pairs = {p.symbol: PairStats(p.start, p.start) for p in self.pairs}
         self.sessions = self._schedule()
         self.stats.session_ids = [s.sid for s in self.sessions]
-        self._by_symbol = {p.symbol: p for p in self.pairs}
         self._tps: dict[str, list[_LiveTp]] = {}
         self._tps_at = -math.inf
         self._t0_ms = 0
@@ -251,7 +252,8 @@ class Simulator:
             if s.started and not s.ended and s.end_t <= t:
                 s.ended = True
                 self.stats.sessions_ended += 1
-                out.append(SessionEnded(session_id=s.sid, ts=max(self._ts(s.end_t), self._ts(t)), fills=s.fills, reason="simulation"))
+                ts = max(self._ts(s.end_t), self._ts(t), s.last_ts)
+                out.append(SessionEnded(session_id=s.sid, ts=ts, fills=s.fills, reason="simulation"))
         return out
 
     def _active(self, t: float) -> list[_Session]:
@@ -279,6 +281,7 @@ class Simulator:
             qty = parts[0]
             session.queued[pair.symbol] = deque(parts[1:])
         session.fills += 1
+        session.last_ts = max(session.last_ts, self._ts(t))
         self.stats.buys += 1
         self.stats.pairs[pair.symbol].buys += 1
         return Fill(
@@ -385,12 +388,13 @@ class Simulator:
         if qty <= 0:
             return None
         session.fills += 1
+        session.last_ts = max(session.last_ts, time.time_ns() // 1_000_000)
         self.stats.sells += 1
         self.stats.pairs[tp.symbol].sells += 1
         return Fill(
             session_id=session.sid, fill_id=f"{session.sid}-f{session.fills}", order_id=tp.order_id,
             symbol=tp.symbol, side="sell", price=after.price, quantity=qty,
-            fee=_fee(after.price, qty), ts=time.time_ns() // 1_000_000, order_type="limit",
+            fee=_fee(after.price, qty), ts=session.last_ts, order_type="limit",
         )
 
     async def _send(self, events: list[Event]) -> None:
@@ -401,6 +405,16 @@ class Simulator:
                 pipe.xadd(self.keys.stream, encode(event))  # type: ignore[arg-type]
             await pipe.execute()
         self.stats.events += len(events)
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if not n:
+            return out
 
 
 def _fee(price: Decimal, qty: Decimal) -> Decimal:

@@ -35,14 +35,16 @@ def migrations() -> list[Migration]:
 async def upgrade(conn: asyncpg.Connection) -> list[Migration]:
     """Apply every migration not yet recorded; returns the ones applied now."""
     schema = await conn.fetchval("SELECT current_schema()")
-    if schema is None:  # search_path names a schema that does not exist yet: create it
-        wanted = str(await conn.fetchval("SELECT current_setting('search_path')")).split(",")[0].strip()
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(wanted)}")
-        schema = await conn.fetchval("SELECT current_schema()")
-    lock_key = int.from_bytes(hashlib.sha256(str(schema).encode()).digest()[:4], "big") >> 1
+    wanted = str(await conn.fetchval("SELECT current_setting('search_path')")).split(",")[0].strip()
+    # lock first (keyed by the target schema), so concurrent upgrades never race, even to
+    # create a schema that search_path names but that does not exist yet
+    target = str(schema) if schema is not None else wanted.strip('"')
+    lock_key = int.from_bytes(hashlib.sha256(target.encode()).digest()[:4], "big") >> 1
     applied_now: list[Migration] = []
     await conn.execute("SELECT pg_advisory_lock($1, $2)", _LOCK_NAMESPACE, lock_key)
     try:
+        if schema is None:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(wanted)}")
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
                    version INTEGER PRIMARY KEY,

@@ -10,6 +10,7 @@ from mmops import logs, runner
 from mmops.app import App, run_until_stopped
 from mmops.settings import Settings
 from workers import metrics
+from workers.alerts import forwarder_tasks
 from workers.coverage import CoverageHandler
 from workers.runtime import Runtime
 
@@ -93,4 +94,5 @@ async def build(
         sweeper = await Sweeper.create(app)
         closers.append(sweeper.close)
         tasks.append(sweeper.run_once if until_drained else sweeper.run)
+        tasks += forwarder_tasks(app, until_drained=until_drained, closers=closers)
     return tasks

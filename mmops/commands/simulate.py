@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd.add_argument("--seed", type=int, default=None, metavar="X", help="random seed (default: random, printed)")
     cmd.add_argument("--volatility", type=float, default=0.3, metavar="PCT",
                      help="price volatility, percent per sqrt(second) (default 0.3)")
-    cmd.add_argument("--tag", default="", help="id tag of the sessions (default: the seed)")
+    cmd.add_argument("--tag", default="", help="id tag of the sessions (default: seed and start time; "
+                     "fix it for an identical stream)")
     cmd.set_defaults(func=_simulate)
 
 
@@ -96,7 +97,7 @@ def summary(config: SimConfig, stats: SimStats) -> str:
     rate = stats.events / stats.elapsed if stats.elapsed else 0.0
     head = (
         f"simulated {stats.sessions_ended} sessions x {len(stats.pairs)} pairs in {stats.elapsed:.1f}s "
-        f"(seed {config.seed}, tag {config.tag or config.seed})\n"
+        f"(seed {config.seed}, tag {stats.tag})\n"
         f"events {stats.events} ({rate:.0f}/s): buy fills {stats.buys} in {stats.buy_orders} orders "
         f"({stats.partial_orders} filled in parts), TP fills {stats.sells}\n"
     )

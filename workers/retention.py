@@ -1,0 +1,74 @@
+"""Stream retention: trim the input stream to MM_STREAM_RETENTION_HOURS, never past unacked work.
+
+`trim(app)` removes entries older than now - MM_STREAM_RETENTION_HOURS (XTRIM MINID),
+but never an entry some consumer group still needs: the bound is lowered to, for each
+group, its smallest pending id, or the id right after its last-delivered-id when
+nothing is pending. A stream without groups is not trimmed (nobody has acked anything).
+Called from the sweeper loop; see docs/operations.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.exceptions import ResponseError
+
+from mmops import logs
+from mmops.app import App
+
+log = logs.get("mmops.retention")
+
+MS_PER_HOUR = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class TrimResult:
+    stream: str
+    removed: int  # entries deleted by this call
+    min_id: str | None  # the MINID trimmed to; None when nothing was trimmed
+    reason: str  # what set the bound, or why there was no trim
+
+
+async def trim(app: App, *, approximate: bool = True) -> TrimResult:
+    """Trim the input stream (`~` MINID by default: cheap, may keep a few older entries)."""
+    stream = app.keys.stream
+    hours = app.settings.stream_retention_hours
+    if hours is None:
+        return TrimResult(stream, 0, None, "MM_STREAM_RETENTION_HOURS is not set")
+    cutoff = f"{max(0, app.clock.now_ms() - int(hours * MS_PER_HOUR))}-0"
+    try:
+        groups = await app.redis.xinfo_groups(stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return TrimResult(stream, 0, None, "the stream does not exist")
+        raise
+    if not groups:
+        return TrimResult(stream, 0, None, "the stream has no consumer groups")
+    bound, reason = cutoff, f"retention {hours} h"
+    for group in groups:
+        name = _text(group["name"])
+        floor = await acked_floor(app, name, _text(group.get("last-delivered-id") or "0-0"))
+        if _key(floor) < _key(bound):
+            bound, reason = floor, f"group {name} still needs entries from {floor}"
+    removed = int(await app.redis.xtrim(stream, minid=bound, approximate=approximate))
+    if removed:
+        log.info("trimmed %d entries from %s (MINID %s: %s)", removed, stream, bound, reason)
+    return TrimResult(stream, removed, bound, reason)
+
+
+async def acked_floor(app: App, group: str, last_delivered: str) -> str:
+    """The lowest id the group may still need: its smallest pending id, else last-delivered + 1."""
+    summary = await app.redis.xpending(app.keys.stream, group)
+    if int(summary.get("pending") or 0) and summary.get("min") is not None:
+        return _text(summary["min"])
+    ms, seq = _key(last_delivered)
+    return f"{ms}-{seq + 1}"
+
+
+def _key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
