@@ -113,6 +113,16 @@ class Keys:
     def daily_pnl(self) -> str:
         return self.prefix + "mm:pnl:daily"
 
+    @property
+    def sweeper_open_sessions(self) -> str:
+        """zset sid -> time (ms) the sweeper last saw the session with open positions."""
+        return self.prefix + "mm:sweeper:open"
+
+    @property
+    def sweeper_state(self) -> str:
+        """hash: the sweeper's last pass (last_pass_at, last_pass_ms, last_pass_by, dead_len)."""
+        return self.prefix + "mm:sweeper:state"
+
     # --- paper exchange --------------------------------------------------------
     def paper(self, name: str) -> str:
         """paper exchange state: orders, clients, balances, locked, prices, seen_fills."""

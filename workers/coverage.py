@@ -19,7 +19,7 @@ from mmops.clock import Clock
 from mmops.faults import crash_point
 from storage.keys import Keys
 from storage.ledger import Committed, Conflict, Duplicate, Ledger, Op
-from trading.exchange import Exchange
+from trading.exchange import Exchange, ExchangeError, Market
 from trading.positions import Buy, Close, Position, StepStatus, fifo_allocate, new_position
 from trading.takeprofit import Outcome, Result, TakeProfitEngine
 from workers.runtime import Entry, Retry
@@ -93,17 +93,24 @@ class CoverageHandler:
         quantity, fee = _net_of_base_fee(fill)
         buy = Buy(fill.fill_id, fill.price, quantity, fee, fill.ts)
         observed = asyncio.ensure_future(self._observe(fill))
-        market = await self.exchange.market(fill.symbol)
+        try:
+            market: Market | None = await self.exchange.market(fill.symbol)
+        except ExchangeError as exc:  # record the fill anyway; the sweeper covers it later
+            log.warning("no market rules for %s (%s): fill recorded, covering deferred", fill.symbol, exc)
+            market = None
         pos = self.ledger.cached(sid, pid) or new_position(session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts)
         for _ in range(MAX_TRIES):
             bought = pos.with_buy(buy)
-            plan = self.engine.plan(bought, market, trigger_ms=entry.ms)
-            # one version step for the fill and the claim together
-            plan = dataclasses.replace(plan, position=msgspec.structs.replace(plan.position, v=bought.v))
-            result = await self.ledger.commit(sid, [plan.position], fill=fill, ops=[*self._fill_ops(fill), *plan.ops])
+            plan = None if market is None else self.engine.plan(bought, market, trigger_ms=entry.ms)
+            if plan is not None:  # one version step for the fill and the claim together
+                plan = dataclasses.replace(plan, position=msgspec.structs.replace(plan.position, v=bought.v))
+            writes = [plan.position if plan is not None else bought]
+            result = await self.ledger.commit(sid, writes, fill=fill, ops=[*self._fill_ops(fill), *(plan.ops if plan else [])])
             if isinstance(result, Committed):
                 await observed
                 crash_point("fill_recorded")
+                if plan is None or market is None:
+                    return Outcome(Result.PENDING, writes[0], "exchange unavailable")
                 return await self._settle(await self.engine.execute(plan, market))
             if isinstance(result, Duplicate):
                 await observed
@@ -121,10 +128,14 @@ class CoverageHandler:
         return outcome
 
     async def _observe(self, fill: Fill) -> None:
-        await self.exchange.observe_fill(
-            fill_id=fill.fill_id, order_id=fill.order_id, symbol=fill.symbol, side=fill.side,
-            price=fill.price, quantity=fill.quantity,
-        )
+        """Tell the exchange (the paper one moves balances); an exchange's refusal is only logged."""
+        try:
+            await self.exchange.observe_fill(
+                fill_id=fill.fill_id, order_id=fill.order_id, symbol=fill.symbol, side=fill.side,
+                price=fill.price, quantity=fill.quantity,
+            )
+        except ExchangeError as exc:
+            log.warning("exchange did not take note of fill %s: %s", fill.fill_id, exc)
 
     # --- sells ---------------------------------------------------------------------
     async def on_sell(self, entry: Entry, fill: Fill) -> None:

@@ -1,0 +1,518 @@
+"""The sweeper against real Redis, PostgreSQL and the paper exchange."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from mmops.app import App
+from mmops.clock import ManualClock
+from mmops.settings import Settings
+from tests.conftest import MMOPS, wait_for
+from tests.helpers import drain_coverage, fill, now_ms, orders_per_client_id, takeprofit_entries
+from trading.client_ids import client_id
+from trading.exchange import CircuitOpen
+from trading.paper import PaperExchange
+from trading.positions import Buy, encode_position, new_position
+from workers.sweep_pass import SessionSweep, Status
+from workers.sweeper import Sweeper, lease_ttl_ms
+
+D = Decimal
+HOUR = 3_600_000
+PAIRS = [  # symbol, price, quantity: every one above Kraken's minimum order
+    ("BTC/USD", "64000.5", "0.01"), ("ETH/USD", "3000.25", "0.1"), ("SOL/USD", "150.5", "1"),
+    ("XRP/USD", "0.6", "50"), ("ADA/USD", "0.45", "100"), ("DOGE/USD", "0.15", "500"),
+    ("DOT/USD", "7.1", "5"), ("LINK/USD", "15.2", "2"), ("LTC/USD", "80.3", "1"), ("AVAX/USD", "35.4", "2"),
+]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(now_ms())
+
+
+@pytest.fixture
+async def app(settings: Settings, redis: object, clock: ManualClock) -> AsyncIterator[App]:
+    app = await App.open(settings, clock=clock)
+    yield app
+    await app.close()
+
+
+@pytest.fixture
+async def sweeper(app: App) -> AsyncIterator[Sweeper]:
+    sweeper = await Sweeper.create(app)
+    yield sweeper
+    await sweeper.close()
+
+
+def paper(app: App) -> PaperExchange:
+    assert isinstance(app.exchange, PaperExchange)
+    return app.exchange
+
+
+async def xadd_fills(app: App, sid: str, per_pair: int, *, ts: int | None = None) -> None:
+    for i in range(per_pair):
+        for n, (symbol, price, qty) in enumerate(PAIRS):
+            await app.redis.xadd(
+                app.keys.stream, fill(sid, f"f-{n}-{i}", f"o-{n}-{i}", symbol=symbol, price=price, quantity=qty, fee="0.1", ts=ts)
+            )
+
+
+async def uncovered(app: App, sid: str) -> dict[str, Decimal]:
+    positions = await app.ledger.positions(sid)
+    return {pid: p.uncovered for pid, p in positions.items() if p.uncovered > 0}
+
+
+# --- coverage ------------------------------------------------------------------------
+async def test_one_sweep_covers_200_fills_and_the_worker_places_no_second_order(app: App, sweeper: Sweeper) -> None:
+    await xadd_fills(app, "s-1", per_pair=20)  # 200 buy fills over 10 pairs, no coverage consumer alive
+
+    report = await sweeper.run_once()
+
+    assert report.stream.taken_over == {"coverage": 200}
+    assert report.ok, report.errors
+    [session] = report.sessions
+    assert (session.pairs, session.positions, session.uncovered_after) == (10, 200, 0)
+    assert await uncovered(app, "s-1") == {}
+    orders = await orders_per_client_id(app)
+    assert len(orders) == 200 and max(orders.values()) == 1
+    assert await app.redis.xpending(app.keys.stream, "coverage") == {
+        "pending": 0, "min": None, "max": None, "consumers": [],
+    }
+
+    # the coverage worker comes back and replays the whole stream: nothing new is placed
+    await app.redis.xgroup_setid(app.keys.stream, "coverage", "0")
+    stats = await drain_coverage(app)
+    assert stats.processed == 200
+    assert await orders_per_client_id(app) == orders
+    again = await sweeper.run_once()
+    assert again.total("covered") == 0 and again.stream.taken_over == {}
+    assert len(await takeprofit_entries(app, "created")) == 200
+
+
+async def test_a_pass_over_covered_positions_asks_the_exchange_once(app: App, settings: Settings) -> None:
+    await xadd_fills(app, "s-1", per_pair=2)
+    await drain_coverage(app)
+    counting = Counting(paper(app))
+    counted = await App.open(settings, clock=app.clock, exchange=counting)
+    sweeper = await Sweeper.create(counted)
+    try:
+        report = await sweeper.run_once()
+        assert report.sessions[0].positions == 20 and report.open_orders == 20
+        assert counting.calls == Counter({"open_orders": 1})
+        await sweeper.run_once()
+        assert counting.calls == Counter({"open_orders": 2})
+    finally:
+        await sweeper.close()
+        await counted.close()
+
+
+async def test_status_metrics_and_session_log(app: App, settings: Settings, tmp_path: Path) -> None:
+    await xadd_fills(app, "s-log", per_pair=1)
+    logged = await App.open(dataclasses.replace(settings, session_log_dir=str(tmp_path)), clock=app.clock)
+    sweeper = await Sweeper.create(logged)
+    try:
+        await sweeper.run_once()  # takes the fills over: coverage placed them
+        await paper(app).cancel_order(symbol="BTC/USD", order_id=(await paper(app).open_orders("BTC/USD"))[0].id)
+        report = await sweeper.run_once()  # reconciles the cancelled TP and covers it again
+    finally:
+        await sweeper.close()
+        await logged.close()
+    [session] = report.sessions
+    assert (session.reconciled, session.covered, session.uncovered_after) == (1, 1, 0)
+    keys = app.keys
+    assert await app.redis.get(keys.settlement_status("s-log")) == b"COMPLETED"
+    assert (await app.redis.get(keys.settlement_last_run("s-log"))).decode().endswith("Z")
+    metrics = await app.redis.hgetall(keys.metrics_settlement("s-log"))
+    assert metrics[b"uncovered"] == b"0" and metrics[b"covered"] == b"1" and b"duration_ms" in metrics
+    assert await app.redis.exists(keys.settlement_lock("s-log")) == 0
+    lines = (tmp_path / "s-log" / "settlement.log").read_text().splitlines()
+    assert any(" reconciled BTC/USD o-0-0 " in line and line.endswith(": cancelled") for line in lines)
+    assert any(" covered BTC/USD o-0-0 step 2 " in line for line in lines)
+    assert lines[-1].split(" ", 1)[1].startswith("sweep COMPLETED: positions 10, uncovered 0 -> 0, covered 1")
+
+
+async def test_a_locked_session_is_left_alone(app: App, sweeper: Sweeper) -> None:
+    await seed_uncovered(app, "s-locked", "o-1")
+    await app.redis.set(app.keys.settlement_lock("s-locked"), "someone-else", ex=300)
+    report = await sweeper.run_once()
+    [session] = report.sessions
+    assert session.status == Status.LOCKED and session.uncovered_after == 1
+    assert await paper(app).orders() == []
+    assert await app.redis.get(app.keys.settlement_lock("s-locked")) == b"someone-else"
+
+
+async def test_one_broken_pair_does_not_stop_the_others(app: App, sweeper: Sweeper) -> None:
+    await seed_uncovered(app, "s-mixed", "o-bad", symbol="NOT-A-SYMBOL")
+    for n, (symbol, price, qty) in enumerate(PAIRS[:3]):
+        await paper(app).set_price(symbol, D(price))
+        await seed_uncovered(app, "s-mixed", f"o-{n}", symbol=symbol, price=price, qty=qty)
+    report = await sweeper.run_once()
+    [session] = report.sessions
+    assert session.status == Status.FAILED
+    assert session.covered == 3 and session.uncovered_after == 1
+    assert session.error_count == 1 and session.errors[0].startswith("NOT-A-SYMBOL o-bad: ")
+    assert await app.redis.get(app.keys.settlement_status("s-mixed")) == b"FAILED"
+
+
+# --- aging ---------------------------------------------------------------------------
+async def test_aging_reprices_exactly_once_per_tier_crossing(app: App, sweeper: Sweeper, clock: ManualClock) -> None:
+    await app.redis.xadd(app.keys.stream, fill("s-age", "f-1", "o-1", ts=clock.ms))
+    await drain_coverage(app)
+    tiers = []
+    for hours in (0.5, 1, 1.5, 4, 11.9, 12, 30):
+        clock.ms = (await app.ledger.position("s-age", "o-1", fresh=True)).opened_at + int(hours * HOUR)  # type: ignore[union-attr]
+        await sweeper.run_once()
+        await sweeper.run_once()  # a second pass at the same age changes nothing
+        position = await app.ledger.position("s-age", "o-1", fresh=True)
+        assert position is not None and position.uncovered == 0
+        [live] = position.live
+        tiers.append(live.tier)
+    assert tiers == [0, 1, 1, 2, 2, 3, 3]
+    cancelled = await takeprofit_entries(app, "cancelled")
+    replacements = [e for e in await takeprofit_entries(app, "created") if e.get("replaces")]
+    assert len(cancelled) == 3 and len(replacements) == 3
+    assert [e["replaces"] for e in replacements] == [e["order_id"] for e in cancelled]
+    assert [e["tier"] for e in replacements] == ["1", "2", "3"]
+    assert len(await paper(app).open_orders()) == 1
+    assert max((await orders_per_client_id(app)).values()) == 1
+
+
+async def test_a_tp_found_filled_when_repricing_is_recorded_not_replaced(app: App, clock: ManualClock) -> None:
+    await app.redis.xadd(app.keys.stream, fill("s-f", "f-1", "o-1", ts=clock.ms))
+    await drain_coverage(app)
+    [order] = await paper(app).open_orders()
+    await paper(app).fill_order(order.id)  # filled on the exchange; its fill event is not in yet
+    clock.advance(hours=1)
+    sweep = SessionSweep(app)
+    report = await sweep.run("s-f", None)  # no open book: the cancel is what finds it filled
+    assert (report.filled_unreported, report.repriced, report.covered) == (1, 0, 0)
+    position = await app.ledger.position("s-f", "o-1", fresh=True)
+    assert position is not None and [s.status for s in position.steps] == ["filled"]
+    assert await takeprofit_entries(app, "cancelled") == []
+    assert len(await paper(app).orders()) == 1
+
+
+# --- reconciliation ------------------------------------------------------------------
+async def test_reconciliation_with_the_exchange(app: App, sweeper: Sweeper) -> None:
+    await xadd_fills(app, "s-r", per_pair=1)
+    await drain_coverage(app)
+    ex = paper(app)
+    by_symbol = {o.symbol: o for o in await ex.open_orders()}
+    await ex.cancel_order(symbol="BTC/USD", order_id=by_symbol["BTC/USD"].id)  # cancelled by hand
+    await ex.fill_order(by_symbol["ETH/USD"].id)  # filled, no fill event yet
+    vanished = by_symbol["SOL/USD"]  # the exchange forgot it
+    await app.redis.hdel(app.keys.paper("orders"), vanished.id)
+    await app.redis.hdel(app.keys.paper("open_clients"), vanished.client_id or "")
+    await app.redis.hincrby(app.keys.paper("locked"), "SOL", -100_000_000)  # and released its funds
+    await app.redis.hincrby(app.keys.paper("free"), "SOL", 100_000_000)
+    await ex.observe_fill(fill_id="f-x", order_id="o-x", symbol="XRP/USD", side="buy", price=D("0.6"), quantity=D("10"))
+    stranger = await ex.place_limit_sell(  # our prefix, but no position knows it
+        symbol="XRP/USD", amount=D("10"), price=D("0.9"), client_id=client_id("elsewhere", "o-x", 1)
+    )
+
+    report = await sweeper.run_once()
+
+    [session] = report.sessions
+    assert (session.reconciled, session.filled_unreported, session.covered) == (2, 1, 2)
+    assert session.uncovered_after == 0 and report.ok
+    assert report.unknown_orders == [stranger.id]
+    position = await app.ledger.position("s-r", "o-1-0", fresh=True)
+    assert position is not None and [s.status for s in position.steps] == ["filled"]
+    for pid in ("o-0-0", "o-2-0"):
+        position = await app.ledger.position("s-r", pid, fresh=True)
+        assert position is not None and [s.status for s in position.steps] == ["cancelled", "live"]
+    alerts = await alerts_of(app, "unknown_order")
+    assert [a["order_id"] for a in alerts] == [stranger.id]
+    await sweeper.run_once()
+    assert len(await alerts_of(app, "unknown_order")) == 1  # reported once
+
+
+# --- exchange down -------------------------------------------------------------------
+class Counting:
+    """The paper exchange, counting the calls that reach it (observe_fill is the simulator's)."""
+
+    def __init__(self, inner: PaperExchange) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name == "observe_fill" or not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return await attr(*args, **kwargs)
+
+        return call
+
+
+class Down(Counting):
+    """An exchange whose circuit breaker is open: every call fails fast with CircuitOpen."""
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name == "observe_fill" or not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            raise CircuitOpen("exchange: circuit open, next trial in 30.0 s")
+
+        return call
+
+
+async def test_exchange_down_leaves_positions_uncovered_and_reported_then_covers_them(
+    app: App, settings: Settings, clock: ManualClock
+) -> None:
+    for n, (symbol, price, qty) in enumerate(PAIRS * 2):  # fills recorded, TPs never placed
+        await paper(app).set_price(symbol, D(price))
+        await seed_uncovered(app, "s-down", f"o-{n}", symbol=symbol, price=price, qty=qty)
+    down = await App.open(settings, clock=clock, exchange=Down(paper(app)))  # type: ignore[arg-type]
+    sweeper = await Sweeper.create(down)
+    try:
+        report = await sweeper.run_once()
+    finally:
+        await sweeper.close()
+        await down.close()
+    [session] = report.sessions
+    assert (session.positions, session.uncovered_before, session.uncovered_after) == (20, 20, 20)
+    assert session.status == Status.FAILED and session.error_count == 20
+    assert "circuit open" in session.errors[0]
+    assert report.open_orders is None and any("open orders unavailable" in n for n in report.notes)
+    assert await app.redis.get(app.keys.settlement_status("s-down")) == b"FAILED"
+    assert await paper(app).orders() == []
+
+    back = await Sweeper.create(app)
+    try:
+        report = await back.run_once()
+    finally:
+        await back.close()
+    [session] = report.sessions
+    assert (session.uncovered_before, session.covered, session.uncovered_after) == (20, 20, 0)
+    assert await app.redis.get(app.keys.settlement_status("s-down")) == b"COMPLETED"
+    assert len(await orders_per_client_id(app)) == 20
+
+
+# --- stream care ---------------------------------------------------------------------
+async def test_stuck_entries_dead_consumers_and_dead_letters(app: App, settings: Settings, clock: ManualClock) -> None:
+    fast = await App.open(dataclasses.replace(settings, reclaim_idle_ms=100), clock=clock)
+    sweeper = await Sweeper.create(fast)
+    try:
+        await app.redis.xadd(app.keys.dead, {"error": "an old one"})
+        await xadd_fills(app, "s-stuck", per_pair=1)
+        await app.redis.xgroup_create(app.keys.stream, "coverage", id="0")
+        # a consumer read everything and died before acking
+        await app.redis.xreadgroup("coverage", "died", {app.keys.stream: ">"}, count=100)
+        await asyncio.sleep(0.15)
+        report = await sweeper.run_once()
+        assert report.stream.taken_over == {"coverage": 10}
+        assert report.sessions[0].uncovered_after == 0
+        assert report.stream.dead_growth == 0  # the first pass only records the length
+        assert (await app.redis.xpending(app.keys.stream, "coverage"))["pending"] == 0
+
+        await app.redis.xadd(app.keys.dead, {"error": "a new one"})
+        await asyncio.sleep(1.05)  # 10 x RECLAIM_IDLE_MS with nothing pending: forgotten
+        report = await sweeper.run_once()
+        assert report.stream.removed_consumers == ["coverage/died"]
+        assert report.stream.dead_growth == 1
+        consumers = await app.redis.xinfo_consumers(app.keys.stream, "coverage")
+        assert consumers == []
+        [alert] = await alerts_of(app, "dead_letters")
+        assert alert["new"] == "1"
+    finally:
+        await sweeper.close()
+        await fast.close()
+
+
+async def test_a_live_coverage_consumer_is_left_to_do_its_job(app: App, sweeper: Sweeper) -> None:
+    await app.redis.zadd(app.keys.heartbeats("coverage"), {"c1": now_ms()})
+    await xadd_fills(app, "s-live", per_pair=1)
+    report = await sweeper.run_once()
+    assert report.stream.taken_over == {} and report.stream.live["coverage"] == 1
+    assert await paper(app).orders() == []
+
+
+# --- discovery -----------------------------------------------------------------------
+async def test_sessions_from_redis_and_postgres(app: App, pg: asyncpg.Pool, clock: ManualClock) -> None:
+    await seed_uncovered(app, "s-recent", "o-1")
+    await seed_uncovered(app, "s-ended", "o-1")
+    await app.redis.zadd(app.keys.sessions_ended, {"s-ended": clock.ms})
+    await app.redis.zadd(app.keys.sessions, {"s-ended": clock.ms - 48 * HOUR})  # activity long ago
+    await seed_uncovered(app, "s-pg", "o-1", index=False)
+    await seed_uncovered(app, "s-old", "o-1")
+    await app.redis.zadd(app.keys.sessions, {"s-old": clock.ms - 48 * HOUR})
+    async with pg.acquire() as conn:
+        await conn.execute("INSERT INTO sessions (id, started_at) VALUES ('s-pg', now()), ('s-pg-old', now() - interval '3 days')")
+    sweeper = await Sweeper.create(app)
+    try:
+        report = await sweeper.run_once()
+    finally:
+        await sweeper.close()
+    assert sorted(s.session_id for s in report.sessions) == ["s-ended", "s-pg", "s-recent"]
+    assert report.total("covered") == 3 and report.notes == []
+
+
+async def test_postgres_unreachable_sweeps_the_redis_sessions(app: App, settings: Settings, clock: ManualClock) -> None:
+    offline = await App.open(dataclasses.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/none"), clock=clock)
+    await seed_uncovered(app, "s-1", "o-1")
+    sweeper = await Sweeper.create(offline)
+    try:
+        report = await sweeper.run_once()
+        again = await sweeper.run_once()
+    finally:
+        await sweeper.close()
+        await offline.close()
+    assert [s.session_id for s in report.sessions] == ["s-1"] and report.total("covered") == 1
+    for r in (report, again):
+        [note] = r.notes
+        assert note.startswith("sessions from Redis only, PostgreSQL not read: PostgreSQL at postgresql://")
+
+
+async def test_at_most_max_sessions_most_recent_first(app: App, settings: Settings, clock: ManualClock) -> None:
+    capped = await App.open(dataclasses.replace(settings, settlement_max_sessions=3), clock=clock)
+    for i in range(5):
+        await seed_uncovered(app, f"s-{i}", "o-1")
+        await app.redis.zadd(app.keys.sessions, {f"s-{i}": clock.ms - (5 - i) * 1000})
+    sweeper = await Sweeper.create(capped)
+    try:
+        report = await sweeper.run_once()
+    finally:
+        await sweeper.close()
+        await capped.close()
+    assert [s.session_id for s in report.sessions] == ["s-4", "s-3", "s-2"]
+    assert report.truncated and "SETTLEMENT_MAX_SESSIONS" in report.notes[-1]
+    assert report.unknown_orders == []  # not judged on a partial view
+
+
+# --- migration safety net ------------------------------------------------------------
+async def test_overdue_sessions_are_migrated_or_alerted_with_the_reason(
+    app: App, sweeper: Sweeper, pg: asyncpg.Pool, clock: ManualClock
+) -> None:
+    await app.redis.xadd(app.keys.stream, fill("s-end", "f-1", "o-1", ts=clock.ms - 2 * HOUR))
+    await app.redis.xadd(app.keys.stream, {"type": "session_ended", "session_id": "s-end", "ts": str(clock.ms - HOUR)})
+    await drain_coverage(app)  # the migrator never ran
+    await app.redis.zadd(app.keys.sessions_ended, {"s-ghost": clock.ms - HOUR})  # ended, its state lost
+    await app.redis.zadd(app.keys.sessions_ended, {"s-recent-end": clock.ms})  # not overdue yet
+
+    report = await sweeper.run_once()
+
+    assert sorted(report.migrations)[0] == "s-end: migrated"
+    assert await app.redis.exists(app.keys.migration_completed("s-end")) == 1
+    async with pg.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM fills WHERE session_id = 's-end'") == 1
+    [alert] = await alerts_of(app, "migration_overdue")
+    assert alert["session_id"] == "s-ghost" and alert["reason"].startswith("missing: ")
+    assert sorted(report.migrations)[1] == f"s-ghost: {alert['reason']}"
+    again = await sweeper.run_once()
+    assert again.migrations == [f"s-ghost: {alert['reason']}"]
+    assert len(await alerts_of(app, "migration_overdue")) == 1  # alerted once per reason
+
+
+# --- the loop and the lease ----------------------------------------------------------
+async def test_run_loops_until_stop_and_releases_the_lease(app: App, sweeper: Sweeper) -> None:
+    await seed_uncovered(app, "s-loop", "o-1")
+    task = asyncio.ensure_future(sweeper.run())
+    await wait_for(lambda: _status(app, "s-loop"))
+    assert (await app.redis.get(app.keys.sweeper_lease)).decode().startswith("test-consumer/")
+    app.stop.set()
+    await asyncio.wait_for(task, 5)
+    assert await app.redis.exists(app.keys.sweeper_lease) == 0
+    assert await uncovered(app, "s-loop") == {}
+
+
+def start_sweeper(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*MMOPS, "sweeper"], env={**env, "CONSUMER_NAME": name, "SETTLEMENT_INTERVAL_MINUTES": "0.01"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_two_sweeper_processes_one_lease_and_failover_after_kill_9(app: App, env: dict[str, str]) -> None:
+    procs = {name: start_sweeper(env, name) for name in ("sw-a", "sw-b")}
+    try:
+        holder_token = await wait_for(lambda: app.redis.get(app.keys.sweeper_lease), timeout=30)
+        holder = holder_token.decode().split("/", 1)[0]
+        other = "sw-b" if holder == "sw-a" else "sw-a"
+        passes: set[str] = set()
+        for _ in range(15):  # only the holder sweeps
+            by = await app.redis.hget(app.keys.sweeper_state, "last_pass_by")
+            if by:
+                passes.add(by.decode())
+            await asyncio.sleep(0.1)
+        assert passes == {holder_token.decode()}
+
+        procs[holder].send_signal(signal.SIGKILL)
+        procs[holder].wait(5)
+        killed_at = time.monotonic()
+        token = await wait_for(_lease_of(app, other), timeout=10)
+        took = time.monotonic() - killed_at
+        assert took < lease_ttl_ms(0.6) / 1000 + 1.0
+        await wait_for(_passed_by(app, token))
+
+        procs[other].send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(procs[other].wait, 15) == 0
+        assert await app.redis.exists(app.keys.sweeper_lease) == 0
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+# --- helpers -------------------------------------------------------------------------
+async def seed_uncovered(
+    app: App, sid: str, pid: str, *, symbol: str = "BTC/USD", price: str = "64000.5", qty: str = "0.01",
+    index: bool = True,
+) -> None:
+    """A recorded buy whose TP was never placed (as if the coverage worker died in between)."""
+    ts = app.clock.now_ms()
+    position = new_position(session_id=sid, position_id=pid, symbol=symbol, opened_at=ts).with_buy(
+        Buy(f"f-{pid}", D(price), D(qty), D("0.1"), ts)
+    )
+    await app.redis.hset(app.keys.positions(sid), pid, encode_position(position))
+    if index:
+        await app.redis.zadd(app.keys.sessions, {sid: ts})
+    if "/" in symbol:
+        await paper(app).observe_fill(fill_id=f"f-{sid}-{pid}", order_id=pid, symbol=symbol, side="buy", price=D(price), quantity=D(qty))
+
+
+async def alerts_of(app: App, kind: str) -> list[dict[str, str]]:
+    rows = await app.redis.xrange(app.keys.alerts)
+    out = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
+    return [a for a in out if a["kind"] == kind]
+
+
+async def _status(app: App, sid: str) -> bytes | None:
+    status: bytes | None = await app.redis.get(app.keys.settlement_status(sid))
+    return status if status == b"COMPLETED" else None
+
+
+def _lease_of(app: App, name: str) -> Callable[[], Any]:
+    async def check() -> str | None:
+        token = await app.redis.get(app.keys.sweeper_lease)
+        return token.decode() if token and token.decode().startswith(name + "/") else None
+
+    return check
+
+
+def _passed_by(app: App, token: str) -> Callable[[], Any]:
+    async def check() -> bool:
+        return await app.redis.hget(app.keys.sweeper_state, "last_pass_by") == token.encode()
+
+    return check
+
+
