@@ -20,7 +20,7 @@ _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _SYMBOL = re.compile(r"[A-Za-z0-9.]{1,24}/[A-Za-z0-9.]{1,24}")
 _WORD = re.compile(r"[A-Za-z0-9_ -]{1,32}")
 _CURRENCY = re.compile(r"[A-Za-z0-9.]{1,24}")
-_MAX_NUMBER = Decimal("1e15")
+_MAX_DIGITS = 15  # numbers below 1e15
 _MIN_EXPONENT = -18  # at most 18 fractional digits
 _MAX_TS = 10**14  # epoch ms, far beyond any real clock
 
@@ -80,7 +80,7 @@ def _decimal(name: str, raw: str, *, positive: bool) -> Decimal:
         raise EventError(name, f"not a decimal number: {_show(raw)}") from None
     if not value.is_finite():
         raise EventError(name, f"not a finite decimal: {_show(raw)}")
-    if abs(value) >= _MAX_NUMBER:
+    if value and value.adjusted() >= _MAX_DIGITS:  # |value| >= 1e15, without context arithmetic
         raise EventError(name, f"out of range (must be below 1e15): {_show(raw)}")
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
@@ -90,7 +90,8 @@ def _decimal(name: str, raw: str, *, positive: bool) -> Decimal:
         raise EventError(name, f"must be > 0, got {_show(raw)}")
     if not positive and value < 0:
         raise EventError(name, f"must be >= 0, got {_show(raw)}")
-    return value + 0  # normalises -0 to 0
+    # -0 and 0E-100 become 0; other values are kept exactly (no context rounding)
+    return value if value else Decimal(0)
 
 
 def _positive(name: str, raw: str) -> Decimal:
@@ -166,6 +167,11 @@ _FIELDS: dict[str, dict[str, tuple[Parser, bool]]] = {
 }
 
 
+def _field_name(key: str) -> str:
+    """A field name as it appears in a message: short, and on one line whatever it contains."""
+    return key[:40] if key.isprintable() else repr(key[:40])
+
+
 def _as_text(value: object, name: str) -> str:
     if isinstance(value, bytes):
         try:
@@ -192,8 +198,8 @@ def decode(fields: Mapping[Any, Any] | None, *, max_bytes: int = MAX_ENTRY_BYTES
         if isinstance(raw_value, str | bytes):
             size += len(raw_value)
         if size > max_bytes:
-            raise EventError(None, f"entry larger than {max_bytes} bytes")
-        text[key] = _as_text(raw_value, key[:40])
+            raise EventError(_field_name(key), f"entry larger than {max_bytes} bytes")
+        text[key] = _as_text(raw_value, _field_name(key))
     kind = text.pop("type", None)
     if kind is None:
         raise EventError("type", "missing")
@@ -202,7 +208,7 @@ def decode(fields: Mapping[Any, Any] | None, *, max_bytes: int = MAX_ENTRY_BYTES
         raise EventError("type", f"unknown event type {_show(kind)}")
     for key in text:
         if key not in spec:
-            raise EventError(key[:40], f"unknown field for a {kind} event")
+            raise EventError(_field_name(key), f"unknown field for a {kind} event")
     values: dict[str, Any] = {}
     for name, (parse, required) in spec.items():
         raw = text.get(name)

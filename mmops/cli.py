@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # as a program: a SIGTERM before the workers' own handlers exist stops cleanly
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     args = parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -166,12 +166,16 @@ def ensure_servers(redis_url: str, database_url: str, data_dir: Path | None = No
     """Use the given servers when they answer; otherwise start embedded ones in data_dir."""
     servers = Servers(redis_url, database_url)
     base = data_dir or Path(tempfile.mkdtemp(prefix="mmops-"))
-    if not tcp_reachable(redis_url, 6379):
-        redis = RedisProcess(free_port(), base / "redis").start()
-        servers.started.append(redis)
-        servers.redis_url = redis.url
-    if not tcp_reachable(database_url, 5432):
-        postgres = PostgresProcess(base / "pgdata").start()
-        servers.started.append(postgres)
-        servers.database_url = postgres.url
+    try:
+        if not tcp_reachable(redis_url, 6379):
+            redis = RedisProcess(free_port(), base / "redis").start()
+            servers.started.append(redis)
+            servers.redis_url = redis.url
+        if not tcp_reachable(database_url, 5432):
+            postgres = PostgresProcess(base / "pgdata").start()
+            servers.started.append(postgres)
+            servers.database_url = postgres.url
+    except BaseException:
+        servers.close()  # never leave a half-started pair behind
+        raise
     return servers

@@ -53,7 +53,7 @@ async def group_state(redis: aioredis.Redis, keys: Keys, group: str) -> dict[str
     info = next(g for g in await redis.xinfo_groups(keys.stream) if g["name"] == group.encode())
     consumers = await redis.xinfo_consumers(keys.stream, group)
     return {
-        "last": info["last-delivered-id"], "pending": info["pending"], "lag": info["lag"],
+        "last": info["last-delivered-id"], "pending": info["pending"], "lag": info.get("lag"),  # Redis >= 7 only
         "consumers": sorted((c["name"], c["pending"]) for c in consumers),
     }
 
@@ -92,7 +92,7 @@ async def test_replaying_a_processed_range_does_nothing(env: dict[str, str], red
 async def test_replaying_unprocessed_entries_reports_their_effects(env: dict[str, str], redis: aioredis.Redis, keys: Keys, processed: list[str]) -> None:
     new = await add(redis, keys, [buy("s-2", n) for n in range(3)] + [{"type": "bogus"}])
     before = await group_state(redis, keys, "coverage")
-    assert before["lag"] == 4
+    assert before["lag"] in (4, None)  # None on Redis 6.2, which does not report lag
     code, out, err = await mmops(env, "replay", "--group", "coverage", "--from", processed[-1], "--to", new[-1])
     assert code == 0, out + err
     assert "re-ran 5 entries" in out and "4 handled, 1 invalid (skipped)" in out

@@ -56,6 +56,8 @@ class Transient(Exception):
     """A dependency is unavailable; the entry stays pending and is retried later."""
 
 
+TRANSIENT_RETRY_S = 1.0  # a transient failure is retried in-process after this long
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Transient, *TRANSIENT_REDIS_ERRORS)
 
 
@@ -347,7 +349,11 @@ class Runtime:
                     log.debug("deferred %s: %s", entry.id, exc, extra={"group": self.group})
                     return
                 except TRANSIENT_ERRORS as exc:
+                    # a dependency hiccup (e.g. a stale connection after a Redis restart):
+                    # try again shortly, in lane order, instead of waiting RECLAIM_IDLE_MS
                     self._failed(entry, exc, trace=False)
+                    for later, _ in items[index:]:
+                        self._deferred[later.id] = (time.monotonic() + TRANSIENT_RETRY_S, later)
                     return
                 except Exception as exc:  # a bug or an unexpected error: keep it pending, count deliveries
                     self._failed(entry, exc, trace=True)

@@ -28,7 +28,7 @@ import asyncpg
 
 from mmops import logs, runner
 from mmops.app import App
-from mmops.commands.simulate import StatusLine
+from mmops.commands.simulate import StatusLine, add_trader_arguments
 from mmops.commands.status import entries_of, render_table
 from mmops.settings import Settings, redact_url
 from mmops.simulator import SimConfig, SimStats, SimulationError, Simulator
@@ -51,13 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "workers and `mmops simulate` for --duration seconds, waits for the migrations and one "
         "sweep, and reports. Exit status 1 if a position is left uncovered.",
     )
-    cmd.add_argument("--duration", type=float, default=30.0, metavar="S", help="seconds of trading (default 30)")
-    cmd.add_argument("--pairs", type=int, default=10, metavar="M", help="pairs (default 10)")
-    cmd.add_argument("--sessions", type=int, default=3, metavar="N", help="sessions (default 3)")
-    cmd.add_argument("--rate", type=float, default=20.0, metavar="FILLS_PER_S", help="buy fills per second (default 20)")
-    cmd.add_argument("--seed", type=int, default=None, metavar="X", help="random seed (default: random)")
-    cmd.add_argument("--volatility", type=float, default=0.5, metavar="PCT",
-                     help="price volatility, percent per sqrt(second) (default 0.5: TPs fill within the demo)")
+    add_trader_arguments(cmd, volatility=0.5, note=": TPs fill within the demo")
     cmd.add_argument("--schema", default="mmops_demo", help="PostgreSQL schema for the demo (default mmops_demo)")
     cmd.set_defaults(func=_demo)
 

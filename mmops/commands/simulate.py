@@ -26,16 +26,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "take-profits the random-walk price reaches (filled on the paper exchange) and session_ended "
         "to the input stream. The trader's own events are reproducible with --seed and --tag.",
     )
-    cmd.add_argument("--sessions", type=int, default=3, metavar="N", help="sessions, staggered (default 3)")
-    cmd.add_argument("--pairs", type=int, default=10, metavar="M", help="pairs per session (default 10)")
-    cmd.add_argument("--rate", type=float, default=20.0, metavar="FILLS_PER_S", help="buy fills per second (default 20)")
-    cmd.add_argument("--duration", type=float, default=30.0, metavar="S", help="seconds (default 30)")
-    cmd.add_argument("--seed", type=int, default=None, metavar="X", help="random seed (default: random, printed)")
-    cmd.add_argument("--volatility", type=float, default=0.3, metavar="PCT",
-                     help="price volatility, percent per sqrt(second) (default 0.3)")
+    add_trader_arguments(cmd, volatility=0.3)
     cmd.add_argument("--tag", default="", help="id tag of the sessions (default: seed and start time; "
                      "fix it for an identical stream)")
     cmd.set_defaults(func=_simulate)
+
+
+def add_trader_arguments(cmd: argparse.ArgumentParser, *, volatility: float, note: str = "") -> None:
+    """The simulated trader's options, shared by `simulate` and `demo`."""
+    cmd.add_argument("--sessions", type=int, default=3, metavar="N", help="sessions, staggered (default 3)")
+    cmd.add_argument("--pairs", type=int, default=10, metavar="M", help="pairs per session (default 10)")
+    cmd.add_argument("--rate", type=float, default=20.0, metavar="FILLS_PER_S", help="buy fills per second (default 20)")
+    cmd.add_argument("--duration", type=float, default=30.0, metavar="S", help="seconds of trading (default 30)")
+    cmd.add_argument("--seed", type=int, default=None, metavar="X", help="random seed (default: random, printed)")
+    cmd.add_argument("--volatility", type=float, default=volatility, metavar="PCT",
+                     help=f"price volatility, percent per sqrt(second) (default {volatility}{note})")
 
 
 def config_from(args: argparse.Namespace) -> SimConfig:
