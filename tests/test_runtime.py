@@ -494,3 +494,22 @@ async def test_reclaim_takes_only_idle_entries_of_other_consumers(
     assert stats.reclaimed == 2
     assert [d for _, d in handler.calls] == [2, 2]
     assert await pending(redis, keys) == fresh  # the live consumer's entry is left alone
+
+
+def test_lane_dependencies_order_only_what_conflicts() -> None:
+    from workers.runtime import LANE_SEP, dependencies
+
+    def lane(*parts: str) -> str:
+        return LANE_SEP.join(parts)
+
+    lanes = [
+        lane("s", "BTC", "o1"),  # 0 buy
+        lane("s", "BTC", "o2"),  # 1 buy, another order: independent of 0
+        lane("s", "BTC", "o1"),  # 2 buy, same order: after 0
+        lane("s", "BTC"),  # 3 sell on the pair: after every earlier BTC fill
+        lane("s", "ETH", "o3"),  # 4 other pair: independent
+        lane("s", "BTC", "o4"),  # 5 buy after the sell: after 3
+        lane("s"),  # 6 session event: after the latest entry of every lane of the session
+        lane("t", "BTC", "o1"),  # 7 another session: independent
+    ]
+    assert dependencies(lanes) == [[], [], [0], [1, 2], [], [3], [1, 2, 3, 4, 5], []]

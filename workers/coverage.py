@@ -1,7 +1,8 @@
 """The coverage worker's handler: record every fill once, keep positions, cover buys at once.
 
-Lanes are (session, symbol): a pair's fills are handled in stream order, while pairs
-and sessions proceed concurrently. Everything a fill changes is one compare-and-set
+Lanes (see workers.runtime.dependencies): one buy order's fills are handled in stream
+order while other orders' run alongside; a sell on another order waits for the pair's
+earlier fills (FIFO needs them); session events wait for the whole session. Everything a fill changes is one compare-and-set
 (storage/ledger.py) guarded by its fill id, so duplicates and replays change nothing.
 """
 
@@ -22,7 +23,7 @@ from storage.ledger import Committed, Conflict, Duplicate, Ledger, Op
 from trading.exchange import Exchange, ExchangeError, Market
 from trading.positions import Buy, Close, Position, StepStatus, fifo_allocate, new_position
 from trading.takeprofit import Outcome, Result, TakeProfitEngine
-from workers.runtime import Entry, Retry
+from workers.runtime import LANE_SEP, Entry, Retry
 
 log = logs.get("mmops.coverage")
 
@@ -43,8 +44,11 @@ class CoverageHandler:
         self.redis = ledger.redis
 
     def lane(self, event: Event) -> str:
+        """Buys of different orders run side by side; other sells wait for the pair's
+        earlier buys (FIFO); session events wait for everything of their session."""
         if isinstance(event, Fill | Order):
-            return f"{event.session_id}\x00{event.symbol}"
+            pair = f"{event.session_id}{LANE_SEP}{event.symbol}"
+            return pair if event.side == "sell" and isinstance(event, Fill) else f"{pair}{LANE_SEP}{event.order_id}"
         return event.session_id
 
     async def handle(self, entry: Entry, event: Event) -> None:

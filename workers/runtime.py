@@ -68,7 +68,8 @@ class Handler(Protocol):
     group: str
 
     def lane(self, event: Event) -> str:
-        """Entries of one lane are handled in stream order; lanes run concurrently."""
+        """Entries of one lane (and its ancestor and descendant lanes, see `dependencies`)
+        are handled in stream order; other lanes run concurrently."""
         ...
 
     async def handle(self, entry: Entry, event: Event) -> None:
@@ -308,7 +309,7 @@ class Runtime:
     # --- processing ------------------------------------------------------------
     async def _process(self, entries: Sequence[Entry]) -> None:
         dead: list[tuple[Entry, str]] = []
-        lanes: dict[str, list[tuple[Entry, Event]]] = {}
+        items: list[tuple[Entry, Event]] = []
         for entry in entries:
             if entry.fields is None:
                 dead.append((entry, "entry payload is missing (trimmed from the stream)"))
@@ -321,45 +322,72 @@ class Runtime:
             except EventError as exc:
                 dead.append((entry, str(exc)))
                 continue
-            lanes.setdefault(self.handler.lane(event), []).append((entry, event))
+            items.append((entry, event))
         if dead:
             await self._dead_letter(dead)
-        if not lanes:
+        if not items:
             return
+        waits = dependencies([self.handler.lane(event) for _, event in items])
+        loop = asyncio.get_running_loop()
+        finished: list[asyncio.Future[float | None]] = [loop.create_future() for _ in items]
         limit = asyncio.Semaphore(self.settings.concurrency)
         done: list[str] = []
-        await asyncio.gather(*(self._run_lane(items, limit, done) for items in lanes.values()))
+        await asyncio.gather(*(self._run_entry(i, items, waits[i], finished, limit, done) for i in range(len(items))))
         if done:
             crash_point("before_ack")
             await self.redis.xack(self.stream, self.group, *done)
             self.stats.processed += len(done)
             metrics.PROCESSED.labels(self.group).inc(len(done))
 
-    async def _run_lane(self, items: list[tuple[Entry, Event]], limit: asyncio.Semaphore, done: list[str]) -> None:
-        async with limit:
-            for index, (entry, event) in enumerate(items):
-                started = time.perf_counter()
-                try:
-                    await self.handler.handle(entry, event)
-                except Retry as exc:
-                    # keep lane order: this entry and the ones behind it wait
-                    for later, _ in items[index:]:
-                        self._deferred[later.id] = (time.monotonic() + exc.after_ms / 1000, later)
-                    self.stats.deferred += 1
-                    log.debug("deferred %s: %s", entry.id, exc, extra={"group": self.group})
+    async def _run_entry(
+        self, index: int, items: list[tuple[Entry, Event]], waits: list[int],
+        finished: list[asyncio.Future[float | None]], limit: asyncio.Semaphore, done: list[str],
+    ) -> None:
+        """Handle one entry once the earlier entries of its lane family are through.
+
+        An entry behind one that was deferred is deferred with it; behind one left
+        pending (a failure), it is left pending too, so lane order survives retries.
+        """
+        entry, event = items[index]
+        outcome: float | None = None
+        try:
+            for earlier in waits:
+                held = await finished[earlier]
+                if held is not None:
+                    if held != LEFT_PENDING:
+                        self._deferred[entry.id] = (held, entry)
+                    outcome = held
                     return
-                except TRANSIENT_ERRORS as exc:
-                    # a dependency hiccup (e.g. a stale connection after a Redis restart):
-                    # try again shortly, in lane order, instead of waiting RECLAIM_IDLE_MS
-                    self._failed(entry, exc, trace=False)
-                    for later, _ in items[index:]:
-                        self._deferred[later.id] = (time.monotonic() + TRANSIENT_RETRY_S, later)
-                    return
-                except Exception as exc:  # a bug or an unexpected error: keep it pending, count deliveries
-                    self._failed(entry, exc, trace=True)
-                    return
-                metrics.LATENCY.labels(self.group).observe(time.perf_counter() - started)
+            async with limit:
+                outcome = await self._handle(entry, event)
+            if outcome is None:
                 done.append(entry.id)
+        finally:
+            finished[index].set_result(outcome if outcome is not None else None)
+
+    async def _handle(self, entry: Entry, event: Event) -> float | None:
+        """Run the handler: None when done, else when to retry (or LEFT_PENDING)."""
+        started = time.perf_counter()
+        try:
+            await self.handler.handle(entry, event)
+        except Retry as exc:
+            at = time.monotonic() + exc.after_ms / 1000
+            self._deferred[entry.id] = (at, entry)
+            self.stats.deferred += 1
+            log.debug("deferred %s: %s", entry.id, exc, extra={"group": self.group})
+            return at
+        except TRANSIENT_ERRORS as exc:
+            # a dependency hiccup (e.g. a stale connection after a Redis restart): try again
+            # shortly instead of waiting RECLAIM_IDLE_MS; not a redelivery
+            self._failed(entry, exc, trace=False)
+            at = time.monotonic() + TRANSIENT_RETRY_S
+            self._deferred[entry.id] = (at, entry)
+            return at
+        except Exception as exc:  # a bug or an unexpected error: keep it pending, count deliveries
+            self._failed(entry, exc, trace=True)
+            return LEFT_PENDING
+        metrics.LATENCY.labels(self.group).observe(time.perf_counter() - started)
+        return None
 
     def _failed(self, entry: Entry, exc: BaseException, *, trace: bool) -> None:
         self.stats.failed += 1
@@ -395,6 +423,35 @@ class Runtime:
         metrics.DEAD.labels(self.group).inc(len(items))
         for entry, reason in items:
             log.warning("dead-lettered %s: %s", entry.id, reason, extra={"group": self.group})
+
+
+LANE_SEP = "\x00"
+LEFT_PENDING = -1.0  # an entry failed: it and the entries behind it wait for a reclaim
+
+
+def dependencies(lanes: Sequence[str]) -> list[list[int]]:
+    """For each entry, the earlier entries it must wait for.
+
+    Lanes are paths ("session", "session/BTC-USD", "session/BTC-USD/order-7", joined by
+    LANE_SEP). An entry waits for the latest earlier entry of its own lane, of each
+    ancestor lane, and of each descendant lane: a pair's sell waits for the pair's buys
+    before it, buys of different orders run side by side.
+    """
+    last: dict[str, int] = {}
+    below: dict[str, set[str]] = {}
+    waits: list[list[int]] = []
+    for index, lane in enumerate(lanes):
+        parts = lane.split(LANE_SEP)
+        ancestors = [LANE_SEP.join(parts[:k]) for k in range(1, len(parts))]
+        found = {last[a] for a in ancestors if a in last}
+        if lane in last:
+            found.add(last[lane])
+        found.update(last[d] for d in below.get(lane, ()))
+        waits.append(sorted(found))
+        last[lane] = index
+        for ancestor in ancestors:
+            below.setdefault(ancestor, set()).add(lane)
+    return waits
 
 
 def _text(value: bytes | str) -> str:
