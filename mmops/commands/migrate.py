@@ -1,0 +1,225 @@
+"""`mmops migrate`: persist ended sessions to PostgreSQL (the old run-migration script's interface).
+
+Without --session, the sessions that ended within --lookback-hours are taken (from
+`mm:sessions:ended` and the session hashes), oldest first, in concurrent batches of
+--batch-size. Sessions already completed are skipped unless --force. --dry-run prints
+what would be written; --stats compares each session's counts in Redis and PostgreSQL.
+Exit status 1 when a session could not be migrated (the table says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from mmops import runner
+from mmops.clock import Clock, SystemClock
+from mmops.commands.report import format_table, money
+from mmops.progress import Progress
+from mmops.settings import Settings
+from storage import redis as redis_store
+from storage import schema
+from storage import session_reader as reader
+from storage.keys import Keys
+from storage.postgres import create_pool
+from workers.migrator import TRANSIENT_PG_ERRORS, MigrationResult, Status, migrate_session
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cmd = sub.add_parser(
+        "migrate", help="persist ended sessions to PostgreSQL (idempotent)",
+        description="Persist ended sessions to PostgreSQL. Sessions already completed are skipped "
+        "unless --force. Exit status 1 when a session could not be migrated.",
+    )
+    cmd.add_argument("--session", action="append", metavar="ID", help="this session (repeatable)")
+    cmd.add_argument("--lookback-hours", type=_hours, metavar="H",
+                     help="sessions ended within the last H hours (default MIGRATION_LOOKBACK_HOURS)")
+    cmd.add_argument("--batch-size", type=_positive, metavar="N",
+                     help="sessions migrated concurrently (default MIGRATION_BATCH_SIZE)")
+    cmd.add_argument("--limit", type=_positive, metavar="N", help="at most N sessions")
+    cmd.add_argument("--dry-run", action="store_true",
+                     help="write nothing; print what would be written per session")
+    cmd.add_argument("--force", action="store_true",
+                     help="re-migrate completed sessions (nothing is inserted twice) and migrate "
+                     "sessions whose recorded fill count differs from the trader's")
+    cmd.add_argument("--stats", action="store_true",
+                     help="print per-session counts in Redis and PostgreSQL; migrate nothing")
+    cmd.set_defaults(func=_migrate)
+
+
+def _hours(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = Decimal(-1)
+    if not value.is_finite() or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of hours > 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {"dry_run": True} if args.dry_run else {}
+    return runner.run(lambda settings: main(settings, args), **overrides)
+
+
+@dataclass
+class CliParts:
+    """What migrate_session needs, without an exchange (the CLI places no orders)."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    keys: Keys
+    clock: Clock
+
+    async def alert(self, kind: str, message: str, **figures: object) -> None:
+        fields = {"kind": kind, "message": message, "ts": str(self.clock.now_ms())}
+        fields.update({k: str(v) for k, v in figures.items()})
+        await self.redis.xadd(self.keys.alerts, fields)  # type: ignore[arg-type]
+
+
+async def main(settings: Settings, args: argparse.Namespace) -> int:
+    redis = await redis_store.connect(settings.redis_url)
+    parts = CliParts(settings, redis, Keys(settings.key_prefix, settings.stream), SystemClock())
+    pool: asyncpg.Pool | None = None
+    try:
+        sids = await _sessions(parts, args)
+        if args.stats:
+            pool = await create_pool(settings.database_url, max_size=2)
+            print(await stats_table(parts, pool, sids))
+            return 0
+        if not sids:
+            print("no sessions to migrate")
+            return 0
+        batch = args.batch_size or settings.migration_batch_size
+        if not settings.dry_run:
+            pool = await create_pool(settings.database_url, max_size=batch + 1)
+            async with pool.acquire() as conn:
+                await schema.upgrade(conn)
+        results = await migrate_all(parts, pool, sids, batch=batch, force=args.force)
+    finally:
+        if pool is not None:
+            await pool.close()
+        await redis.aclose()
+    print(results_table(results, dry_run=settings.dry_run))
+    failed = [r for r in results if not r.ok]
+    return 1 if failed else 0
+
+
+async def _sessions(parts: CliParts, args: argparse.Namespace) -> list[str]:
+    if args.session:
+        sids = list(dict.fromkeys(args.session))
+    else:
+        hours = args.lookback_hours or parts.settings.migration_lookback_hours
+        since = parts.clock.now_ms() - int(hours * 3_600_000)
+        sids = [sid for sid, _ in await reader.ended_sessions(parts.redis, parts.keys, since)]
+    return sids[: args.limit] if args.limit else sids
+
+
+async def migrate_all(
+    parts: CliParts, pool: asyncpg.Pool | None, sids: list[str], *, batch: int, force: bool
+) -> list[MigrationResult]:
+    """Migrate in batches of `batch` concurrent sessions; a failure is a result, not an exit."""
+    results: list[MigrationResult] = []
+    progress = Progress(len(sids), "dry run" if parts.settings.dry_run else "migrating")
+
+    async def one(sid: str) -> MigrationResult:
+        started = time.perf_counter()
+        try:
+            result = await migrate_session(parts, pool, sid, force=force)
+        except TRANSIENT_PG_ERRORS as exc:
+            result = MigrationResult(sid, Status.FAILED, f"PostgreSQL unavailable: {_line(exc)}")
+        except Exception as exc:  # one bad session must not stop the others; reported in the table
+            result = MigrationResult(sid, Status.FAILED, f"{type(exc).__name__}: {_line(exc)}",
+                                     duration_ms=int((time.perf_counter() - started) * 1000))
+        progress.advance()
+        return result
+
+    try:
+        for start in range(0, len(sids), batch):
+            results += await asyncio.gather(*(one(sid) for sid in sids[start:start + batch]))
+    finally:
+        progress.close()
+    return results
+
+
+def results_table(results: list[MigrationResult], *, dry_run: bool) -> str:
+    rows = []
+    for r in results:
+        status = "skipped" if r.status is Status.ALREADY else str(r.status)
+        counted = r.status in (Status.MIGRATED, Status.DRY_RUN)
+        rows.append([
+            r.session_id, status,
+            r.fills if counted else "", r.orders if counted else "", r.pairs if counted else "",
+            money(r.pnl) if counted else "", money(r.fees) if counted else "",
+            r.new_fills if r.status is Status.MIGRATED else "", r.duplicates if counted else "",
+            r.duration_ms if counted else "", r.reason,
+        ])
+    header = ["SESSION", "STATUS", "FILLS", "ORDERS", "PAIRS", "P&L", "FEES",
+              "NEW FILLS", "DUPLICATES", "MS", "NOTE"]
+    title = "dry run: nothing written; what each session would have in PostgreSQL" if dry_run else ""
+    counts = Counter("skipped (completed)" if r.status is Status.ALREADY else str(r.status) for r in results)
+    summary = f"{len(results)} sessions: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return "\n".join(filter(None, [title, format_table(header, rows), summary]))
+
+
+async def stats_table(parts: CliParts, pool: asyncpg.Pool, sids: list[str]) -> str:
+    """Per session: counts in Redis (fills, TP orders, positions) next to PostgreSQL's."""
+    db = {
+        row["id"]: row
+        for row in await pool.fetch(
+            """SELECT x.id, s.migrated_at, s.duplicate_fills,
+                      (SELECT count(*) FROM fills f WHERE f.session_id = x.id)::int AS fills,
+                      (SELECT count(*) FROM orders o WHERE o.session_id = x.id)::int AS orders,
+                      (SELECT count(*) FROM orders o WHERE o.session_id = x.id
+                                                      AND o.is_take_profit)::int AS tp_orders
+               FROM unnest($1::text[]) AS x(id) LEFT JOIN sessions s ON s.id = x.id""",
+            sids,
+        )
+    }
+    rows = []
+    for sid in sids:
+        header = await reader.read_header(parts.redis, parts.keys, sid)
+        row = db.get(sid)
+        migrated = row is not None and row["migrated_at"] is not None
+        pg_fills = row["fills"] if row is not None else 0
+        dups = row["duplicate_fills"] if migrated and row is not None else 0
+        pg_tp = row["tp_orders"] if row is not None else 0
+        if not migrated:
+            verdict = "not migrated"
+        elif not header.has_state:
+            verdict = "ok (Redis state gone)"
+        elif pg_fills + dups == header.fills and pg_tp >= header.tp_orders:
+            verdict = "ok"
+        else:
+            verdict = "differs"
+        rows.append([
+            sid, "yes" if header.completed_at else "no", header.fills, pg_fills, dups,
+            header.tp_orders, pg_tp, row["orders"] if row is not None else 0, header.positions, verdict,
+        ])
+    return format_table(
+        ["SESSION", "COMPLETED", "REDIS FILLS", "PG FILLS", "DUPLICATES", "REDIS TP", "PG TP",
+         "PG ORDERS", "POSITIONS", "CHECK"],
+        rows,
+    )
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
