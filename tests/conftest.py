@@ -133,7 +133,7 @@ def env(settings: Settings) -> dict[str, str]:
 MMOPS = [sys.executable, "-m", "mmops"]
 
 
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]  # noqa: ASYNC109
     """Poll an async predicate until it returns a truthy value; fail the test on timeout."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

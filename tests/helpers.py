@@ -9,7 +9,7 @@ from decimal import Decimal
 from mmops.app import App
 from trading.paper import PaperExchange
 from workers.coverage import CoverageHandler
-from workers.runtime import Runtime, RunStats
+from workers.runtime import RunStats, Runtime
 
 
 def now_ms() -> int:

@@ -56,7 +56,8 @@ class Transient(Exception):
     """A dependency is unavailable; the entry stays pending and is retried later."""
 
 
-TRANSIENT_RETRY_S = 1.0  # a transient failure is retried in-process after this long
+TRANSIENT_RETRY_S = 1.0  # a transient failure is retried in-process after 1, 2, 4 s
+TRANSIENT_RETRIES = 3
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Transient, *TRANSIENT_REDIS_ERRORS)
 
@@ -103,6 +104,8 @@ class Runtime:
     _last_claim: float = 0.0
     _last_heartbeat: float = 0.0
     _deferred: dict[str, tuple[float, Entry]] = field(default_factory=dict)
+    _transient_tries: dict[str, int] = field(default_factory=dict)
+    _draining: bool = False
     _in_flight: int = 0
 
     def __post_init__(self) -> None:
@@ -126,6 +129,7 @@ class Runtime:
 
     async def run(self, *, until_drained: bool = False) -> RunStats:
         """Consume until `stop` is set (SIGTERM) or, with until_drained, nothing is left."""
+        self._draining = until_drained
         await self._retrying(self.ensure_group)
         backlog = True  # first our own pending entries (ID 0), then new ones (>)
         after = "0-0"
@@ -378,15 +382,23 @@ class Runtime:
             return at
         except TRANSIENT_ERRORS as exc:
             # a dependency hiccup (e.g. a stale connection after a Redis restart): try again
-            # shortly instead of waiting RECLAIM_IDLE_MS; not a redelivery
+            # shortly, a few times, instead of waiting RECLAIM_IDLE_MS; then it is left to the
+            # reclaim, whose deliveries count towards MAX_DELIVERIES
             self._failed(entry, exc, trace=False)
-            at = time.monotonic() + TRANSIENT_RETRY_S
+            tries = self._transient_tries.get(entry.id, 0)
+            if tries >= TRANSIENT_RETRIES or self._draining:  # a drain makes one pass, no waiting
+                self._transient_tries.pop(entry.id, None)
+                return LEFT_PENDING
+            self._transient_tries[entry.id] = tries + 1
+            at = time.monotonic() + TRANSIENT_RETRY_S * 2**tries
             self._deferred[entry.id] = (at, entry)
             return at
         except Exception as exc:  # a bug or an unexpected error: keep it pending, count deliveries
             self._failed(entry, exc, trace=True)
             return LEFT_PENDING
         metrics.LATENCY.labels(self.group).observe(time.perf_counter() - started)
+        if self._transient_tries:
+            self._transient_tries.pop(entry.id, None)
         return None
 
     def _failed(self, entry: Entry, exc: BaseException, *, trace: bool) -> None:
