@@ -390,7 +390,7 @@ class Runtime:
                 self._transient_tries.pop(entry.id, None)
                 return LEFT_PENDING
             self._transient_tries[entry.id] = tries + 1
-            at = time.monotonic() + TRANSIENT_RETRY_S * 2**tries
+            at = time.monotonic() + TRANSIENT_RETRY_S * (1 << tries)
             self._deferred[entry.id] = (at, entry)
             return at
         except Exception as exc:  # a bug or an unexpected error: keep it pending, count deliveries
