@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 
 class PgProxy:
     def __init__(self, database_url: str) -> None:
         parts = urlsplit(database_url)
+        query = dict(parse_qsl(parts.query))
+        # a unix-socket server (pgserver: ?host=/dir) is reached through its socket file
+        socket_dir = query.pop("host", "") if not parts.hostname else ""
+        self.socket = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir.startswith("/") else ""
         self.target = (parts.hostname or "127.0.0.1", parts.port or 5432)
-        self._parts = parts
+        self._parts = parts._replace(query=urlencode(query))
         self.port = 0
         self.cut_when: Callable[[bytes], bool] | None = None
         self.cuts = 0
@@ -67,7 +71,10 @@ class PgProxy:
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            server_r, server_w = await asyncio.open_connection(*self.target)
+            if self.socket:
+                server_r, server_w = await asyncio.open_unix_connection(self.socket)
+            else:
+                server_r, server_w = await asyncio.open_connection(*self.target)
         except OSError:
             client_w.transport.abort()
             return

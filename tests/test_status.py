@@ -65,7 +65,9 @@ async def test_healthy_with_a_live_worker(env: dict[str, str], settings: Setting
         assert "sweeper lease: host-1-42 (expires in" in out
         assert "risk halt: off" in out
         group_line = next(line for line in out.splitlines() if line.strip().startswith("coverage"))
-        assert group_line.split() == ["coverage", "1", "1", "0", "-", "0", "0"]
+        columns = group_line.split()
+        assert columns[:5] + columns[6:] == ["coverage", "1", "1", "0", "-", "0"]
+        assert columns[5] in ("0", "?")  # lag: Redis 6.2 does not report it
         assert any("worker-1" in line and "live" in line for line in out.splitlines())
         code, out, _ = await mmops(env, "status", "--json")
         report = json.loads(out)
