@@ -195,3 +195,12 @@ async def test_aging_tier_uses_position_age(settings: Settings, redis: object) -
         assert created["tier"] == "2" and created["price"] == "64263.6"  # breakeven tier vector
     finally:
         await app.close()
+
+
+async def test_the_same_fill_id_in_two_sessions_is_two_fills(app: App) -> None:
+    for sid in ("s-a", "s-b"):
+        await app.redis.xadd(app.keys.stream, fill(sid, "f-1", "o-1"))
+    await drain_coverage(app)
+    created = await takeprofit_entries(app, "created")
+    assert sorted(c["session_id"] for c in created) == ["s-a", "s-b"]
+    assert await app.exchange.free_balance("BTC") == 0  # both credited, both locked by their TPs

@@ -134,8 +134,8 @@ class CoverageHandler:
     async def _observe(self, fill: Fill) -> None:
         """Tell the exchange (the paper one moves balances); an exchange's refusal is only logged."""
         try:
-            await self.exchange.observe_fill(
-                fill_id=fill.fill_id, order_id=fill.order_id, symbol=fill.symbol, side=fill.side,
+            await self.exchange.observe_fill(  # fill ids are unique within a session only
+                fill_id=f"{fill.session_id}/{fill.fill_id}", order_id=fill.order_id, symbol=fill.symbol, side=fill.side,
                 price=fill.price, quantity=fill.quantity,
             )
         except ExchangeError as exc:
