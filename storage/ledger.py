@@ -99,7 +99,7 @@ CommitResult = Committed | Duplicate | Conflict
 class Ledger:
     redis: aioredis.Redis
     keys: Keys
-    cache_size: int = 50_000
+    cache_size: int = 10_000  # recent positions; a miss costs one CAS round trip, not correctness
     _cache: OrderedDict[tuple[str, str], Position] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
