@@ -80,7 +80,7 @@ class Supervisor:
 async def supervisor(tmp_path: Path, env: dict[str, str], pg: asyncpg.Pool) -> AsyncIterator[Supervisor]:
     busy = [p for p in METRICS_PORTS if port_in_use(p)]
     if busy:
-        pytest.skip(f"metrics ports of supervisord.conf in use: {busy}")
+        pytest.fail(f"the metrics ports of supervisord.conf are in use by another process: {busy}")
     shutil.copy(ROOT / "supervisord.conf", tmp_path / "supervisord.conf")
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     output = tmp_path / "supervisord.out"
