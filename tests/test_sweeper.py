@@ -516,3 +516,30 @@ def _passed_by(app: App, token: str) -> Callable[[], Any]:
     return check
 
 
+
+
+async def test_each_pass_trims_the_stream_to_its_retention_but_never_unprocessed_entries(
+    settings: Settings, redis: object, clock: ManualClock
+) -> None:
+    import dataclasses
+
+    from tests.helpers import drain_coverage
+
+    app = await App.open(dataclasses.replace(settings, stream_retention_hours=Decimal("0.5")), clock=clock)
+    sweeper = await Sweeper.create(app)
+    try:
+        await xadd_fills(app, "s-old", 30)  # 300 entries
+        await app.redis.xgroup_create(app.keys.stream, "migrator", id="0")  # has read none of them
+        await drain_coverage(app)  # the coverage group acked them all
+        clock.advance(hours=1)
+        report = await sweeper.run_once()
+        assert not report.errors
+        assert await app.redis.xlen(app.keys.stream) == 300  # the migrator group still needs them
+
+        await app.redis.xgroup_setid(app.keys.stream, "migrator", "$")  # now it is up to date
+        report = await sweeper.run_once()
+        assert any(note.startswith("retention: trimmed") for note in report.notes)
+        assert await app.redis.xlen(app.keys.stream) < 300
+    finally:
+        await sweeper.close()
+        await app.close()

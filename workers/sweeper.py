@@ -38,6 +38,7 @@ from mmops.clock import iso
 from storage import postgres
 from storage.redis import TRANSIENT_REDIS_ERRORS, ServerUnreachable
 from trading.exchange import ExchangeError
+from workers import retention
 from workers.reconcile import OpenBook, open_book, unknown_orders
 from workers.risk import RiskGuard, RiskReport
 from workers.runtime import Handler, Runtime
@@ -479,6 +480,7 @@ class Sweeper:
             if report.risk is not None:
                 report.errors += report.risk.errors
         await self._phase(report, "migrations", self._overdue_migrations(report))
+        await self._phase(report, "retention", self._retention(report))
         report.duration_ms = int((time.perf_counter() - started) * 1000)
         await self._phase(report, "state", self._record(report))
         log.info(
@@ -488,6 +490,12 @@ class Sweeper:
             report.total("error_count") + len(report.errors), report.duration_ms,
         )
         return report
+
+    async def _retention(self, report: SweepReport) -> None:
+        """MM_STREAM_RETENTION_HOURS: trim the input stream, never past what every group acked."""
+        result = await retention.trim(self.app)
+        if result.removed:
+            report.notes.append(f"retention: trimmed {result.removed} entries below {result.min_id} ({result.reason})")
 
     async def _phase(self, report: SweepReport, name: str, work: Awaitable[Any]) -> Any:
         started = time.perf_counter()
