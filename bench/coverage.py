@@ -18,7 +18,8 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from bench.common import percentile, rss_mb, start_mmops, table, worker_env
+from bench.common import rss_mb, start_mmops, worker_env
+from mmops.reporting import percentile, render_table
 from storage.keys import Keys
 from trading.paper import KRAKEN_USD_PAIRS
 
@@ -122,7 +123,7 @@ async def main() -> None:
             if fields.get(b"type") == b"created" and fields.get(b"latency_ms"):
                 latencies.append(float(fields[b"latency_ms"]))
         rows.append([f"(b) latency_ms at {args.rate} fills/s",
-                     f"p50 {percentile(latencies, 50):.0f} / p99 {percentile(latencies, 99):.0f} / max {max(latencies):.0f} ms",
+                     f"p50 {percentile(latencies, 50) or 0:.0f} / p99 {percentile(latencies, 99) or 0:.0f} / max {max(latencies):.0f} ms",
                      f"{len(latencies)} TPs over {args.seconds} s", "p99 <= 10 ms"])
         rows.append(["(c) worker RSS at the end", f"{rss_mb(worker.pid):.0f} MB",
                      f"peak {rss_mb(worker.pid, 'VmHWM'):.0f} MB", "<= 150 MB"])
@@ -131,7 +132,7 @@ async def main() -> None:
     finally:
         await cleanup(r, prefix)
         await r.aclose()
-    print(table(rows, ["measure", "result", "detail", "target"]))
+    print(render_table(["measure", "result", "detail", "target"], rows, rule=True))
     print(f"\nreproduce: python -m bench.coverage --fills {args.fills} --rate {args.rate} --seconds {args.seconds}")
 
 

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from events.schema import Fill  # noqa: E402
 from mmops.clock import Clock, iso  # noqa: E402
+from mmops.reporting import render_table  # noqa: E402
 from mmops.settings import Settings  # noqa: E402
 from storage import postgres, schema  # noqa: E402
 from storage import session_reader as reader  # noqa: E402
@@ -403,12 +404,7 @@ async def main(args: argparse.Namespace) -> int:
     print(f"mmops migration benchmark: {n:,} fills over {args.pairs} pairs, {n_positions:,} positions "
           f"({args.fills_per_order} buy fills + 1 TP fill each), {n_tps:,} TP orders")
     header = ("measure", "rows", "fills", "seconds", "rows/s", "fills/s")
-    table = [header] + [(name, f"{r:,}", f"{f:,}", f"{s:.2f}", _rate(r, s), _rate(f, s)) for name, r, f, s in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for i, row in enumerate(table):
-        print("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(row)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print(render_table(header, [(name, f"{r:,}", f"{f:,}", f"{s:.2f}", _rate(r, s), _rate(f, s)) for name, r, f, s in rows], rule=True))
     write_rate = w_rows / write_s
     print()
     print(f"end to end: {e2e['fills'] / e2e['seconds']:,.0f} fills/s (target >= 100,000); "

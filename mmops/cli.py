@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import asyncpg
 from redis.exceptions import RedisError
 
+from mmops.logs import one_line
 from mmops.settings import SettingsError
 from storage.redis import ServerUnreachable
 
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (asyncpg.PostgresError, RedisError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = one_line(exc)
         print(f"mmops: {type(exc).__name__}: {first}", file=sys.stderr)
         return 1
 

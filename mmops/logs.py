@@ -43,5 +43,11 @@ def setup(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line for messages and logs (never a traceback)."""
+    lines = str(exc).splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def get(name: str) -> logging.Logger:
     return logging.getLogger(name)

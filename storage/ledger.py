@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from events.schema import Fill
 from storage.keys import Keys
 from storage.pipeliner import Pipeliner
+from storage.redis import as_text
 from trading.positions import Position, decode_position, encode_position
 
 # KEYS: positions hash, fills hash.
@@ -118,7 +119,7 @@ class Ledger:
 
     async def positions(self, sid: str) -> dict[str, Position]:
         raw = await self.redis.hgetall(self.keys.positions(sid))
-        out = {_text(k): decode_position(v) for k, v in raw.items()}
+        out = {as_text(k): decode_position(v) for k, v in raw.items()}
         for pid, position in out.items():
             self._remember(sid, pid, position)
         return out
@@ -173,5 +174,3 @@ class Ledger:
             del self._cache[key]
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -7,8 +7,15 @@ from typing import Any
 import asyncpg
 import orjson
 
+from mmops.logs import one_line
 from mmops.settings import redact_url
 from storage.redis import ServerUnreachable
+
+_CONNECT_ERRORS = (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError)
+
+
+def _unreachable(url: str, exc: BaseException) -> ServerUnreachable:
+    return ServerUnreachable(f"PostgreSQL at {redact_url(url)} is unreachable: {one_line(exc, 200)}")
 
 
 def _jsonb_encode(value: Any) -> str:
@@ -30,10 +37,8 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 8) -> asyn
             url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10,
             command_timeout=300,
         )
-    except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
-        raise ServerUnreachable(
-            f"PostgreSQL at {redact_url(url)} is unreachable: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
-        ) from None
+    except _CONNECT_ERRORS as exc:
+        raise _unreachable(url, exc) from None
     assert pool is not None
     return pool
 
@@ -42,9 +47,7 @@ async def connect(url: str) -> asyncpg.Connection:
     """One connection (for migrations and tools), or ServerUnreachable."""
     try:
         conn = await asyncpg.connect(url, timeout=10)
-    except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
-        raise ServerUnreachable(
-            f"PostgreSQL at {redact_url(url)} is unreachable: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
-        ) from None
+    except _CONNECT_ERRORS as exc:
+        raise _unreachable(url, exc) from None
     await _init_connection(conn)
     return conn

@@ -7,6 +7,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mmops.logs import one_line
 from mmops.settings import redact_url
 
 # Errors after which the same command may succeed later: the entry stays pending.
@@ -43,15 +44,23 @@ async def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
     conn = client(url, blocking=blocking)
     try:
         await conn.ping()
-    except RedisError as exc:
+    except (RedisError, OSError) as exc:
         await conn.aclose()
-        raise ServerUnreachable(f"Redis at {redact_url(url)} is unreachable: {_one_line(exc)}") from None
-    except OSError as exc:
-        await conn.aclose()
-        raise ServerUnreachable(f"Redis at {redact_url(url)} is unreachable: {_one_line(exc)}") from None
+        raise ServerUnreachable(f"Redis at {redact_url(url)} is unreachable: {one_line(exc)}") from None
     return conn
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+StreamEntry = tuple[str, dict[bytes, bytes]]
+
+
+def as_text(value: object) -> str:
+    """A Redis reply value (bytes with decode_responses=False) as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def entries_of(reply: object) -> list[StreamEntry]:
+    """An XRANGE/XREVRANGE reply as (id, fields) pairs with text ids (a trimmed payload: {})."""
+    out: list[StreamEntry] = []
+    for entry_id, fields in reply or []:  # type: ignore[attr-defined]
+        out.append((as_text(entry_id), dict(fields or {})))
+    return out

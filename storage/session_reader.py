@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from events.schema import Fill, Order
 from storage.keys import Keys
 from storage.ledger import decode_fill
+from storage.redis import as_text
 from trading.positions import Position, decode_position
 
 SCAN_COUNT = 1000  # HSCAN COUNT: entries per round trip (a hint; Redis may return more)
@@ -137,7 +138,7 @@ async def read_header(redis: aioredis.Redis, keys: Keys, sid: str) -> SessionHea
         pipe.scard(keys.tp_orders(sid))
         pipe.get(keys.migration_completed(sid))
         raw, pairs, fills, positions, orders, tps, completed = await pipe.execute()
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
     listed = tuple(p for p in fields.get("pairs", "").split(",") if p)
     return SessionHeader(
         session_id=sid,
@@ -148,12 +149,12 @@ async def read_header(redis: aioredis.Redis, keys: Keys, sid: str) -> SessionHea
         fills_expected=_int(fields.get("fills_expected")),
         end_reason=fields.get("end_reason") or None,
         listed_pairs=listed,
-        seen_pairs=frozenset(_text(p) for p in pairs),
+        seen_pairs=frozenset(as_text(p) for p in pairs),
         fills=int(fills),
         positions=int(positions),
         order_events=int(orders),
         tp_orders=int(tps),
-        completed_at=_text(completed) if completed else None,
+        completed_at=as_text(completed) if completed else None,
     )
 
 
@@ -178,7 +179,7 @@ async def scan_items(
         cursor, chunk = await redis.hscan(key, cursor, count=count)
         if chunk:
             assert isinstance(chunk, dict)
-            yield [(_text(k), v) for k, v in chunk.items() if isinstance(v, bytes)]
+            yield [(as_text(k), v) for k, v in chunk.items() if isinstance(v, bytes)]
         if cursor == 0:
             return
 
@@ -244,7 +245,7 @@ async def tp_records(
     cursor = 0
     while True:
         cursor, members = await redis.sscan(keys.tp_orders(sid), cursor, count=count)
-        wanted += [oid for oid in map(_text, members) if oid not in skip]
+        wanted += [oid for oid in map(as_text, members) if oid not in skip]
         if cursor == 0:
             break
     out: list[TpRecord] = []
@@ -255,7 +256,7 @@ async def tp_records(
                 pipe.hgetall(keys.tp_order(sid, oid))
             replies = await pipe.execute()
         out += [
-            TpRecord(oid, {_text(k): _text(v) for k, v in reply.items()})
+            TpRecord(oid, {as_text(k): as_text(v) for k, v in reply.items()})
             for oid, reply in zip(ids, replies, strict=True) if reply
         ]
     return out
@@ -271,8 +272,8 @@ async def ended_sessions(redis: aioredis.Redis, keys: Keys, since_ms: int) -> li
         pipe.zrangebyscore(keys.sessions_ended, since_ms, "+inf", withscores=True)
         pipe.zrangebyscore(keys.sessions, since_ms, "+inf")
         pending, active = await pipe.execute()
-    found = {_text(sid): int(score) for sid, score in pending}
-    candidates = sorted({_text(s) for s in active} - set(found))
+    found = {as_text(sid): int(score) for sid, score in pending}
+    candidates = sorted({as_text(s) for s in active} - set(found))
     for start in range(0, len(candidates), SCAN_COUNT):
         batch = candidates[start:start + SCAN_COUNT]
         async with redis.pipeline(transaction=False) as pipe:
@@ -280,7 +281,7 @@ async def ended_sessions(redis: aioredis.Redis, keys: Keys, since_ms: int) -> li
                 pipe.hget(keys.session(sid), "ended_at")
             ends = await pipe.execute()
         for sid, end in zip(batch, ends, strict=True):
-            ended = _int(_text(end)) if end else None
+            ended = _int(as_text(end)) if end else None
             if ended is not None and ended >= since_ms:
                 found[sid] = ended
     return sorted(found.items(), key=lambda item: (item[1], item[0]))
@@ -302,9 +303,6 @@ def iso_to_ms(text: str) -> int | None:
         parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _int(value: str | None) -> int | None:

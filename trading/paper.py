@@ -58,6 +58,7 @@ import redis.asyncio as aioredis
 
 from storage.keys import Keys
 from storage.pipeliner import Pipeliner
+from storage.redis import as_text
 from trading.exchange import (
     BadSymbol,
     DuplicateClientId,
@@ -310,9 +311,6 @@ def _new_order_id() -> str:
     return f"O{raw[:5]}-{raw[5:10]}-{raw[10:16]}"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
 
 def _order(raw: bytes | str) -> Order:
     return _order_from(orjson.loads(raw))
@@ -473,7 +471,7 @@ class PaperExchange:
         if tick is None:
             raw = await self._redis.hget(self._k["ticks"], symbol)
             if raw is not None:
-                tick = self._ticks[symbol] = Decimal(_text(raw))
+                tick = self._ticks[symbol] = Decimal(as_text(raw))
         return tick
 
     async def _price_args(self, symbol: str, price: Decimal) -> tuple[str, str, str]:
@@ -497,7 +495,7 @@ class PaperExchange:
 
     def _remember_tick(self, symbol: str, stored: Any) -> None:
         if stored:
-            self._ticks[symbol] = Decimal(_text(stored))
+            self._ticks[symbol] = Decimal(as_text(stored))
             self._markets.pop(symbol, None)
 
     async def set_price(self, symbol: str, price: Decimal) -> None:
@@ -515,7 +513,7 @@ class PaperExchange:
         raw = await self._redis.hget(self._k["prices"], symbol)
         if raw is None:
             raise TransientError(f"no price yet for {symbol}")
-        _, bid, ask = _text(raw).split(" ")
+        _, bid, ask = as_text(raw).split(" ")
         return Quote(bid=Decimal(bid), ask=Decimal(ask))
 
     # --- fills ---------------------------------------------------------------------
@@ -629,7 +627,7 @@ class PaperExchange:
             if outcome == b"ok":
                 return _order(detail)
             if outcome == b"dup":
-                raise DuplicateClientId(f"client id {client_id!r} is open as {_text(detail)}")
+                raise DuplicateClientId(f"client id {client_id!r} is open as {as_text(detail)}")
             if outcome == b"post_only":
                 bid = Decimal(int(detail)).scaleb(-PRICE_EXP).normalize()
                 raise PostOnlyRejected(f"post-only sell at {price} would cross the bid {bid}")
@@ -683,7 +681,7 @@ class PaperExchange:
         totals: dict[str, int] = {}
         for table in (free, locked):
             for asset, units in table.items():
-                totals[_text(asset)] = totals.get(_text(asset), 0) + int(units)
+                totals[as_text(asset)] = totals.get(as_text(asset), 0) + int(units)
         return {asset: from_units(units) for asset, units in sorted(totals.items())}
 
     async def close(self) -> None:

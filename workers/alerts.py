@@ -27,7 +27,9 @@ from redis.exceptions import ResponseError
 from mmops import logs
 from mmops.app import App
 from mmops.clock import iso
+from mmops.logs import one_line
 from storage.keys import Keys
+from storage.redis import as_text
 from workers.runtime import Entry, Runtime, Transient, jittered
 
 log = logs.get("mmops.alerts")
@@ -77,7 +79,7 @@ class WebhookForwarder:
         self._session: aiohttp.ClientSession | None = None
 
     def decode(self, fields: Mapping[bytes, bytes]) -> dict[str, str]:
-        return {_text(k): _text(v) for k, v in fields.items()}
+        return {as_text(k): as_text(v) for k, v in fields.items()}
 
     def lane(self, event: Any) -> str:
         return GROUP  # one lane: alerts arrive in the order they were raised
@@ -114,7 +116,7 @@ class WebhookForwarder:
                     if retry_after is not None and attempt + 1 < self.attempts:
                         await self._sleep(min(retry_after, RETRY_AFTER_CAP_S))
             except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                problem = one_line(exc, 200)
         raise Transient(f"webhook {where(self.url)} failed {self.attempts} times: {problem or 'stopping'}")
 
     async def _sleep(self, seconds: float) -> None:
@@ -167,5 +169,3 @@ def _seconds(raw: str | None) -> float | None:
         return None
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

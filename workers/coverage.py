@@ -20,6 +20,7 @@ from mmops.clock import Clock
 from mmops.faults import crash_point
 from storage.keys import Keys
 from storage.ledger import Committed, Conflict, Duplicate, Ledger, Op
+from storage.redis import as_text
 from trading.exchange import Exchange, ExchangeError, Market
 from trading.positions import Buy, Close, Position, StepStatus, fifo_allocate, new_position
 from trading.takeprofit import Outcome, Result, TakeProfitEngine
@@ -151,7 +152,7 @@ class CoverageHandler:
         for _ in range(MAX_TRIES):
             writes: list[Position]
             if owner:
-                pos = await self.ledger.position(sid, _text(owner), fresh=True)
+                pos = await self.ledger.position(sid, as_text(owner), fresh=True)
                 changed = _with_tp_fill(pos, fill.order_id, close) if pos is not None else None
                 writes = [changed] if changed is not None else []
                 ops = [*self._fill_ops(fill), *self._tp_status_ops(sid, writes, fill.order_id)]
@@ -185,9 +186,6 @@ def _with_tp_fill(pos: Position, order_id: str, close: Close) -> Position | None
     status = StepStatus.FILLED if filled >= step.qty - step.cancelled and step.status == StepStatus.LIVE else step.status
     return pos.with_step(msgspec.structs.replace(step, fills=fills, status=status))
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _net_of_base_fee(fill: Fill) -> tuple[Decimal, Decimal]:

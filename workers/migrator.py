@@ -37,12 +37,13 @@ from events import Event, SessionEnded, SessionStarted
 from events.codec import session_of
 from mmops import logs
 from mmops.clock import Clock, iso
+from mmops.logs import one_line
 from mmops.settings import Settings
 from storage import schema
 from storage import session_reader as reader
 from storage.keys import Keys
 from storage.postgres import create_pool
-from storage.redis import ServerUnreachable
+from storage.redis import ServerUnreachable, as_text
 from storage.session_reader import (
     CloseRow,
     FillRow,
@@ -200,7 +201,7 @@ async def migrate_session(
         except asyncpg.UniqueViolationError as exc:
             # an id another session already uses (stored qualified by the staging path), or a
             # duplicate the in-memory filter could not see (the same number written differently)
-            log.info("session %s: %s; writing it through the staging path", sid, _one_line(exc),
+            log.info("session %s: %s; writing it through the staging path", sid, one_line(exc),
                      extra={"session_id": sid})
             plan = await _write(conn, parts, header, now, staging=True)
     result = plan.result(Status.MIGRATED, _ms_since(started))
@@ -226,10 +227,10 @@ async def coverage_backlog(
         groups = await redis.xinfo_groups(keys.stream)
     except ResponseError:  # no stream yet
         return f"the stream {keys.stream} does not exist"
-    info = next((g for g in groups if _text(g["name"]) == group), None)
+    info = next((g for g in groups if as_text(g["name"]) == group), None)
     if info is None:
         return f"consumer group {group} does not exist yet"
-    last = _text(info["last-delivered-id"])
+    last = as_text(info["last-delivered-id"])
     if _stream_id(last) < _stream_id(upto):
         return f"{group} has not read up to {upto} yet (last delivered {last})"
     start = "-"
@@ -237,7 +238,7 @@ async def coverage_backlog(
         rows = await redis.xpending_range(keys.stream, group, min=start, max=upto, count=PENDING_PAGE)
         if not rows:
             return None
-        ids = [_text(row["message_id"]) for row in rows]
+        ids = [as_text(row["message_id"]) for row in rows]
         async with redis.pipeline(transaction=False) as pipe:
             for mid in ids:
                 pipe.xrange(keys.stream, mid, mid, count=1)
@@ -294,7 +295,7 @@ class MigratorHandler:
                 case _:
                     return
         except TRANSIENT_PG_ERRORS as exc:
-            raise Transient(f"PostgreSQL unavailable: {_one_line(exc)}") from exc
+            raise Transient(f"PostgreSQL unavailable: {one_line(exc)}") from exc
 
     async def on_session_ended(self, entry: Entry, event: SessionEnded) -> None:
         sid = event.session_id
@@ -888,10 +889,4 @@ def _ms_since(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]

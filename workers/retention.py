@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 
 from mmops import logs
 from mmops.app import App
+from storage.redis import as_text
 
 log = logs.get("mmops.retention")
 
@@ -46,8 +47,8 @@ async def trim(app: App, *, approximate: bool = True) -> TrimResult:
         return TrimResult(stream, 0, None, "the stream has no consumer groups")
     bound, reason = cutoff, f"retention {hours} h"
     for group in groups:
-        name = _text(group["name"])
-        floor = await acked_floor(app, name, _text(group.get("last-delivered-id") or "0-0"))
+        name = as_text(group["name"])
+        floor = await acked_floor(app, name, as_text(group.get("last-delivered-id") or "0-0"))
         if _key(floor) < _key(bound):
             bound, reason = floor, f"group {name} still needs entries from {floor}"
     removed = int(await app.redis.xtrim(stream, minid=bound, approximate=approximate))
@@ -60,7 +61,7 @@ async def acked_floor(app: App, group: str, last_delivered: str) -> str:
     """The lowest id the group may still need: its smallest pending id, else last-delivered + 1."""
     summary = await app.redis.xpending(app.keys.stream, group)
     if int(summary.get("pending") or 0) and summary.get("min") is not None:
-        return _text(summary["min"])
+        return as_text(summary["min"])
     ms, seq = _key(last_delivered)
     return f"{ms}-{seq + 1}"
 
@@ -70,5 +71,3 @@ def _key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -23,6 +23,7 @@ import orjson
 from mmops import logs
 from mmops.app import App
 from mmops.clock import iso, utc_day
+from mmops.logs import one_line
 from storage.ledger import Conflict
 from trading.client_ids import client_id
 from trading.exchange import CircuitOpen, DuplicateClientId, ExchangeError, Order, TransientError
@@ -141,7 +142,7 @@ class RiskGuard:
                     bids[symbol] = (await self.app.exchange.quote(symbol)).bid
                 except ExchangeError as exc:
                     report.unpriced.append(symbol)
-                    report.errors.append(f"quote {symbol}: {_line(exc)}")
+                    report.errors.append(f"quote {symbol}: {one_line(exc)}")
 
         await asyncio.gather(*(one(s) for s in sorted(symbols)))
         if report.unpriced:
@@ -170,7 +171,7 @@ class RiskGuard:
                 try:
                     await self.exit_position(sid, pid, bid, report)
                 except ExchangeError as exc:
-                    report.errors.append(f"exit {sid} {pid}: {_line(exc)}")
+                    report.errors.append(f"exit {sid} {pid}: {one_line(exc)}")
 
     async def exit_position(self, sid: str, pid: str, bid: Decimal, report: RiskReport) -> Outcome:
         """Cancel the position's live TPs, then sell what is uncovered at the best bid."""
@@ -243,9 +244,6 @@ class RiskGuard:
         except ExchangeError as exc:
             if isinstance(exc, TransientError) and not isinstance(exc, CircuitOpen):
                 return None
-            return f"emergency exit not placed: {_line(exc)}"
+            return f"emergency exit not placed: {one_line(exc)}"
 
 
-def _line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]

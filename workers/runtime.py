@@ -24,9 +24,10 @@ from events import Event, EventError, decode
 from events.codec import session_of
 from mmops import logs
 from mmops.faults import crash_point
+from mmops.logs import one_line
 from mmops.settings import Settings, redact_url
 from storage.keys import Keys
-from storage.redis import TRANSIENT_REDIS_ERRORS
+from storage.redis import TRANSIENT_REDIS_ERRORS, as_text
 from workers import metrics
 
 log = logs.get("mmops.runtime")
@@ -156,7 +157,7 @@ class Runtime:
             except TRANSIENT_REDIS_ERRORS as exc:
                 log.warning(
                     "Redis at %s unreachable (%s); retrying", redact_url(self.settings.redis_url),
-                    str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__,
+                    one_line(exc, 120),
                 )
                 await self._pause(1.0)
             except ResponseError as exc:
@@ -203,7 +204,7 @@ class Runtime:
         if not reply:
             return []
         messages = cast(list[tuple[bytes, dict[bytes, bytes] | None]], reply[0][1])  # type: ignore[index]
-        return [Entry(_text(mid), fields or None) for mid, fields in messages]
+        return [Entry(as_text(mid), fields or None) for mid, fields in messages]
 
     async def _with_deliveries_and_process(self, entries: list[Entry]) -> None:
         await self._process(await self._with_deliveries(entries))
@@ -216,7 +217,7 @@ class Runtime:
             self.stream, self.group, min=entries[0].id, max=entries[-1].id,
             count=len(entries) * 4 + 10, consumername=self.consumer,
         )
-        counts = {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}  # type: ignore[arg-type]
+        counts = {as_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
         return [Entry(e.id, e.fields, counts.get(e.id, e.deliveries)) for e in entries]
 
     async def _reclaim(self) -> list[Entry]:
@@ -226,9 +227,9 @@ class Runtime:
             min_idle_time=self.settings.reclaim_idle_ms, start_id=self._claim_cursor,
             count=self.settings.batch_size,
         )
-        start, self._claim_cursor = self._claim_cursor, _text(reply[0])
-        claimed = [Entry(_text(mid), fields or None) for mid, fields in reply[1] if mid is not None]
-        deleted = [_text(mid) for mid in reply[2]] if len(reply) > 2 and reply[2] else []
+        start, self._claim_cursor = self._claim_cursor, as_text(reply[0])
+        claimed = [Entry(as_text(mid), fields or None) for mid, fields in reply[1] if mid is not None]
+        deleted = [as_text(mid) for mid in reply[2]] if len(reply) > 2 and reply[2] else []
         if len(claimed) < len(reply[1]):  # Redis 6.2: a trimmed entry is a nil, still pending
             deleted += await self._trimmed(start, self._claim_cursor, {e.id for e in claimed})
         claimed = [e for e in claimed if e.id not in self._deferred]
@@ -249,7 +250,7 @@ class Runtime:
             self.stream, self.group, min=start, max="+" if cursor == "0-0" else f"({cursor}",
             count=self.settings.batch_size + len(self._deferred) + 100, consumername=self.consumer,
         )
-        candidates = [mid for mid in (_text(row["message_id"]) for row in rows)  # type: ignore[arg-type]
+        candidates = [mid for mid in (as_text(row["message_id"]) for row in rows)
                       if mid not in claimed and mid not in self._deferred]
         if not candidates:
             return []
@@ -278,7 +279,7 @@ class Runtime:
             _, pending, groups = await pipe.execute()
         metrics.PENDING.labels(self.group).set(int(pending["pending"]))
         for info in groups:
-            if _text(info["name"]) == self.group:
+            if as_text(info["name"]) == self.group:
                 lag = info.get("lag")
                 metrics.LAG.labels(self.group).set(-1 if lag is None else int(lag))
         if self._deferred:  # keep deferred entries ours: reset their idle time, not their count
@@ -404,7 +405,7 @@ class Runtime:
     def _failed(self, entry: Entry, exc: BaseException, *, trace: bool) -> None:
         self.stats.failed += 1
         metrics.FAILED.labels(self.group).inc()
-        message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        message = one_line(exc)
         log.warning(
             "entry %s left pending: %s", entry.id, message,
             exc_info=exc if trace else None,
@@ -465,9 +466,6 @@ def dependencies(lanes: Sequence[str]) -> list[list[int]]:
             below.setdefault(ancestor, set()).add(lane)
     return waits
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def jittered(base: float) -> float:

@@ -26,6 +26,7 @@ from pathlib import Path
 from mmops import logs
 from mmops.app import App
 from mmops.clock import iso
+from mmops.logs import one_line
 from trading.exchange import ExchangeError
 from trading.positions import COVERING, Position, Step, StepStatus, decode_position
 from trading.pricing import MS_PER_HOUR
@@ -373,12 +374,12 @@ class SessionSweep:
                 try:
                     await self._position(pos, book, report)
                 except ExchangeError as exc:
-                    report.error(f"{symbol} {pos.id}: {_line(exc)}")
-                    report.actions.append(f"error {symbol} {pos.id}: {_line(exc)}")
+                    report.error(f"{symbol} {pos.id}: {one_line(exc)}")
+                    report.actions.append(f"error {symbol} {pos.id}: {one_line(exc)}")
                 except Exception as exc:  # a bug or Redis trouble: this pair stops, the others go on
                     log.warning("sweep of %s %s failed", pos.session_id, symbol, exc_info=exc)
-                    report.error(f"{symbol}: {type(exc).__name__}: {_line(exc)}")
-                    report.actions.append(f"error {symbol}: {type(exc).__name__}: {_line(exc)}")
+                    report.error(f"{symbol}: {type(exc).__name__}: {one_line(exc)}")
+                    report.actions.append(f"error {symbol}: {type(exc).__name__}: {one_line(exc)}")
                     return
 
     async def _position(self, pos: Position, book: OpenBook | None, report: SessionReport) -> None:
@@ -488,6 +489,3 @@ def _safe_name(sid: str) -> str:
     return sid if sid.strip(".") else "_" + sid
 
 
-def _line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]

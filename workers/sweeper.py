@@ -35,8 +35,9 @@ from redis.exceptions import ResponseError
 from mmops import logs
 from mmops.app import App
 from mmops.clock import iso
+from mmops.logs import one_line
 from storage import postgres
-from storage.redis import TRANSIENT_REDIS_ERRORS, ServerUnreachable
+from storage.redis import TRANSIENT_REDIS_ERRORS, ServerUnreachable, as_text
 from trading.exchange import ExchangeError
 from workers import retention
 from workers.reconcile import OpenBook, open_book, unknown_orders
@@ -217,7 +218,7 @@ async def discover(app: App, recent: RecentSessions | None) -> Discovery:
             for rank, sid in enumerate(await recent.fetch(started, settings.settlement_max_sessions)):
                 score.setdefault(sid, since - rank)
         except PG_ERRORS as exc:
-            note = f"sessions from Redis only, PostgreSQL not read: {_line(exc)}"
+            note = f"sessions from Redis only, PostgreSQL not read: {one_line(exc)}"
             notes.append(note)
             log.warning(note)
     ordered = sorted(score, key=lambda sid: (-score[sid], sid))
@@ -264,7 +265,7 @@ class StreamCare:
         now = time.time_ns() // 1_000_000  # stream ids and heartbeats are wall-clock times
         stream = self.keys.stream
         try:
-            infos = {_text(g["name"]): g for g in await self.redis.xinfo_groups(stream)}
+            infos = {as_text(g["name"]): g for g in await self.redis.xinfo_groups(stream)}
             exists = True
         except ResponseError as exc:
             if "no such key" not in str(exc).lower():
@@ -293,14 +294,14 @@ class StreamCare:
 
     async def _live(self, group: str, now: int) -> list[str]:
         members = await self.redis.zrangebyscore(self.keys.heartbeats(group), now - HEARTBEAT_FRESH_MS, "+inf")
-        names = [_text(m) for m in members]
+        names = [as_text(m) for m in members]
         return [n for n in names if not n.startswith(SWEEPER_CONSUMER_PREFIX)]
 
     async def _forget_dead(self, group: str, live: list[str], report: StreamReport) -> None:
         """XGROUP DELCONSUMER consumers long idle with nothing pending."""
         idle_limit = DEAD_CONSUMER_IDLE_FACTOR * self.settings.reclaim_idle_ms
         for consumer in await self.redis.xinfo_consumers(self.keys.stream, group):
-            name = _text(consumer["name"])
+            name = as_text(consumer["name"])
             if name in live or int(consumer["pending"]) or int(consumer["idle"]) < idle_limit:
                 continue
             await self._delconsumer(keys=[self.keys.stream], args=[group, name])
@@ -320,12 +321,12 @@ class StreamCare:
             return bool(await self.redis.xlen(self.keys.stream))
         if info.get("lag") == 0:
             return False
-        after = _text(info.get("last-delivered-id") or b"0-0")
+        after = as_text(info.get("last-delivered-id") or b"0-0")
         first = await self.redis.xrange(self.keys.stream, min="(" + after, max="+", count=1)
         if not first:
             return False
         entry_id = first[0][0]
-        return now - _ms(_text(entry_id)) > self.settings.interval_seconds * 1000
+        return now - _ms(as_text(entry_id)) > self.settings.interval_seconds * 1000
 
     async def _take_over(self, group: str, report: StreamReport) -> None:
         """Handle the group's entries as one of its consumers, within a time budget."""
@@ -336,7 +337,7 @@ class StreamCare:
             await self._alert_once(
                 f"nohandler:{group}", "stuck_entries",
                 f"group {group} has entries waiting and no live consumer; the sweeper cannot take "
-                f"them: {_line(exc)}", group=group,
+                f"them: {one_line(exc)}", group=group,
             )
             return
         stop = asyncio.Event()
@@ -433,7 +434,7 @@ class Sweeper:
                     try:
                         await self.run_once()
                     except TRANSIENT_REDIS_ERRORS as exc:
-                        log.warning("sweep interrupted, Redis unreachable: %s", _line(exc))
+                        log.warning("sweep interrupted, Redis unreachable: %s", one_line(exc))
                     continue
                 wait = max(0.0, next_pass - loop.time()) if self.lease.held else renew_every
                 await _wait(self.app.stop, min(wait, renew_every))
@@ -455,7 +456,7 @@ class Sweeper:
             held = await self.lease.refresh()
         except TRANSIENT_REDIS_ERRORS as exc:
             held = self.lease.held = False
-            log.warning("cannot reach Redis to keep the sweeper lease: %s", _line(exc))
+            log.warning("cannot reach Redis to keep the sweeper lease: %s", one_line(exc))
         if held and not was:
             log.info("sweeper lease taken by %s", self.lease.token)
         elif was and not held:
@@ -502,8 +503,8 @@ class Sweeper:
         try:
             return await work
         except Exception as exc:  # the safety net keeps its other duties when one phase fails
-            log.warning("sweep phase %s failed: %s", name, _line(exc), exc_info=not isinstance(exc, TRANSIENT_REDIS_ERRORS))
-            report.errors.append(f"{name}: {type(exc).__name__}: {_line(exc)}")
+            log.warning("sweep phase %s failed: %s", name, one_line(exc), exc_info=not isinstance(exc, TRANSIENT_REDIS_ERRORS))
+            report.errors.append(f"{name}: {type(exc).__name__}: {one_line(exc)}")
             return None
         finally:
             report.phases_ms[name] = int((time.perf_counter() - started) * 1000)
@@ -512,7 +513,7 @@ class Sweeper:
         try:
             book = await open_book(self.app.exchange, self.app.clock)
         except ExchangeError as exc:
-            report.notes.append(f"exchange open orders unavailable, no reconciliation: {_line(exc)}")
+            report.notes.append(f"exchange open orders unavailable, no reconciliation: {one_line(exc)}")
             log.warning(report.notes[-1])
             return None
         report.open_orders = len(book.orders)
@@ -526,9 +527,9 @@ class Sweeper:
                 try:
                     return await self.sessions.run(sid, book)
                 except Exception as exc:
-                    log.warning("sweep of session %s failed: %s", sid, _line(exc), extra={"session_id": sid})
+                    log.warning("sweep of session %s failed: %s", sid, one_line(exc), extra={"session_id": sid})
                     failed = SessionReport(sid, status=Status.FAILED)
-                    failed.error(f"{type(exc).__name__}: {_line(exc)}")
+                    failed.error(f"{type(exc).__name__}: {one_line(exc)}")
                     return failed
 
         report.sessions = list(await asyncio.gather(*(one(sid) for sid in sids)))
@@ -566,7 +567,7 @@ class Sweeper:
         """Sessions ended more than MIGRATION_OVERDUE_MINUTES ago and not in PostgreSQL."""
         now = self.app.clock.now_ms()
         cutoff = now - int(self.settings.migration_overdue_minutes * 60_000)
-        overdue = [_text(s) for s in await self.redis.zrangebyscore(self.keys.sessions_ended, "-inf", cutoff)]
+        overdue = [as_text(s) for s in await self.redis.zrangebyscore(self.keys.sessions_ended, "-inf", cutoff)]
         for sid in overdue:
             if await self.redis.exists(self.keys.migration_completed(sid)):
                 continue
@@ -591,17 +592,17 @@ class Sweeper:
         try:
             from workers import migrator
         except ImportError as exc:
-            return f"the migrator is not available ({_line(exc)})"
+            return f"the migrator is not available ({one_line(exc)})"
         try:
             if self._migrator is None:
                 self._migrator = await migrator.MigratorHandler.create(self.app)
             result = await migrator.migrate_session(self.app, self._migrator.pool, sid)
         except Exception as exc:
-            log.warning("migration of %s by the sweeper failed: %s", sid, _line(exc), extra={"session_id": sid})
+            log.warning("migration of %s by the sweeper failed: %s", sid, one_line(exc), extra={"session_id": sid})
             if self._migrator is not None and isinstance(exc, migrator.TRANSIENT_PG_ERRORS):
                 await self._migrator.close()
                 self._migrator = None
-            return f"migration failed: {type(exc).__name__}: {_line(exc)}"
+            return f"migration failed: {type(exc).__name__}: {one_line(exc)}"
         if not result.ok:
             return f"{result.status}: {result.reason}"
         log.info("overdue session %s: %s", sid, result.status, extra={"session_id": sid})
@@ -628,13 +629,6 @@ def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
 
 
 __all__ = [

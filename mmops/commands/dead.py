@@ -18,10 +18,11 @@ import orjson
 import redis.asyncio as aioredis
 
 from mmops import runner
-from mmops.commands.status import StreamEntry, entries_of, fmt_ms, render_table
+from mmops.reporting import fmt_ms, render_table
 from mmops.settings import Settings
 from storage import redis as redis_store
 from storage.keys import Keys
+from storage.redis import StreamEntry, as_text, entries_of
 
 RECORD_FIELDS = ("stream", "id", "group", "error", "deliveries")
 _ID = re.compile(r"\d{1,20}(-\d{1,20})?")
@@ -96,9 +97,9 @@ async def _list(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) -> 
     total = int(await redis.xlen(keys.dead))
     if args.json:
         for dead_id, fields in letters:
-            record = {name: _text(fields.get(name.encode(), b"")) for name in RECORD_FIELDS}
+            record = {name: as_text(fields.get(name.encode(), b"")) for name in RECORD_FIELDS}
             record["dead_id"] = dead_id
-            print(orjson.dumps({**record, "fields": {_text(k): _text(v) for k, v in original_fields(fields).items()}}).decode())
+            print(orjson.dumps({**record, "fields": {as_text(k): as_text(v) for k, v in original_fields(fields).items()}}).decode())
         return 0
     if not letters:
         print(f"no dead letters in {keys.dead}")
@@ -106,9 +107,9 @@ async def _list(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) -> 
     now = time.time_ns() // 1_000_000
     rows = [
         [
-            dead_id, fmt_ms(now - _ms(dead_id)), _text(fields.get(b"group", b"")), _text(fields.get(b"stream", b"")),
-            _text(fields.get(b"id", b"")), int(fields.get(b"deliveries", b"0") or 0),
-            _text(original_fields(fields).get(b"type", b"-")), _text(fields.get(b"error", b""))[:100],
+            dead_id, fmt_ms(now - _ms(dead_id)), as_text(fields.get(b"group", b"")), as_text(fields.get(b"stream", b"")),
+            as_text(fields.get(b"id", b"")), int(fields.get(b"deliveries", b"0") or 0),
+            as_text(original_fields(fields).get(b"type", b"-")), as_text(fields.get(b"error", b""))[:100],
         ]
         for dead_id, fields in letters
     ]
@@ -153,7 +154,7 @@ async def retry(
     skipped: list[tuple[str, str]] = []
     for dead_id, fields in letters:
         original = original_fields(fields)
-        stream = _text(fields.get(b"stream", keys.stream.encode()))
+        stream = as_text(fields.get(b"stream", keys.stream.encode()))
         if not original:
             skipped.append((dead_id, "the entry's payload is gone (trimmed before it was dead-lettered)"))
             continue
@@ -164,7 +165,7 @@ async def retry(
             pipe.xadd(stream, original)  # type: ignore[arg-type]
             pipe.xdel(keys.dead, dead_id)
             new_id, _ = await pipe.execute()
-        retried.append((dead_id, stream, _text(new_id)))
+        retried.append((dead_id, stream, as_text(new_id)))
     return retried, skipped
 
 
@@ -186,9 +187,6 @@ def _check_id(entry_id: str) -> None:
     if not _ID.fullmatch(entry_id):
         raise UsageError(f"not a stream id: {entry_id[:40]!r} (expected MS-SEQ or MS)")
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _ms(entry_id: str) -> int:

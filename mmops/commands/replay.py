@@ -31,9 +31,11 @@ from events import decode as decode_event
 from mmops import runner
 from mmops.app import App
 from mmops.commands.simulate import StatusLine
-from mmops.commands.status import entries_of, render_table
+from mmops.logs import one_line
+from mmops.reporting import render_table
 from mmops.settings import Settings
 from storage import postgres
+from storage.redis import as_text, entries_of
 from workers.runtime import Entry, Handler, Retry
 
 GROUPS = ("coverage", "migrator")
@@ -193,7 +195,7 @@ async def _run_page(app: App, handler: Handler, entries: list[Entry], result: Re
                     result.errors.append(f"{entry.id} not ready: {exc}")
                 except Exception as exc:  # reported, the replay goes on
                     result.failed += 1
-                    text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                    text = one_line(exc, 200)
                     result.errors.append(f"{entry.id}: {text}")
 
     await asyncio.gather(*(run_lane(items) for items in lanes.values()))
@@ -266,7 +268,7 @@ class CoverageEffects:
         cursor = "(" + self.tp_mark
         while True:
             page = entries_of(await self.app.redis.xrange(self.app.keys.takeprofits, min=cursor, max="+", count=1000))
-            total += sum(1 for _, f in page if _text(f.get(b"session_id", b"")) in self.sessions)
+            total += sum(1 for _, f in page if as_text(f.get(b"session_id", b"")) in self.sessions)
             if len(page) < 1000:
                 return total
             cursor = "(" + page[-1][0]
@@ -316,13 +318,13 @@ async def reset(settings: Settings, group: str, to: str) -> int:
     try:
         stream = app.keys.stream
         try:
-            groups = {_text(g["name"]): g for g in await app.redis.xinfo_groups(stream)}
+            groups = {as_text(g["name"]): g for g in await app.redis.xinfo_groups(stream)}
         except ResponseError:
             groups = {}
         if group not in groups:
             print(f"mmops replay: no group {group!r} on {stream}", file=sys.stderr)
             return 1
-        old = _text(groups[group].get("last-delivered-id") or "0-0")
+        old = as_text(groups[group].get("last-delivered-id") or "0-0")
         await app.redis.xgroup_setid(stream, group, to)
         print(f"group {group} on {stream} moved from {old} to {to}: entries after {to} will be delivered again")
         return 0
@@ -334,12 +336,10 @@ def _session(entry: Entry) -> str | None:
     if not entry.fields:
         return None
     raw = entry.fields.get(b"session_id")
-    return _text(raw) if raw else None
+    return as_text(raw) if raw else None
 
 
 def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

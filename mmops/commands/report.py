@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal
@@ -26,11 +25,11 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal
 import asyncpg
 
 from mmops import runner
+from mmops.reporting import render_table
 from mmops.settings import Settings
 from storage import postgres
 
 ZERO = Decimal(0)
-_NUMBER = re.compile(r"|-|n/a|[-+]?[\d,]*\.?\d+%?")
 _EXACT = Context(prec=50)
 MONEY = Decimal("0.0001")
 
@@ -169,21 +168,6 @@ def sharpe(values: Sequence[Decimal]) -> Decimal | None:
 # --- rendering -------------------------------------------------------------------------
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """An aligned text table: columns of numbers right-aligned, others left-aligned."""
-    cells = [[str(c) for c in header]] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    numeric = [all(_NUMBER.fullmatch(row[i]) for row in cells[1:]) and len(cells) > 1 for i in range(len(header))]
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(
-            c.rjust(widths[i]) if numeric[i] else c.ljust(widths[i]) for i, c in enumerate(row)
-        ).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def money(value: Decimal | None) -> str:
     if value is None:
         return "-"
@@ -213,14 +197,14 @@ def render(report: Report) -> str:
             percent(_EXACT.divide(spread_sum, trips) if trips else None, 3), sum(p.fills for p in report.pairs),
         ])
     out.append("Per pair")
-    out.append(format_table(["PAIR", "ROUND TRIPS", "WIN RATE", "REALIZED P&L", "FEES", "AVG SPREAD", "FILLS"], rows))
+    out.append(render_table(["PAIR", "ROUND TRIPS", "WIN RATE", "REALIZED P&L", "FEES", "AVG SPREAD", "FILLS"], rows, rule=True))
     out += ["", "Portfolio: daily P&L (UTC)"]
     cumulative = ZERO
     daily_rows: list[list[object]] = []
     for day, pnl in report.days:
         cumulative += pnl
         daily_rows.append([day.isoformat(), money(pnl), money(cumulative)])
-    out.append(format_table(["DAY", "P&L", "CUMULATIVE"], daily_rows))
+    out.append(render_table(["DAY", "P&L", "CUMULATIVE"], daily_rows, rule=True))
     drawdown, on = report.max_drawdown
     sharpe_value = report.sharpe
     out += [

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from mmops import runner
 from mmops.clock import SystemClock
-from mmops.commands.status import render_table
+from mmops.reporting import render_table
 from mmops.settings import Settings, SettingsError
 from mmops.simulator import ProgressCallback, SimConfig, SimStats, SimulationError, Simulator
 from storage import redis as redis_store

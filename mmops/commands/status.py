@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -24,9 +22,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from mmops import runner
+from mmops.reporting import fmt_ms, render_table
 from mmops.settings import Settings
 from storage import redis as redis_store
 from storage.keys import Keys
+from storage.redis import as_text, entries_of
 
 STUCK_FACTOR = 3
 LIVE_AFTER_S = 15.0
@@ -130,22 +130,22 @@ async def _stream(
         if "no such key" not in str(exc).lower():
             raise
         return {"stream": stream, "length": 0, "last_id": None, "groups": []}
-    last_id = _text(info.get("last-generated-id") or "0-0")
+    last_id = as_text(info.get("last-generated-id") or "0-0")
     out: list[dict[str, Any]] = []
     for g in groups:
-        name = _text(g["name"])
+        name = as_text(g["name"])
         consumers = await _consumers(redis, keys, stream, name, now, limits)
         oldest = await redis.xpending_range(stream, name, min="-", max="+", count=1)
         stuck = await redis.xpending_range(stream, name, min="-", max="+", count=100, idle=stuck_ms)
         lag = g.get("lag")
-        delivered = _text(g.get("last-delivered-id") or "0-0")
+        delivered = as_text(g.get("last-delivered-id") or "0-0")
         out.append({
             "group": name,
             "consumers": consumers,
             "live": sum(1 for c in consumers if c["live"]),
             "pending": int(g.get("pending") or 0),
-            "oldest_pending_id": _text(oldest[0]["message_id"]) if oldest else None,
-            "oldest_pending_age_ms": now - _ms(_text(oldest[0]["message_id"])) if oldest else None,
+            "oldest_pending_id": as_text(oldest[0]["message_id"]) if oldest else None,
+            "oldest_pending_age_ms": now - _ms(as_text(oldest[0]["message_id"])) if oldest else None,
             "oldest_pending_idle_ms": int(oldest[0]["time_since_delivered"]) if oldest else None,
             "stuck": len(stuck),
             "lag": None if lag is None else int(lag),
@@ -161,10 +161,10 @@ async def _consumers(
 ) -> list[dict[str, Any]]:
     rows = await redis.xinfo_consumers(stream, group)
     scored: Any = await redis.zrange(keys.heartbeats(group), 0, -1, withscores=True)
-    beats = {_text(m): int(score) for m, score in scored}
+    beats = {as_text(m): int(score) for m, score in scored}
     out: list[dict[str, Any]] = []
     for row in rows:
-        name = _text(row["name"])
+        name = as_text(row["name"])
         beat = beats.pop(name, None)
         age = None if beat is None else max(0, now - beat)
         out.append({
@@ -183,7 +183,7 @@ async def _dead_letters(redis: aioredis.Redis, keys: Keys, now: int) -> dict[str
     newest = entries_of(await redis.xrevrange(keys.dead, count=DEAD_SCAN))
     by_group: dict[str, int] = {}
     for _, fields in newest:
-        group = _text(fields.get(b"group", b"?"))
+        group = as_text(fields.get(b"group", b"?"))
         by_group[group] = by_group.get(group, 0) + 1
     newest_id = newest[0][0] if newest else None
     return {
@@ -200,7 +200,7 @@ async def _lease(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
         pipe.pttl(keys.sweeper_lease)
         holder, ttl = await pipe.execute()
     return {
-        "holder": None if holder is None else _text(holder)[:120],
+        "holder": None if holder is None else as_text(holder)[:120],
         "ttl_ms": None if holder is None or int(ttl) < 0 else int(ttl),
     }
 
@@ -256,62 +256,6 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """An aligned text table; columns whose values are all numbers are right-aligned."""
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        for i, value in enumerate(row):
-            widths[i] = max(widths[i], len(value))
-    numeric = [
-        bool(rows) and all(isinstance(row[i], int | float | Decimal) or row[i] in ("-", "?") for row in rows)
-        for i in range(len(headers))
-    ]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(list(headers)), *(line(row) for row in cells)])
-
-
-def fmt_ms(ms: int | float | None) -> str:
-    """A duration for people: 850ms, 12.3s, 4m05s, 2h07m, 3d04h."""
-    if ms is None:
-        return "-"
-    ms = max(0, int(ms))
-    if ms < 1000:
-        return f"{ms}ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
-StreamEntry = tuple[str, dict[bytes, bytes]]
-
-
-def entries_of(reply: object) -> list[StreamEntry]:
-    """An XRANGE/XREVRANGE reply as (id, fields) pairs with text ids (a trimmed payload: {})."""
-    out: list[StreamEntry] = []
-    for entry_id, fields in reply or []:  # type: ignore[attr-defined]
-        out.append((_text(entry_id), dict(fields or {})))
-    return out
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    return str(value)
-
-
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
@@ -320,11 +264,8 @@ def _json_or_text(raw: bytes | str) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return _text(raw)
+        return as_text(raw)
 
-
-def _text(value: bytes | str | int) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _ms(entry_id: str) -> int:

@@ -21,6 +21,7 @@ import orjson
 
 from mmops import runner
 from mmops.app import App
+from mmops.reporting import render_table
 from mmops.settings import Settings
 from trading.positions import decode_position
 from workers.sweep_pass import figures_of
@@ -98,10 +99,9 @@ def render_sweep(report: SweepReport) -> str:
         report.total("repriced"), report.total("dust"), report.total("error_count") + len(report.errors),
         report.duration_ms,
     ])
-    lines = [table(
+    lines = [render_table(
         ["session", "status", "pairs", "positions", "uncov before", "uncov after", "covered now",
-         "repriced", "dust", "errors", "ms"], rows,
-    )]
+         "repriced", "dust", "errors", "ms"], rows, rule=True)]
     stream = report.stream
     taken = ", ".join(f"{g} {n}" for g, n in stream.taken_over.items()) or "none"
     lines.append(
@@ -198,7 +198,7 @@ def render_coverage(rows: list[PairCoverage], notes: list[str], limit_ms: int, l
          _num(r.uncovered), _age(r.oldest_uncovered_ms)]
         for r in rows
     ]
-    lines = [table(["session", "pair", "positions", "filled", "covered", "dust", "uncovered", "oldest uncovered"], body)]
+    lines = [render_table(["session", "pair", "positions", "filled", "covered", "dust", "uncovered", "oldest uncovered"], body, rule=True)]
     lines += [f"note: {n}" for n in notes]
     lines.append(
         f"{late} pair(s) uncovered longer than {_age(limit_ms)}" if late
@@ -222,21 +222,3 @@ def _age(ms: int | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _numeric(value: object) -> bool:
-    if isinstance(value, int | Decimal):
-        return True
-    return isinstance(value, str) and value.replace(".", "", 1).lstrip("-").isdigit()
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain text table: text left-aligned, numbers right-aligned."""
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    numeric = [bool(rows) and all(_numeric(row[i]) for row in rows) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
-        ).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
