@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -567,9 +567,14 @@ class Sweeper:
         """Sessions ended more than MIGRATION_OVERDUE_MINUTES ago and not in PostgreSQL."""
         now = self.app.clock.now_ms()
         cutoff = now - int(self.settings.migration_overdue_minutes * 60_000)
-        overdue = [as_text(s) for s in await self.redis.zrangebyscore(self.keys.sessions_ended, "-inf", cutoff)]
-        for sid in overdue:
-            if await self.redis.exists(self.keys.migration_completed(sid)):
+        rows = await self.redis.zrangebyscore(self.keys.sessions_ended, "-inf", cutoff, withscores=True)
+        ended_at = {as_text(sid): int(score) for sid, score in cast(list[tuple[bytes, float]], rows)}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in ended_at:
+                pipe.exists(self.keys.migration_completed(sid))
+            completed = await pipe.execute()
+        for sid, done in zip(ended_at, completed, strict=True):
+            if done:
                 continue
             reason = await self._migrate(sid)
             if reason is None:
@@ -578,10 +583,9 @@ class Sweeper:
             report.migrations.append(f"{sid}: {reason}")
             if f"migration:{sid}:{reason}" not in self._reported:
                 self._reported.add(f"migration:{sid}:{reason}")
-                ended = await self.redis.zscore(self.keys.sessions_ended, sid)
                 await self.app.alert(
                     "migration_overdue",
-                    f"session {sid} ended {_age(now - int(ended or now))} ago and is not migrated: {reason}",
+                    f"session {sid} ended {_age(now - ended_at[sid])} ago and is not migrated: {reason}",
                     session_id=sid, reason=reason,
                 )
 

@@ -152,9 +152,13 @@ async def coverage(app: App, sids: Sequence[str]) -> list[PairCoverage]:
     """Coverage per session and pair, from the positions in Redis."""
     now = app.clock.now_ms()
     out: list[PairCoverage] = []
-    for sid in sids:
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for sid in sids:
+            pipe.hgetall(app.keys.positions(sid))
+        stored = await pipe.execute()
+    for sid, positions in zip(sids, stored, strict=True):
         pairs: dict[str, PairCoverage] = {}
-        for raw in (await app.redis.hgetall(app.keys.positions(sid))).values():
+        for raw in positions.values():
             f = figures_of(decode_position(raw))
             row = pairs.setdefault(f.symbol, PairCoverage(sid, f.symbol))
             row.positions += 1
