@@ -59,6 +59,7 @@ class Transient(Exception):
 
 TRANSIENT_RETRY_S = 1.0  # a transient failure is retried in-process after 1, 2, 4 s
 TRANSIENT_RETRIES = 3
+MAX_NOTED_ERRORS = 20
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Transient, *TRANSIENT_REDIS_ERRORS)
 
@@ -86,6 +87,11 @@ class RunStats:
     dead: int = 0
     reclaimed: int = 0
     deferred: int = 0
+    errors: list[str] = field(default_factory=list)  # the latest failures and deferrals, one line each
+
+    def note(self, line: str) -> None:
+        self.errors.append(line)
+        del self.errors[:-MAX_NOTED_ERRORS]
 
 
 @dataclass
@@ -106,7 +112,7 @@ class Runtime:
     _last_heartbeat: float = 0.0
     _deferred: dict[str, tuple[float, Entry]] = field(default_factory=dict)
     _transient_tries: dict[str, int] = field(default_factory=dict)
-    _draining: bool = False
+    draining: bool = False  # one pass: transient failures are left pending, not retried in-process
     _in_flight: int = 0
 
     def __post_init__(self) -> None:
@@ -130,7 +136,7 @@ class Runtime:
 
     async def run(self, *, until_drained: bool = False) -> RunStats:
         """Consume until `stop` is set (SIGTERM) or, with until_drained, nothing is left."""
-        self._draining = until_drained
+        self.draining = until_drained
         await self._retrying(self.ensure_group)
         backlog = True  # first our own pending entries (ID 0), then new ones (>)
         after = "0-0"
@@ -330,22 +336,28 @@ class Runtime:
             items.append((entry, event))
         if dead:
             await self._dead_letter(dead)
-        if not items:
-            return
-        waits = dependencies([self.handler.lane(event) for _, event in items])
-        loop = asyncio.get_running_loop()
-        finished: list[asyncio.Future[float | None]] = [loop.create_future() for _ in items]
-        limit = asyncio.Semaphore(self.settings.concurrency)
-        done: list[str] = []
-        await asyncio.gather(*(self._run_entry(i, items, waits[i], finished, limit, done) for i in range(len(items))))
+        done = await self.handle_batch(items)
         if done:
             crash_point("before_ack")
             await self.redis.xack(self.stream, self.group, *done)
             self.stats.processed += len(done)
             metrics.PROCESSED.labels(self.group).inc(len(done))
 
+    async def handle_batch(self, items: Sequence[tuple[Entry, Event]]) -> list[str]:
+        """Run decoded entries through the handler in lane order, concurrently across lanes;
+        the ids whose effects are done. Acks nothing (replay uses it as it is)."""
+        if not items:
+            return []
+        waits = dependencies([self.handler.lane(event) for _, event in items])
+        loop = asyncio.get_running_loop()
+        finished: list[asyncio.Future[float | None]] = [loop.create_future() for _ in items]
+        limit = asyncio.Semaphore(self.settings.concurrency)
+        done: list[str] = []
+        await asyncio.gather(*(self._run_entry(i, items, waits[i], finished, limit, done) for i in range(len(items))))
+        return done
+
     async def _run_entry(
-        self, index: int, items: list[tuple[Entry, Event]], waits: list[int],
+        self, index: int, items: Sequence[tuple[Entry, Event]], waits: list[int],
         finished: list[asyncio.Future[float | None]], limit: asyncio.Semaphore, done: list[str],
     ) -> None:
         """Handle one entry once the earlier entries of its lane family are through.
@@ -379,6 +391,7 @@ class Runtime:
             at = time.monotonic() + exc.after_ms / 1000
             self._deferred[entry.id] = (at, entry)
             self.stats.deferred += 1
+            self.stats.note(f"{entry.id} not ready: {exc}")
             log.debug("deferred %s: %s", entry.id, exc, extra={"group": self.group})
             return at
         except TRANSIENT_ERRORS as exc:
@@ -387,7 +400,7 @@ class Runtime:
             # reclaim, whose deliveries count towards MAX_DELIVERIES
             self._failed(entry, exc, trace=False)
             tries = self._transient_tries.get(entry.id, 0)
-            if tries >= TRANSIENT_RETRIES or self._draining:  # a drain makes one pass, no waiting
+            if tries >= TRANSIENT_RETRIES or self.draining:  # a drain makes one pass, no waiting
                 self._transient_tries.pop(entry.id, None)
                 return LEFT_PENDING
             self._transient_tries[entry.id] = tries + 1
@@ -406,6 +419,7 @@ class Runtime:
         self.stats.failed += 1
         metrics.FAILED.labels(self.group).inc()
         message = one_line(exc)
+        self.stats.note(f"{entry.id}: {message}")
         log.warning(
             "entry %s left pending: %s", entry.id, message,
             exc_info=exc if trace else None,

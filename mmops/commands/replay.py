@@ -15,7 +15,6 @@ after ID is delivered to the group again, for a full reprocess by the running wo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import sys
 import time
@@ -27,16 +26,14 @@ import asyncpg
 from redis.exceptions import ResponseError
 
 from events import Event, EventError
-from events import decode as decode_event
 from mmops import runner
 from mmops.app import App
 from mmops.commands.simulate import StatusLine
-from mmops.logs import one_line
 from mmops.reporting import render_table
 from mmops.settings import Settings
 from storage import postgres
 from storage.redis import as_text, entries_of
-from workers.runtime import Entry, Handler, Retry
+from workers.runtime import Entry, Handler, Runtime
 
 GROUPS = ("coverage", "migrator")
 PAGE = 200
@@ -173,32 +170,21 @@ async def _pages(app: App, start: str, end: str) -> AsyncIterator[list[Entry]]:
 
 
 async def _run_page(app: App, handler: Handler, entries: list[Entry], result: ReplayResult) -> None:
-    lanes: dict[str, list[tuple[Entry, Event]]] = {}
+    """The page through the shared runtime's batch handling (lane order kept), acking nothing."""
+    runtime = Runtime(app.redis, app.keys, app.settings, handler, "replay", stop=app.stop, draining=True)
+    items: list[tuple[Entry, Event]] = []
     for entry in entries:
         result.entries += 1
         try:
-            event = decode_event(entry.fields, max_bytes=app.settings.max_entry_bytes)
+            items.append((entry, runtime.decode(entry.fields)))
         except EventError:
             result.invalid += 1
-            continue
-        lanes.setdefault(handler.lane(event), []).append((entry, event))
-    limit = asyncio.Semaphore(app.settings.concurrency)
-
-    async def run_lane(items: list[tuple[Entry, Event]]) -> None:
-        async with limit:
-            for entry, event in items:
-                try:
-                    await handler.handle(entry, event)
-                    result.handled += 1
-                except Retry as exc:
-                    result.deferred += 1
-                    result.errors.append(f"{entry.id} not ready: {exc}")
-                except Exception as exc:  # reported, the replay goes on
-                    result.failed += 1
-                    text = one_line(exc, 200)
-                    result.errors.append(f"{entry.id}: {text}")
-
-    await asyncio.gather(*(run_lane(items) for items in lanes.values()))
+    done = await runtime.handle_batch(items)
+    result.handled += len(done)
+    result.failed += runtime.stats.failed
+    # not ready: deferred by the handler, or waiting behind an entry that was
+    result.deferred += len(items) - len(done) - runtime.stats.failed
+    result.errors += runtime.stats.errors
 
 
 # --- handlers and their effects ---------------------------------------------------------
