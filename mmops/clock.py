@@ -32,16 +32,6 @@ class ManualClock:
         self.ms += int((hours * 3600 + minutes * 60 + seconds) * 1000)
 
 
-@dataclass
-class OffsetClock:
-    """The system clock shifted by a fixed offset (MMOPS_CLOCK_OFFSET_MS, for drills)."""
-
-    offset_ms: int
-
-    def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000 + self.offset_ms
-
-
 def iso(ms: int) -> str:
     """ISO-8601 UTC with milliseconds, e.g. 2026-11-21T09:45:18.123Z."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

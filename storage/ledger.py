@@ -169,8 +169,5 @@ class Ledger:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def forget(self, sid: str) -> None:
-        for key in [k for k in self._cache if k[0] == sid]:
-            del self._cache[key]
 
 

@@ -204,3 +204,17 @@ async def test_the_same_fill_id_in_two_sessions_is_two_fills(app: App) -> None:
     created = await takeprofit_entries(app, "created")
     assert sorted(c["session_id"] for c in created) == ["s-a", "s-b"]
     assert await app.exchange.free_balance("BTC") == 0  # both credited, both locked by their TPs
+
+
+async def test_takeprofit_outcomes_are_counted_for_prometheus(app: App) -> None:
+    from workers.metrics import REGISTRY
+
+    def count(kind: str) -> float:
+        return REGISTRY.get_sample_value("mmops_takeprofits_total", {"type": kind}) or 0.0
+
+    created, skipped = count("created"), count("skipped")
+    await app.redis.xadd(app.keys.stream, fill("s-m", "f-1", "o-1"))
+    await app.redis.xadd(app.keys.stream, fill("s-m", "f-2", "o-2", quantity="0.00001", fee="0"))  # dust
+    await drain_coverage(app)
+    assert count("created") == created + 1
+    assert count("skipped") == skipped + 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import NamedTuple
 
 import msgspec
 
@@ -72,6 +73,26 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return sum((f.qty for f in self.fills), ZERO)
 
 
+class Totals(NamedTuple):
+    filled: Decimal  # bought (net of a fee charged in the base asset)
+    cost: Decimal  # Σ price × quantity + buy fees, in quote
+    covered: Decimal  # in pending, live or filled TPs
+    closed_other: Decimal  # sold by other sells (FIFO)
+    tp_filled: Decimal  # sold by the TPs
+
+    @property
+    def uncovered(self) -> Decimal:
+        return max(ZERO, self.filled - self.covered - self.closed_other)
+
+    @property
+    def open_quantity(self) -> Decimal:
+        return max(ZERO, self.filled - self.closed_other - self.tp_filled)
+
+    @property
+    def unit_cost(self) -> Decimal:
+        return self.cost / self.filled if self.filled > 0 else ZERO
+
+
 class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     v: int  # version: must stay the first field (the ledger's CAS reads it by prefix)
     id: str
@@ -84,31 +105,45 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     dust: Decimal = ZERO  # uncovered quantity last recorded as dust
 
     # --- quantities ------------------------------------------------------------
+    def totals(self) -> Totals:
+        """Every quantity of the position, summed in one walk (the one definition of each)."""
+        filled = cost = ZERO
+        for b in self.buys:
+            filled += b.qty
+            cost += b.price * b.qty + b.fee
+        covered = tp_filled = ZERO
+        for s in self.steps:
+            covered += s.covering
+            for f in s.fills:
+                tp_filled += f.qty
+        closed = sum((c.qty for c in self.closes), ZERO)
+        return Totals(filled=filled, cost=cost, covered=covered, closed_other=closed, tp_filled=tp_filled)
+
     @property
     def filled(self) -> Decimal:
-        return sum((b.qty for b in self.buys), ZERO)
+        return self.totals().filled
 
     @property
     def covered(self) -> Decimal:
         """Quantity in pending, live or filled TPs."""
-        return sum((s.covering for s in self.steps), ZERO)
+        return self.totals().covered
 
     @property
     def closed_other(self) -> Decimal:
-        return sum((c.qty for c in self.closes), ZERO)
+        return self.totals().closed_other
 
     @property
     def tp_filled(self) -> Decimal:
-        return sum((s.filled for s in self.steps), ZERO)
+        return self.totals().tp_filled
 
     @property
     def uncovered(self) -> Decimal:
-        return max(ZERO, self.filled - self.covered - self.closed_other)
+        return self.totals().uncovered
 
     @property
     def open_quantity(self) -> Decimal:
         """Still held: bought and not sold (by a TP fill or another sell)."""
-        return max(ZERO, self.filled - self.closed_other - self.tp_filled)
+        return self.totals().open_quantity
 
     @property
     def is_open(self) -> bool:
@@ -118,22 +153,22 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def unit_cost(self) -> Decimal:
         return cost_per_unit((b.price, b.qty, b.fee) for b in self.buys)
 
-    @property
-    def buy_fees(self) -> Decimal:
-        return sum((b.fee for b in self.buys), ZERO)
-
     def sells(self) -> Iterable[Close]:
         yield from self.closes
         for step in self.steps:
             yield from step.fills
 
+    def realized(self, unit_cost: Decimal | None = None) -> list[tuple[int, Decimal]]:
+        """(ts, P&L) of every sell: proceeds − the sold quantity's cost (buy fees in) − sell fee."""
+        if not self.buys:
+            return []
+        unit = self.unit_cost if unit_cost is None else unit_cost
+        return [(c.ts, c.price * c.qty - c.fee - c.qty * unit) for c in self.sells()]
+
     @property
     def realized_pnl(self) -> Decimal:
         """Sell proceeds − buy cost − both fees, over the quantity sold so far (quote)."""
-        if not self.buys:
-            return ZERO
-        unit = self.unit_cost
-        return sum((c.price * c.qty - c.fee - c.qty * unit for c in self.sells()), ZERO)
+        return sum((pnl for _, pnl in self.realized()), ZERO)
 
     def unrealized_pnl(self, bid: Decimal) -> Decimal:
         """Value of the open quantity at `bid` minus its cost (buy fees included)."""
@@ -165,11 +200,6 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             if step.order_id == order_id:
                 return step
         return None
-
-    def seen_fill(self, fill_id: str) -> bool:
-        return any(c.fill_id == fill_id for c in self.sells()) or any(
-            b.fill_id == fill_id for b in self.buys
-        )
 
     # --- changes (each returns a new position with the version bumped) ---------
     def bump(self, **changes: object) -> Position:

@@ -30,11 +30,6 @@ class Tiers:
     def target(self, tier: int) -> Decimal:
         return self.targets[tier]
 
-    def next_boundary_ms(self, tier: int) -> int | None:
-        """Position age at which `tier` ends (None for the last tier)."""
-        if tier >= len(self.hours):
-            return None
-        return int(self.hours[tier] * MS_PER_HOUR)
 
 
 def cost_per_unit(buys: Iterable[tuple[Decimal, Decimal, Decimal]]) -> Decimal:

@@ -37,6 +37,7 @@ from trading.exchange import (
 )
 from trading.positions import Position, Step, StepStatus
 from trading.pricing import Tiers, quote_take_profit, round_up
+from workers.metrics import TAKEPROFITS
 
 log = logs.get("mmops.takeprofit")
 
@@ -113,21 +114,22 @@ class TakeProfitEngine:
         sid = pos.session_id
         if pos.pending is not None:
             return Plan(pos, None, [], Outcome(Result.BUSY, pos, "a step is pending"))
-        if pos.uncovered <= 0:
+        uncovered = pos.uncovered
+        if uncovered <= 0:
             return Plan(pos, None, [], Outcome(Result.NOTHING, pos))
         now = self.clock.now_ms()
         quote = quote_take_profit(
-            buys=[(b.price, b.qty, b.fee) for b in pos.buys], uncovered=pos.uncovered,
+            buys=[(b.price, b.qty, b.fee) for b in pos.buys], uncovered=uncovered,
             age_ms=now - pos.opened_at, market=market, tiers=self.tiers, maker_fee=self.maker_fee,
         )
         if quote.dust:
-            if pos.dust == pos.uncovered:
+            if pos.dust == uncovered:
                 return Plan(pos, None, [], Outcome(Result.DUST, pos))
-            changed = pos.bump(dust=pos.uncovered)
-            reason = (f"dust: {pos.uncovered} below the minimum order "
+            changed = pos.bump(dust=uncovered)
+            reason = (f"dust: {uncovered} below the minimum order "
                       f"({market.min_amount} {market.base}, {market.min_cost} {market.quote})")
             return Plan(changed, None, [
-                self._tp_event("skipped", changed, order_id="", client="", qty=pos.uncovered,
+                self._tp_event("skipped", changed, order_id="", client="", qty=uncovered,
                                price=quote.price, tier=quote.tier, reason=reason),
                 ("HINCRBY", self.keys.metrics_takeprofit(sid), "skipped", 1),
             ], Outcome(Result.DUST, changed, reason))
@@ -180,6 +182,8 @@ class TakeProfitEngine:
         """After a plan was committed: place its claimed step, or report its outcome."""
         if plan.step is None:
             assert plan.outcome is not None
+            if plan.ops:  # a dust or dry-run record was written with the plan
+                TAKEPROFITS.labels("skipped").inc()
             return plan.outcome
         crash_point("step_claimed")
         return await self._place(plan.position, plan.step, market)
@@ -279,6 +283,7 @@ class TakeProfitEngine:
             result = await self.ledger.commit(sid, [changed], ops=ops)
             if isinstance(result, Committed):
                 log.debug("TP %s placed", order.id, extra={"session_id": sid, "position_id": pos.id})
+                TAKEPROFITS.labels("created").inc()
                 return Outcome(Result.CREATED, changed)
             assert isinstance(result, Conflict)
             if result.current is None:
@@ -301,6 +306,7 @@ class TakeProfitEngine:
             ])
             if isinstance(result, Committed):
                 log.info("TP %s %s: %s", step.client_id, kind, reason, extra={"session_id": sid, "position_id": pos.id})
+                TAKEPROFITS.labels(kind).inc()
                 return Outcome(Result.SKIPPED if kind == "skipped" else Result.FAILED, changed, reason)
             assert isinstance(result, Conflict)
             if result.current is None:
@@ -342,6 +348,8 @@ class TakeProfitEngine:
                                           price=step.price, tier=step.tier, reason="repriced or reconciled"))
             result = await self.ledger.commit(sid, [changed], ops=ops)
             if isinstance(result, Committed):
+                if kind:
+                    TAKEPROFITS.labels(kind).inc()
                 return Outcome(Result.CANCELLED if kind else Result.FILLED, changed)
             assert isinstance(result, Conflict)
             if result.current is None:

@@ -22,7 +22,9 @@ LATENCY = Histogram(
 PENDING = Gauge("mmops_group_pending", "Entries pending in the group", ["group"], registry=REGISTRY)
 LAG = Gauge("mmops_group_lag", "Entries not yet delivered to the group (-1: unknown)", ["group"], registry=REGISTRY)
 HEARTBEAT_AGE = Gauge("mmops_heartbeat_age_seconds", "Seconds since the loop last made progress", ["group"], registry=REGISTRY)
-TAKEPROFITS = Counter("mmops_takeprofits", "Take-profit outcomes", ["type"], registry=REGISTRY)
+TAKEPROFITS = Counter(
+    "mmops_takeprofits", "mm:takeprofits entries written by this process, by type", ["type"], registry=REGISTRY
+)
 
 
 class Health:

@@ -83,25 +83,18 @@ def vtag(version: int) -> bytes:
 
 
 def figures_of(pos: Position) -> Figures:
-    """Derive the figures in one walk over the position (Position's properties re-sum)."""
-    filled = cost = ZERO
-    last_buy = 0
-    for b in pos.buys:
-        filled += b.qty
-        cost += b.price * b.qty + b.fee
-        last_buy = max(last_buy, b.ts)
-    unit = cost / filled if filled > 0 else ZERO
-    closed = sum((c.qty for c in pos.closes), ZERO)
-    covered = tp_filled = ZERO
+    """The figures of one position version: its quantities from Position.totals (one walk),
+    plus the step bookkeeping a pass needs."""
+    totals = pos.totals()
+    filled, cost, uncovered, open_qty = totals.filled, totals.cost, totals.uncovered, totals.open_quantity
+    last_buy = max((b.ts for b in pos.buys), default=0)
     live: list[str] = []
     min_tier = -1
     step_orders: list[str] = []
     clients: list[str] = []
-    sells: list[tuple[int, Decimal]] = [(c.ts, c.price * c.qty - c.fee - c.qty * unit) for c in pos.closes]
     pending = False
     for s in pos.steps:
         if s.status in COVERING:
-            covered += s.qty - s.cancelled
             clients.append(s.client_id)
             if s.order_id:
                 step_orders.append(s.order_id)
@@ -110,12 +103,8 @@ def figures_of(pos: Position) -> Figures:
             min_tier = s.tier if min_tier < 0 else min(min_tier, s.tier)
         elif s.status == StepStatus.PENDING:
             pending = True
-        for f in s.fills:
-            tp_filled += f.qty
-            sells.append((f.ts, f.price * f.qty - f.fee - f.qty * unit))
-    uncovered = max(ZERO, filled - covered - closed)
+    sells = pos.realized(totals.unit_cost)
     dust = uncovered > 0 and pos.dust == uncovered
-    open_qty = max(ZERO, filled - closed - tp_filled)
     return Figures(
         vtag=vtag(pos.v), symbol=pos.symbol, opened_at=pos.opened_at, last_buy_ms=last_buy,
         filled=filled, uncovered=uncovered, dust=dust, needs_cover=pending or (uncovered > 0 and not dust),
