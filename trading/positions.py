@@ -163,7 +163,11 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         if not self.buys:
             return []
         unit = self.unit_cost if unit_cost is None else unit_cost
-        return [(c.ts, c.price * c.qty - c.fee - c.qty * unit) for c in self.sells()]
+        out = [(c.ts, c.price * c.qty - c.fee - c.qty * unit) for c in self.closes]
+        for step in self.steps:
+            if step.fills:
+                out += [(c.ts, c.price * c.qty - c.fee - c.qty * unit) for c in step.fills]
+        return out
 
     @property
     def realized_pnl(self) -> Decimal:
