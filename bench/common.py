@@ -18,7 +18,9 @@ def worker_env(**extra: str) -> dict[str, str]:
 
 
 def start_mmops(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "mmops", *args], env=env, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mmops", *args], env=env, stdout=subprocess.DEVNULL
+    )
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:

@@ -24,8 +24,18 @@ from storage.keys import Keys
 from trading.paper import KRAKEN_USD_PAIRS
 
 PAIRS = list(KRAKEN_USD_PAIRS)[:10]
-PRICES = {"BTC/USD": 64000, "ETH/USD": 3200, "SOL/USD": 150, "XRP/USD": 0.61, "ADA/USD": 0.45,
-          "DOGE/USD": 0.16, "DOT/USD": 6.5, "LINK/USD": 14, "LTC/USD": 80, "AVAX/USD": 30}
+PRICES = {
+    "BTC/USD": 64000,
+    "ETH/USD": 3200,
+    "SOL/USD": 150,
+    "XRP/USD": 0.61,
+    "ADA/USD": 0.45,
+    "DOGE/USD": 0.16,
+    "DOT/USD": 6.5,
+    "LINK/USD": 14,
+    "LTC/USD": 80,
+    "AVAX/USD": 30,
+}
 
 
 def fill_fields(sid: str, n: int, rng: random.Random) -> dict[str, str]:
@@ -35,8 +45,15 @@ def fill_fields(sid: str, n: int, rng: random.Random) -> dict[str, str]:
     ordermin = float(KRAKEN_USD_PAIRS[symbol].min_amount)
     qty = max(qty, ordermin * 1.5)
     return {
-        "type": "fill", "session_id": sid, "fill_id": f"f{n}", "order_id": f"o{n}", "symbol": symbol,
-        "side": "buy", "price": f"{price:.6g}", "quantity": f"{qty:.6f}", "fee": f"{price * qty * 0.0026:.6f}",
+        "type": "fill",
+        "session_id": sid,
+        "fill_id": f"f{n}",
+        "order_id": f"o{n}",
+        "symbol": symbol,
+        "side": "buy",
+        "price": f"{price:.6g}",
+        "quantity": f"{qty:.6f}",
+        "fee": f"{price * qty * 0.0026:.6f}",
         "ts": str(time.time_ns() // 1_000_000),
     }
 
@@ -87,7 +104,9 @@ async def main() -> None:
     prefix = f"bench:{uuid.uuid4().hex[:6]}:"
     keys = Keys(prefix)
     r = aioredis.Redis.from_url(redis_url)
-    env = worker_env(REDIS_URL=redis_url, MM_KEY_PREFIX=prefix, CONSUMER_NAME="bench", CONSUMER_BATCH_SIZE="200")
+    env = worker_env(
+        REDIS_URL=redis_url, MM_KEY_PREFIX=prefix, CONSUMER_NAME="bench", CONSUMER_BATCH_SIZE="200"
+    )
     rows: list[list[object]] = []
     try:
         # (a) throughput: queue everything first, then one worker drains it
@@ -98,8 +117,14 @@ async def main() -> None:
         await wait_processed(r, keys, args.fills, "draining")
         elapsed = time.perf_counter() - started
         created = await r.xlen(keys.takeprofits)
-        rows.append(["(a) sustained throughput", f"{args.fills / elapsed:,.0f} fills/s",
-                     f"{args.fills} fills in {elapsed:.1f} s incl. start-up; {created} TPs created", ">= 5,000 fills/s"])
+        rows.append(
+            [
+                "(a) sustained throughput",
+                f"{args.fills / elapsed:,.0f} fills/s",
+                f"{args.fills} fills in {elapsed:.1f} s incl. start-up; {created} TPs created",
+                ">= 5,000 fills/s",
+            ]
+        )
 
         # (b) latency at a steady rate
         await r.delete(keys.takeprofits)
@@ -122,18 +147,31 @@ async def main() -> None:
         for _, fields in await r.xrange(keys.takeprofits):
             if fields.get(b"type") == b"created" and fields.get(b"latency_ms"):
                 latencies.append(float(fields[b"latency_ms"]))
-        rows.append([f"(b) latency_ms at {args.rate} fills/s",
-                     f"p50 {percentile(latencies, 50) or 0:.0f} / p99 {percentile(latencies, 99) or 0:.0f} / max {max(latencies):.0f} ms",
-                     f"{len(latencies)} TPs over {args.seconds} s", "p99 <= 10 ms"])
-        rows.append(["(c) worker RSS at the end", f"{rss_mb(worker.pid):.0f} MB",
-                     f"peak {rss_mb(worker.pid, 'VmHWM'):.0f} MB", "<= 150 MB"])
+        rows.append(
+            [
+                f"(b) latency_ms at {args.rate} fills/s",
+                f"p50 {percentile(latencies, 50) or 0:.0f} / p99 {percentile(latencies, 99) or 0:.0f} / max {max(latencies):.0f} ms",
+                f"{len(latencies)} TPs over {args.seconds} s",
+                "p99 <= 10 ms",
+            ]
+        )
+        rows.append(
+            [
+                "(c) worker RSS at the end",
+                f"{rss_mb(worker.pid):.0f} MB",
+                f"peak {rss_mb(worker.pid, 'VmHWM'):.0f} MB",
+                "<= 150 MB",
+            ]
+        )
         worker.terminate()
         worker.wait(30)
     finally:
         await cleanup(r, prefix)
         await r.aclose()
     print(render_table(["measure", "result", "detail", "target"], rows, rule=True))
-    print(f"\nreproduce: python -m bench.coverage --fills {args.fills} --rate {args.rate} --seconds {args.seconds}")
+    print(
+        f"\nreproduce: python -m bench.coverage --fills {args.fills} --rate {args.rate} --seconds {args.seconds}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,11 +55,16 @@ PREFIX = "bench:"
 SID = "bench-1"
 T0 = 1_763_700_000_000
 SYMBOLS = (
-    ("BTC/USD", "64000.5", "0.1", "0.0100"), ("ETH/USD", "3100.25", "0.01", "0.150"),
-    ("SOL/USD", "142.37", "0.01", "3.5"), ("XRP/USD", "2.1534", "0.00001", "250"),
-    ("ADA/USD", "0.45123", "0.000001", "1200"), ("DOGE/USD", "0.163421", "0.0000001", "3000"),
-    ("DOT/USD", "3.0741", "0.0001", "150"), ("LTC/USD", "88.12", "0.01", "5.25"),
-    ("LINK/USD", "13.754", "0.001", "40"), ("AVAX/USD", "14.88", "0.01", "33"),
+    ("BTC/USD", "64000.5", "0.1", "0.0100"),
+    ("ETH/USD", "3100.25", "0.01", "0.150"),
+    ("SOL/USD", "142.37", "0.01", "3.5"),
+    ("XRP/USD", "2.1534", "0.00001", "250"),
+    ("ADA/USD", "0.45123", "0.000001", "1200"),
+    ("DOGE/USD", "0.163421", "0.0000001", "3000"),
+    ("DOT/USD", "3.0741", "0.0001", "150"),
+    ("LTC/USD", "88.12", "0.01", "5.25"),
+    ("LINK/USD", "13.754", "0.001", "40"),
+    ("AVAX/USD", "14.88", "0.01", "33"),
 )
 TAKER, MAKER, TARGET = Decimal("0.0026"), Decimal("0.0025"), Decimal("0.005")
 
@@ -81,7 +86,9 @@ def build(n_fills: int, pairs: int, per_order: int) -> Iterator[Built]:
     while made < n_fills:
         symbol, base, tick, qty = SYMBOLS[k % pairs]
         tick_d = Decimal(tick)
-        price = (Decimal(base) * (1 + Decimal(k % 50) / 10_000) / tick_d).to_integral_value(ROUND_DOWN) * tick_d
+        price = (Decimal(base) * (1 + Decimal(k % 50) / 10_000) / tick_d).to_integral_value(
+            ROUND_DOWN
+        ) * tick_d
         quantity = Decimal(qty)
         oid = f"o-{k:07d}"
         buys_n = min(per_order, n_fills - made)
@@ -90,35 +97,87 @@ def build(n_fills: int, pairs: int, per_order: int) -> Iterator[Built]:
         for _ in range(buys_n):
             ts = T0 + made * 10
             fee = (price * quantity * TAKER).quantize(Decimal("1e-8"), ROUND_UP)
-            fills.append(Fill(session_id=SID, fill_id=f"f-{made:08d}", order_id=oid, symbol=symbol,
-                              side="buy", price=price, quantity=quantity, fee=fee, ts=ts))
+            fills.append(
+                Fill(
+                    session_id=SID,
+                    fill_id=f"f-{made:08d}",
+                    order_id=oid,
+                    symbol=symbol,
+                    side="buy",
+                    price=price,
+                    quantity=quantity,
+                    fee=fee,
+                    ts=ts,
+                )
+            )
             buys.append(Buy(f"f-{made:08d}", price, quantity, fee, ts))
             made += 1
-        position = Position(v=len(buys) + 2, id=oid, session_id=SID, symbol=symbol,
-                            opened_at=buys[0].ts, buys=tuple(buys))
+        position = Position(
+            v=len(buys) + 2,
+            id=oid,
+            session_id=SID,
+            symbol=symbol,
+            opened_at=buys[0].ts,
+            buys=tuple(buys),
+        )
         tp: dict[str, str] | None = None
         if made < n_fills:  # a TP covering the position, filled by one sell
             total = quantity * len(buys)
-            tp_price = (position.unit_cost * (1 + TARGET) / (1 - MAKER) / tick_d).to_integral_value(ROUND_UP) * tick_d
+            tp_price = (position.unit_cost * (1 + TARGET) / (1 - MAKER) / tick_d).to_integral_value(
+                ROUND_UP
+            ) * tick_d
             tp_id = f"T{k:07d}-BENCH"
             ts = T0 + made * 10
             fee = (tp_price * total * MAKER).quantize(Decimal("1e-8"), ROUND_UP)
-            fills.append(Fill(session_id=SID, fill_id=f"f-{made:08d}", order_id=tp_id, symbol=symbol,
-                              side="sell", price=tp_price, quantity=total, fee=fee, ts=ts))
+            fills.append(
+                Fill(
+                    session_id=SID,
+                    fill_id=f"f-{made:08d}",
+                    order_id=tp_id,
+                    symbol=symbol,
+                    side="sell",
+                    price=tp_price,
+                    quantity=total,
+                    fee=fee,
+                    ts=ts,
+                )
+            )
             cid = client_id(SID, oid, 1)
-            step = Step(n=1, client_id=cid, qty=total, price=tp_price, tier=1, status=StepStatus.FILLED,
-                        claimed_at=buys[-1].ts + 5, order_id=tp_id, acked_at=buys[-1].ts + 40,
-                        fills=(Close(f"f-{made:08d}", total, tp_price, fee, ts),))
+            step = Step(
+                n=1,
+                client_id=cid,
+                qty=total,
+                price=tp_price,
+                tier=1,
+                status=StepStatus.FILLED,
+                claimed_at=buys[-1].ts + 5,
+                order_id=tp_id,
+                acked_at=buys[-1].ts + 40,
+                fills=(Close(f"f-{made:08d}", total, tp_price, fee, ts),),
+            )
             position = position.with_step(step)
-            tp = {"session_id": SID, "position": oid, "symbol": symbol, "price": str(tp_price),
-                  "quantity": str(total), "tier": "1", "client_id": cid, "created_at": iso(buys[-1].ts + 40),
-                  "status": "filled", "step": "1", "replaces": "", "filled": str(total)}
+            tp = {
+                "session_id": SID,
+                "position": oid,
+                "symbol": symbol,
+                "price": str(tp_price),
+                "quantity": str(total),
+                "tier": "1",
+                "client_id": cid,
+                "created_at": iso(buys[-1].ts + 40),
+                "status": "filled",
+                "step": "1",
+                "replaces": "",
+                "filled": str(total),
+            }
             made += 1
         k += 1
         yield Built(fills, position, tp)
 
 
-async def populate(redis: aioredis.Redis, keys: Keys, n_fills: int, pairs: int, per_order: int) -> tuple[int, int]:
+async def populate(
+    redis: aioredis.Redis, keys: Keys, n_fills: int, pairs: int, per_order: int
+) -> tuple[int, int]:
     """Write the session to Redis (pipelined); returns (positions, tp orders)."""
     fills: dict[str, bytes] = {}
     positions: dict[str, bytes] = {}
@@ -157,10 +216,16 @@ async def populate(redis: aioredis.Redis, keys: Keys, n_fills: int, pairs: int, 
     symbols = [s for s, *_ in SYMBOLS[:pairs]]
     end = last_ts + 1000
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.session(SID), mapping={
-            "started_at": T0, "pairs": ",".join(symbols), "ended_at": end, "end_id": f"{end}-0",
-            "fills_expected": n_fills,
-        })
+        pipe.hset(
+            keys.session(SID),
+            mapping={
+                "started_at": T0,
+                "pairs": ",".join(symbols),
+                "ended_at": end,
+                "end_id": f"{end}-0",
+                "fills_expected": n_fills,
+            },
+        )
         pipe.sadd(keys.pairs(SID), *symbols)
         pipe.zadd(keys.sessions, {SID: end})
         pipe.zadd(keys.sessions_ended, {SID: end})
@@ -190,7 +255,9 @@ class _Clock:
 
 
 def bench_settings(redis_url: str, database_url: str) -> Settings:
-    return Settings(redis_url=redis_url, database_url=with_schema(database_url, SCHEMA), key_prefix=PREFIX)
+    return Settings(
+        redis_url=redis_url, database_url=with_schema(database_url, SCHEMA), key_prefix=PREFIX
+    )
 
 
 def with_schema(url: str, name: str) -> str:
@@ -212,10 +279,20 @@ async def child_e2e(redis_url: str, database_url: str) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     await pool.close()
     await redis.aclose()
-    print(json.dumps({
-        "seconds": seconds, "rss_before_kb": before, "rss_peak_kb": peak, "status": str(result.status),
-        "fills": result.fills, "orders": result.orders, "fast": result.fast, "pnl": str(result.pnl),
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "rss_before_kb": before,
+                "rss_peak_kb": peak,
+                "status": str(result.status),
+                "fills": result.fills,
+                "orders": result.orders,
+                "fast": result.fast,
+                "pnl": str(result.pnl),
+            }
+        )
+    )
 
 
 class _Collect:
@@ -245,7 +322,9 @@ async def truncate(conn: asyncpg.Connection) -> None:
     await conn.execute("CHECKPOINT")
 
 
-async def write_phase(conn: asyncpg.Connection, redis: aioredis.Redis, keys: Keys) -> tuple[float, int, int]:
+async def write_phase(
+    conn: asyncpg.Connection, redis: aioredis.Redis, keys: Keys
+) -> tuple[float, int, int]:
     """(seconds, fills, orders) of the fast path's transaction, fed from memory."""
     header = await reader.read_header(redis, keys, SID)
     plan = SessionMigration(redis, keys, header, int(time.time() * 1000), Mode.FAST)
@@ -265,8 +344,20 @@ async def write_phase(conn: asyncpg.Connection, redis: aioredis.Redis, keys: Key
 
 
 def fill_record(fill: Fill) -> tuple[object, ...]:
-    return (fill.fill_id, fill.session_id, fill.order_id, fill.symbol, fill.side, fill.quantity,
-            fill.price, fill.fee, fill.fee_currency, reader.ms_to_datetime(fill.ts), None, fill.order_type)
+    return (
+        fill.fill_id,
+        fill.session_id,
+        fill.order_id,
+        fill.symbol,
+        fill.side,
+        fill.quantity,
+        fill.price,
+        fill.fee,
+        fill.fee_currency,
+        reader.ms_to_datetime(fill.ts),
+        None,
+        fill.order_type,
+    )
 
 
 def all_fills(n: int, pairs: int, per_order: int) -> Iterator[Fill]:
@@ -286,15 +377,19 @@ async def one_insert_per_row(conn: asyncpg.Connection, records: list[tuple[objec
 
 async def executemany(conn: asyncpg.Connection, records: list[tuple[object, ...]]) -> float:
     await truncate(conn)
-    sql = (f"INSERT INTO fills ({', '.join(FILL_COLUMNS)}) VALUES "
-           f"({', '.join(f'${i + 1}' for i in range(len(FILL_COLUMNS)))}) ON CONFLICT DO NOTHING")
+    sql = (
+        f"INSERT INTO fills ({', '.join(FILL_COLUMNS)}) VALUES "
+        f"({', '.join(f'${i + 1}' for i in range(len(FILL_COLUMNS)))}) ON CONFLICT DO NOTHING"
+    )
     started = time.perf_counter()
     async with conn.transaction():
         await conn.executemany(sql, records)
     return time.perf_counter() - started
 
 
-async def bare_copy(conn: asyncpg.Connection, n: int, pairs: int, per_order: int) -> tuple[float, float]:
+async def bare_copy(
+    conn: asyncpg.Connection, n: int, pairs: int, per_order: int
+) -> tuple[float, float]:
     """(seconds as asyncpg records, seconds as pre-encoded text) into an unconstrained table."""
     await conn.execute("DROP TABLE IF EXISTS bare_fills")
     await conn.execute("CREATE TABLE bare_fills (LIKE fills EXCLUDING ALL)")
@@ -307,16 +402,34 @@ async def bare_copy(conn: asyncpg.Connection, n: int, pairs: int, per_order: int
     del records
     ts = TimestampText()
     text = [
-        "".join(copy_line((f.fill_id, f.session_id, f.order_id, f.symbol, f.side, str(f.quantity),
-                           str(f.price), str(f.fee), "", ts(f.ts), "", "")) for f in chunk).encode()
+        "".join(
+            copy_line(
+                (
+                    f.fill_id,
+                    f.session_id,
+                    f.order_id,
+                    f.symbol,
+                    f.side,
+                    str(f.quantity),
+                    str(f.price),
+                    str(f.fee),
+                    "",
+                    ts(f.ts),
+                    "",
+                    "",
+                )
+            )
+            for f in chunk
+        ).encode()
         for chunk in _chunks(all_fills(n, pairs, per_order), 50_000)
     ]
     await conn.execute("TRUNCATE bare_fills")
     await conn.execute("CHECKPOINT")
     started = time.perf_counter()
     async with conn.transaction():
-        await conn.copy_to_table("bare_fills", source=_replay(text), columns=list(FILL_COLUMNS),
-                                 format="text", null="")
+        await conn.copy_to_table(
+            "bare_fills", source=_replay(text), columns=list(FILL_COLUMNS), format="text", null=""
+        )
     return binary, time.perf_counter() - started
 
 
@@ -350,15 +463,22 @@ async def main(args: argparse.Namespace) -> int:
     try:
         await clean_redis(redis)
         await schema.upgrade(conn)
-        print(f"building {args.fills:,} fills over {args.pairs} pairs in Redis ...", file=sys.stderr)
+        print(
+            f"building {args.fills:,} fills over {args.pairs} pairs in Redis ...", file=sys.stderr
+        )
         started = time.perf_counter()
-        n_positions, n_tps = await populate(redis, keys, args.fills, args.pairs, args.fills_per_order)
+        n_positions, n_tps = await populate(
+            redis, keys, args.fills, args.pairs, args.fills_per_order
+        )
         print(f"  built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
         print("mmops migration, end to end (child process) ...", file=sys.stderr)
         await admin.execute("CHECKPOINT")
         child = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--child-e2e", stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            __file__,
+            "--child-e2e",
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url},
         )
@@ -370,15 +490,22 @@ async def main(args: argparse.Namespace) -> int:
         print("mmops write phase alone ...", file=sys.stderr)
         write_s, w_fills, w_orders = await write_phase(conn, redis, keys)
 
-        sample = [fill_record(f) for f in _first(all_fills(args.fills, args.pairs, args.fills_per_order),
-                                                  max(args.insert_sample, args.executemany_sample))]
+        sample = [
+            fill_record(f)
+            for f in _first(
+                all_fills(args.fills, args.pairs, args.fills_per_order),
+                max(args.insert_sample, args.executemany_sample),
+            )
+        ]
         print(f"(a) one INSERT per row, {args.insert_sample:,} rows ...", file=sys.stderr)
-        single_s = await one_insert_per_row(conn, sample[:args.insert_sample])
+        single_s = await one_insert_per_row(conn, sample[: args.insert_sample])
         print(f"(b) executemany, {args.executemany_sample:,} rows ...", file=sys.stderr)
-        many_s = await executemany(conn, sample[:args.executemany_sample])
+        many_s = await executemany(conn, sample[: args.executemany_sample])
         del sample
         print("(c) bare COPY ...", file=sys.stderr)
-        bare_binary_s, bare_text_s = await bare_copy(conn, args.fills, args.pairs, args.fills_per_order)
+        bare_binary_s, bare_text_s = await bare_copy(
+            conn, args.fills, args.pairs, args.fills_per_order
+        )
     finally:
         await conn.close()
         if not args.keep:
@@ -391,33 +518,65 @@ async def main(args: argparse.Namespace) -> int:
     e2e_rows = e2e["fills"] + e2e["orders"]
     w_rows = w_fills + w_orders
     rows = [
-        ("mmops migrate_session, end to end (Redis read included)", e2e_rows, e2e["fills"], e2e["seconds"]),
+        (
+            "mmops migrate_session, end to end (Redis read included)",
+            e2e_rows,
+            e2e["fills"],
+            e2e["seconds"],
+        ),
         ("mmops PostgreSQL write phase alone (COPY, one transaction)", w_rows, w_fills, write_s),
-        (f"(a) one awaited INSERT per row (sample of {args.insert_sample:,})", args.insert_sample,
-         args.insert_sample, single_s),
-        (f"(b) executemany ON CONFLICT DO NOTHING (sample of {args.executemany_sample:,})",
-         args.executemany_sample, args.executemany_sample, many_s),
+        (
+            f"(a) one awaited INSERT per row (sample of {args.insert_sample:,})",
+            args.insert_sample,
+            args.insert_sample,
+            single_s,
+        ),
+        (
+            f"(b) executemany ON CONFLICT DO NOTHING (sample of {args.executemany_sample:,})",
+            args.executemany_sample,
+            args.executemany_sample,
+            many_s,
+        ),
         ("(c1) bare COPY, no constraints: asyncpg records (binary)", n, n, bare_binary_s),
         ("(c2) bare COPY, no constraints: pre-encoded text", n, n, bare_text_s),
     ]
     print()
-    print(f"mmops migration benchmark: {n:,} fills over {args.pairs} pairs, {n_positions:,} positions "
-          f"({args.fills_per_order} buy fills + 1 TP fill each), {n_tps:,} TP orders")
+    print(
+        f"mmops migration benchmark: {n:,} fills over {args.pairs} pairs, {n_positions:,} positions "
+        f"({args.fills_per_order} buy fills + 1 TP fill each), {n_tps:,} TP orders"
+    )
     header = ("measure", "rows", "fills", "seconds", "rows/s", "fills/s")
-    print(render_table(header, [(name, f"{r:,}", f"{f:,}", f"{s:.2f}", _rate(r, s), _rate(f, s)) for name, r, f, s in rows], rule=True))
+    print(
+        render_table(
+            header,
+            [
+                (name, f"{r:,}", f"{f:,}", f"{s:.2f}", _rate(r, s), _rate(f, s))
+                for name, r, f, s in rows
+            ],
+            rule=True,
+        )
+    )
     write_rate = w_rows / write_s
     print()
-    print(f"end to end: {e2e['fills'] / e2e['seconds']:,.0f} fills/s (target >= 100,000); "
-          f"fast path: {e2e['fast']}, P&L {e2e['pnl']}")
-    print(f"write phase rows/s vs (c2) bare text COPY: {write_rate / (n / bare_text_s):.2f}x; "
-          f"vs (c1) bare records COPY: {write_rate / (n / bare_binary_s):.2f}x; "
-          f"vs (b) executemany: {write_rate / (args.executemany_sample / many_s):.1f}x; "
-          f"vs (a) INSERT per row: {write_rate / (args.insert_sample / single_s):.0f}x")
-    print(f"peak RSS of the migrator process: {e2e['rss_peak_kb'] / 1024:.0f} MB "
-          f"(before migrating: {e2e['rss_before_kb'] / 1024:.0f} MB; child process, "
-          f"getrusage(RUSAGE_SELF).ru_maxrss)")
-    print(f"reproduce: python bench/migrate.py --fills {n} --pairs {args.pairs} "
-          f"--fills-per-order {args.fills_per_order}")
+    print(
+        f"end to end: {e2e['fills'] / e2e['seconds']:,.0f} fills/s (target >= 100,000); "
+        f"fast path: {e2e['fast']}, P&L {e2e['pnl']}"
+    )
+    print(
+        f"write phase rows/s vs (c2) bare text COPY: {write_rate / (n / bare_text_s):.2f}x; "
+        f"vs (c1) bare records COPY: {write_rate / (n / bare_binary_s):.2f}x; "
+        f"vs (b) executemany: {write_rate / (args.executemany_sample / many_s):.1f}x; "
+        f"vs (a) INSERT per row: {write_rate / (args.insert_sample / single_s):.0f}x"
+    )
+    print(
+        f"peak RSS of the migrator process: {e2e['rss_peak_kb'] / 1024:.0f} MB "
+        f"(before migrating: {e2e['rss_before_kb'] / 1024:.0f} MB; child process, "
+        f"getrusage(RUSAGE_SELF).ru_maxrss)"
+    )
+    print(
+        f"reproduce: python bench/migrate.py --fills {n} --pairs {args.pairs} "
+        f"--fills-per-order {args.fills_per_order}"
+    )
     return 0
 
 
@@ -442,8 +601,12 @@ async def clean_redis(redis: aioredis.Redis) -> None:
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--fills", type=int, default=1_000_000)
-    p.add_argument("--pairs", type=int, default=10, choices=range(1, len(SYMBOLS) + 1), metavar="1-10")
-    p.add_argument("--fills-per-order", type=int, default=4, help="buy fills per buy order (position)")
+    p.add_argument(
+        "--pairs", type=int, default=10, choices=range(1, len(SYMBOLS) + 1), metavar="1-10"
+    )
+    p.add_argument(
+        "--fills-per-order", type=int, default=4, help="buy fills per buy order (position)"
+    )
     p.add_argument("--insert-sample", type=int, default=20_000)
     p.add_argument("--executemany-sample", type=int, default=100_000)
     p.add_argument("--keep", action="store_true", help="keep the schema and Redis keys afterwards")

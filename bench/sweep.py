@@ -49,9 +49,15 @@ from workers.sweeper import Sweeper, SweepReport
 
 D = Decimal
 PRICES = {  # symbol -> (price, quantity per position)
-    "BTC/USD": ("64000.5", "0.001"), "ETH/USD": ("3000.25", "0.01"), "SOL/USD": ("150.5", "0.1"),
-    "XRP/USD": ("0.6", "5"), "ADA/USD": ("0.45", "50"), "DOGE/USD": ("0.15", "100"),
-    "DOT/USD": ("7.1", "5"), "LINK/USD": ("15.2", "1"), "LTC/USD": ("80.3", "0.2"),
+    "BTC/USD": ("64000.5", "0.001"),
+    "ETH/USD": ("3000.25", "0.01"),
+    "SOL/USD": ("150.5", "0.1"),
+    "XRP/USD": ("0.6", "5"),
+    "ADA/USD": ("0.45", "50"),
+    "DOGE/USD": ("0.15", "100"),
+    "DOT/USD": ("7.1", "5"),
+    "LINK/USD": ("15.2", "1"),
+    "LTC/USD": ("80.3", "0.2"),
     "AVAX/USD": ("35.4", "1"),
 }
 FEE = D("0.01")
@@ -78,7 +84,9 @@ class Counting:
         return call
 
 
-async def seed(app: App, paper: PaperExchange, sessions: int, pairs: list[str], per_pair: int, now: int) -> None:
+async def seed(
+    app: App, paper: PaperExchange, sessions: int, pairs: list[str], per_pair: int, now: int
+) -> None:
     """Covered positions with a live paper order each, written in pipelined batches."""
     keys, redis = app.keys, app.redis
     tiers = tiers_from(app.settings)
@@ -96,7 +104,11 @@ async def seed(app: App, paper: PaperExchange, sessions: int, pairs: list[str], 
             price, qty = (D(v) for v in PRICES[symbol])
             market = await paper.market(symbol)
             quote = quote_take_profit(
-                buys=[(price, qty, FEE)], uncovered=qty, age_ms=now - opened, market=market, tiers=tiers,
+                buys=[(price, qty, FEE)],
+                uncovered=qty,
+                age_ms=now - opened,
+                market=market,
+                tiers=tiers,
             )
             base, quote_ccy = split_symbol(symbol)
             units = to_units(quote.amount, ROUND_DOWN)
@@ -106,16 +118,37 @@ async def seed(app: App, paper: PaperExchange, sessions: int, pairs: list[str], 
                 oid = f"OB{seq:05d}-{s:05d}-{p:06d}"
                 cid = client_id(sid, pid, 1)
                 pos = new_position(session_id=sid, position_id=pid, symbol=symbol, opened_at=opened)
-                pos = pos.with_buy(Buy(f"f-{pid}", price, qty, FEE, opened)).with_step(Step(
-                    n=1, client_id=cid, qty=quote.amount, price=quote.price, tier=quote.tier,
-                    status=StepStatus.LIVE, claimed_at=opened, order_id=oid, acked_at=opened,
-                ))
+                pos = pos.with_buy(Buy(f"f-{pid}", price, qty, FEE, opened)).with_step(
+                    Step(
+                        n=1,
+                        client_id=cid,
+                        qty=quote.amount,
+                        price=quote.price,
+                        tier=quote.tier,
+                        status=StepStatus.LIVE,
+                        claimed_at=opened,
+                        order_id=oid,
+                        acked_at=opened,
+                    )
+                )
                 positions[pid] = encode_position(pos)
-                orders[oid] = orjson.dumps({
-                    "id": oid, "cid": cid, "sym": symbol, "side": "sell", "base": base, "quote": quote_ccy,
-                    "px": str(quote.price), "amt": str(quote.amount), "fil": "0", "rem": str(units),
-                    "st": "open", "ts": str(opened), "seq": seq,
-                })
+                orders[oid] = orjson.dumps(
+                    {
+                        "id": oid,
+                        "cid": cid,
+                        "sym": symbol,
+                        "side": "sell",
+                        "base": base,
+                        "quote": quote_ccy,
+                        "px": str(quote.price),
+                        "amt": str(quote.amount),
+                        "fil": "0",
+                        "rem": str(units),
+                        "st": "open",
+                        "ts": str(opened),
+                        "seq": seq,
+                    }
+                )
                 clients[cid] = oid
                 locked[base] += units
         async with redis.pipeline(transaction=False) as pipe:
@@ -164,7 +197,9 @@ async def uncovered_total(app: App, sessions: int) -> int:
     return total
 
 
-async def timed(sweeper: Sweeper, counting: Counting, profile: bool) -> tuple[float, SweepReport, Counter[str]]:
+async def timed(
+    sweeper: Sweeper, counting: Counting, profile: bool
+) -> tuple[float, SweepReport, Counter[str]]:
     counting.calls.clear()
     profiler = cProfile.Profile() if profile else None
     started, cpu = time.perf_counter(), time.process_time()
@@ -186,8 +221,11 @@ async def main(args: argparse.Namespace) -> int:
     pairs = list(KRAKEN_USD_PAIRS)[: args.pairs]
     prefix = f"bench{secrets.token_hex(4)}:"
     settings = Settings.from_env(
-        key_prefix=prefix, session_log_dir="", paper_balances="USD=1000000",
-        portfolio_daily_loss_limit=D("1000000000"), settlement_max_sessions=max(100, args.sessions),
+        key_prefix=prefix,
+        session_log_dir="",
+        paper_balances="USD=1000000",
+        portfolio_daily_loss_limit=D("1000000000"),
+        settlement_max_sessions=max(100, args.sessions),
         database_url=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
     )
     plain = await App.open(settings)
@@ -214,10 +252,14 @@ async def main(args: argparse.Namespace) -> int:
         await plain.close()
 
     positions = rows[-1][2].total("positions")
-    print(f"sweeper benchmark: {args.sessions} sessions x {len(pairs)} pairs x {args.positions} positions "
-          f"(+1 % new) = {positions} positions, paper exchange, seeded in {seeded:.1f} s")
-    header = (f"{'pass':<22} {'wall s':>7} {'cpu s':>6} {'uncov before':>12} {'uncov after':>11} {'covered':>8} "
-              f"{'open orders':>11}  exchange calls")
+    print(
+        f"sweeper benchmark: {args.sessions} sessions x {len(pairs)} pairs x {args.positions} positions "
+        f"(+1 % new) = {positions} positions, paper exchange, seeded in {seeded:.1f} s"
+    )
+    header = (
+        f"{'pass':<22} {'wall s':>7} {'cpu s':>6} {'uncov before':>12} {'uncov after':>11} {'covered':>8} "
+        f"{'open orders':>11}  exchange calls"
+    )
     print(header)
     print("-" * len(header))
     for name, elapsed, report, calls in rows:
@@ -227,13 +269,21 @@ async def main(args: argparse.Namespace) -> int:
             f"{report.total('covered'):>8} {report.open_orders or 0:>11}  "
             + ", ".join(f"{k} {v}" for k, v in sorted(calls.items()))
         )
-    print("phases (ms): " + " | ".join(
-        f"{name}: " + ", ".join(f"{k} {v}" for k, v in report.phases_ms.items()) for name, _, report, _ in rows
-    ))
-    print(f"uncovered after the covering pass (fresh read): {left}; peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
-    print(f"reproduce: .venv/bin/python bench/sweep.py --sessions {args.sessions} --pairs {len(pairs)} "
-          f"--positions {args.positions}")
+    print(
+        "phases (ms): "
+        + " | ".join(
+            f"{name}: " + ", ".join(f"{k} {v}" for k, v in report.phases_ms.items())
+            for name, _, report, _ in rows
+        )
+    )
+    print(
+        f"uncovered after the covering pass (fresh read): {left}; peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB"
+    )
+    print(
+        f"reproduce: .venv/bin/python bench/sweep.py --sessions {args.sessions} --pairs {len(pairs)} "
+        f"--positions {args.positions}"
+    )
     assert left == 0, f"{left} positions left uncovered"
     assert rows[1][2].total("covered") == args.sessions * len(pairs)
     slow = [name for name, elapsed, _, _ in rows[1:] if elapsed > TARGET_S]
@@ -246,8 +296,12 @@ async def main(args: argparse.Namespace) -> int:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=100)
-    parser.add_argument("--pairs", type=int, default=10, choices=range(1, len(KRAKEN_USD_PAIRS) + 1))
-    parser.add_argument("--positions", type=int, default=100, help="covered positions per session and pair")
+    parser.add_argument(
+        "--pairs", type=int, default=10, choices=range(1, len(KRAKEN_USD_PAIRS) + 1)
+    )
+    parser.add_argument(
+        "--positions", type=int, default=100, help="covered positions per session and pair"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the covering pass")
     return parser.parse_args(argv)
 

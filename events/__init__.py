@@ -3,4 +3,13 @@
 from events.codec import EventError, decode, encode
 from events.schema import Event, Fill, Order, SessionEnded, SessionStarted
 
-__all__ = ["Event", "EventError", "Fill", "Order", "SessionEnded", "SessionStarted", "decode", "encode"]
+__all__ = [
+    "Event",
+    "EventError",
+    "Fill",
+    "Order",
+    "SessionEnded",
+    "SessionStarted",
+    "decode",
+    "encode",
+]

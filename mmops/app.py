@@ -34,7 +34,9 @@ class App:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def open(cls, settings: Settings, *, clock: Clock | None = None, exchange: Exchange | None = None) -> App:
+    async def open(
+        cls, settings: Settings, *, clock: Clock | None = None, exchange: Exchange | None = None
+    ) -> App:
         """Connect to Redis (ServerUnreachable names it) and build the shared parts."""
         from trading.factory import make_exchange
 
@@ -44,8 +46,18 @@ class App:
         if exchange is None:
             exchange = make_exchange(settings, conn, keys, clock)
         ledger = Ledger(conn, keys)
-        engine = TakeProfitEngine(ledger=ledger, exchange=exchange, keys=keys, settings=settings, clock=clock)
-        return cls(settings=settings, redis=conn, keys=keys, clock=clock, exchange=exchange, ledger=ledger, engine=engine)
+        engine = TakeProfitEngine(
+            ledger=ledger, exchange=exchange, keys=keys, settings=settings, clock=clock
+        )
+        return cls(
+            settings=settings,
+            redis=conn,
+            keys=keys,
+            clock=clock,
+            exchange=exchange,
+            ledger=ledger,
+            engine=engine,
+        )
 
     async def alert(self, kind: str, message: str, **figures: object) -> None:
         """Append to mm:alerts (the webhook forwarder picks it up from there)."""

@@ -34,7 +34,11 @@ class ManualClock:
 
 def iso(ms: int) -> str:
     """ISO-8601 UTC with milliseconds, e.g. 2026-11-21T09:45:18.123Z."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def utc_day(ms: int) -> str:

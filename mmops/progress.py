@@ -59,13 +59,17 @@ class Progress:
                 return
             filled = int(fraction * _WIDTH)
             bar = "#" * filled + "." * (_WIDTH - filled)
-            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {fraction:4.0%} {now - self._started:5.1f}s")
+            self.stream.write(
+                f"\r{self.label} [{bar}] {self.done}/{self.total} {fraction:4.0%} {now - self._started:5.1f}s"
+            )
         else:
             decile = int(fraction * 10)
             if decile == self._last_decile and not (force and self.done != self._written):
                 return
             self._last_decile = decile
             self._written = self.done
-            self.stream.write(f"{self.label}: {self.done}/{self.total} ({fraction:.0%}) {now - self._started:.1f}s\n")
+            self.stream.write(
+                f"{self.label}: {self.done}/{self.total} ({fraction:.0%}) {now - self._started:.1f}s\n"
+            )
         self._drawn_at = now
         self.stream.flush()

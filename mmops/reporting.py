@@ -12,7 +12,9 @@ _NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+%?")
 _PLACEHOLDERS = frozenset({"", "-", "?", "n/a"})
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, rule: bool = False) -> str:
+def render_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], *, rule: bool = False
+) -> str:
     """An aligned text table: columns of numbers right-aligned, the others left-aligned.
 
     None prints as "-"; `rule` draws a line of dashes under the header.
@@ -20,13 +22,15 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, ru
     cells = [["-" if value is None else str(value) for value in row] for row in rows]
     widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
     numeric = [
-        bool(rows) and all(_is_number(row[i], text[i]) for row, text in zip(rows, cells, strict=True))
+        bool(rows)
+        and all(_is_number(row[i], text[i]) for row, text in zip(rows, cells, strict=True))
         for i in range(len(headers))
     ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(
-            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
         ).rstrip()
 
     out = [line(headers)]

@@ -113,11 +113,17 @@ class Settings:
 
     def validate(self) -> None:
         if self.log_level not in LOG_LEVELS:
-            raise SettingsError(f"LOG_LEVEL: expected one of {' '.join(LOG_LEVELS)}, got {self.log_level!r}")
+            raise SettingsError(
+                f"LOG_LEVEL: expected one of {' '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError(f"REDIS_URL: expected redis://, rediss:// or unix://, got {redact_url(self.redis_url)!r}")
+            raise SettingsError(
+                f"REDIS_URL: expected redis://, rediss:// or unix://, got {redact_url(self.redis_url)!r}"
+            )
         if not self.database_url.startswith(("postgresql://", "postgres://")):
-            raise SettingsError(f"DATABASE_URL: expected postgresql://..., got {redact_url(self.database_url)!r}")
+            raise SettingsError(
+                f"DATABASE_URL: expected postgresql://..., got {redact_url(self.database_url)!r}"
+            )
         for name, url in (("REDIS_URL", self.redis_url), ("DATABASE_URL", self.database_url)):
             try:
                 urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
@@ -125,10 +131,21 @@ class Settings:
                 raise SettingsError(f"{name}: {exc} in {redact_url(url)!r}") from None
         tiers = (self.tp_aging_tier_1_hours, self.tp_aging_tier_2_hours, self.tp_aging_tier_3_hours)
         if not tiers[0] < tiers[1] < tiers[2]:
-            raise SettingsError("TP_AGING_TIER_1_HOURS < TP_AGING_TIER_2_HOURS < TP_AGING_TIER_3_HOURS must hold")
-        if self.exchange != "paper" and not self.dry_run and not (self.exchange_api_key and self.exchange_api_secret):
-            raise SettingsError(f"EXCHANGE_API_KEY: required with EXCHANGE={self.exchange} (and EXCHANGE_API_SECRET)")
-        if self.tp_maker_fee_percent is not None and not Decimal(0) <= self.tp_maker_fee_percent < 100:
+            raise SettingsError(
+                "TP_AGING_TIER_1_HOURS < TP_AGING_TIER_2_HOURS < TP_AGING_TIER_3_HOURS must hold"
+            )
+        if (
+            self.exchange != "paper"
+            and not self.dry_run
+            and not (self.exchange_api_key and self.exchange_api_secret)
+        ):
+            raise SettingsError(
+                f"EXCHANGE_API_KEY: required with EXCHANGE={self.exchange} (and EXCHANGE_API_SECRET)"
+            )
+        if (
+            self.tp_maker_fee_percent is not None
+            and not Decimal(0) <= self.tp_maker_fee_percent < 100
+        ):
             raise SettingsError("TP_MAKER_FEE_PERCENT: expected a percentage from 0 to 100")
         parse_balances("PAPER_BALANCES", self.paper_balances)
 
@@ -163,7 +180,9 @@ def parse_balances(name: str, raw: str) -> dict[str, Decimal]:
         asset, sep, amount = item.partition("=")
         value = _decimal(name, amount) if sep else None
         if not asset or value is None or value < 0:
-            raise SettingsError(f"{name}: expected ASSET=AMOUNT,... with amounts >= 0, got {item!r}")
+            raise SettingsError(
+                f"{name}: expected ASSET=AMOUNT,... with amounts >= 0, got {item!r}"
+            )
         out[asset.strip()] = value
     return out
 

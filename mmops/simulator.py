@@ -104,7 +104,13 @@ def pairs_for(count: int) -> list[Pair]:
     out = [Pair(s, r, START_PRICES[s]) for s, r in KRAKEN_USD_PAIRS.items()][:count]
     for n in range(len(out), count):
         start = Decimal(10 + (n * 37) % 290)
-        out.append(Pair(f"SIM{n:03d}/USD", PairRules(tick=Decimal("0.001"), min_amount=Decimal("0.01")), start))
+        out.append(
+            Pair(
+                f"SIM{n:03d}/USD",
+                PairRules(tick=Decimal("0.001"), min_amount=Decimal("0.01")),
+                start,
+            )
+        )
     return out
 
 
@@ -145,7 +151,9 @@ class _Session:
     started: bool = False
     ended: bool = False
     queued: dict[str, deque[Decimal]] = field(default_factory=dict)  # symbol -> partial fills left
-    open_order: dict[str, tuple[str, Decimal]] = field(default_factory=dict)  # symbol -> (id, price)
+    open_order: dict[str, tuple[str, Decimal]] = field(
+        default_factory=dict
+    )  # symbol -> (id, price)
 
 
 @dataclass
@@ -169,7 +177,9 @@ ProgressCallback = Callable[[SimStats], Awaitable[None] | None]
 class Simulator:
     """Sends a trader's events to `keys.stream` at `config.rate` buy fills per second."""
 
-    def __init__(self, *, redis: aioredis.Redis, keys: Keys, exchange: PaperExchange, config: SimConfig) -> None:
+    def __init__(
+        self, *, redis: aioredis.Redis, keys: Keys, exchange: PaperExchange, config: SimConfig
+    ) -> None:
         config.validate()
         self.redis = redis
         self.keys = keys
@@ -198,7 +208,9 @@ class Simulator:
         ]
 
     # --- the run ---------------------------------------------------------------------
-    async def run(self, on_progress: ProgressCallback | None = None, progress_every: float = 0.5) -> SimStats:
+    async def run(
+        self, on_progress: ProgressCallback | None = None, progress_every: float = 0.5
+    ) -> SimStats:
         """Emit every event, paced in real time; returns the final stats."""
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -224,7 +236,9 @@ class Simulator:
             if finished:
                 await self._send(self._session_ends(self.config.duration))
             self.stats.elapsed = loop.time() - started
-            if on_progress is not None and (finished or self.stats.elapsed - last_progress >= progress_every):
+            if on_progress is not None and (
+                finished or self.stats.elapsed - last_progress >= progress_every
+            ):
                 last_progress = self.stats.elapsed
                 result = on_progress(self.stats)
                 if result is not None:
@@ -243,7 +257,13 @@ class Simulator:
             if not s.started and s.start_t <= t:
                 s.started = True
                 self.stats.sessions_started += 1
-                out.append(SessionStarted(session_id=s.sid, pairs=tuple(p.symbol for p in self.pairs), ts=self._ts(s.start_t)))
+                out.append(
+                    SessionStarted(
+                        session_id=s.sid,
+                        pairs=tuple(p.symbol for p in self.pairs),
+                        ts=self._ts(s.start_t),
+                    )
+                )
         return out
 
     def _session_ends(self, t: float) -> list[Event]:
@@ -253,7 +273,9 @@ class Simulator:
                 s.ended = True
                 self.stats.sessions_ended += 1
                 ts = max(self._ts(s.end_t), self._ts(t), s.last_ts)
-                out.append(SessionEnded(session_id=s.sid, ts=ts, fills=s.fills, reason="simulation"))
+                out.append(
+                    SessionEnded(session_id=s.sid, ts=ts, fills=s.fills, reason="simulation")
+                )
         return out
 
     def _active(self, t: float) -> list[_Session]:
@@ -285,9 +307,16 @@ class Simulator:
         self.stats.buys += 1
         self.stats.pairs[pair.symbol].buys += 1
         return Fill(
-            session_id=session.sid, fill_id=f"{session.sid}-f{session.fills}", order_id=order_id,
-            symbol=pair.symbol, side="buy", price=order_price, quantity=qty,
-            fee=_fee(order_price, qty), ts=self._ts(t), order_type="limit",
+            session_id=session.sid,
+            fill_id=f"{session.sid}-f{session.fills}",
+            order_id=order_id,
+            symbol=pair.symbol,
+            side="buy",
+            price=order_price,
+            quantity=qty,
+            fee=_fee(order_price, qty),
+            ts=self._ts(t),
+            order_type="limit",
         )
 
     def _split(self, pair: Pair, price: Decimal) -> list[Decimal]:
@@ -296,7 +325,9 @@ class Simulator:
         notional = Decimal(str(round(math.exp(self.rng.uniform(math.log(low), math.log(high))), 2)))
         step = pair.qty_step
         smallest = max(pair.rules.min_amount, pair.rules.min_cost / price) * MIN_FILL_FACTOR
-        total = max((notional / price).quantize(step, ROUND_DOWN), smallest.quantize(step, ROUND_UP))
+        total = max(
+            (notional / price).quantize(step, ROUND_DOWN), smallest.quantize(step, ROUND_UP)
+        )
         parts = self.rng.randint(2, 4) if self.rng.random() < PARTIAL_SHARE else 1
         parts = max(1, min(parts, int(total / smallest)))
         if parts == 1:
@@ -319,7 +350,9 @@ class Simulator:
         walk = self.walks[pair.symbol]
         dt = max(0.0, t - walk.t)
         sigma = self.config.volatility / 100
-        walk.price *= math.exp(sigma * math.sqrt(dt) * self.rng.gauss(0.0, 1.0) - sigma * sigma * dt / 2)
+        walk.price *= math.exp(
+            sigma * math.sqrt(dt) * self.rng.gauss(0.0, 1.0) - sigma * sigma * dt / 2
+        )
         walk.t = t
         walk.high = max(walk.high, walk.price)
         return walk.price
@@ -367,13 +400,16 @@ class Simulator:
             members = await pipe.execute()
         owner: dict[str, str] = {
             (m.decode() if isinstance(m, bytes) else str(m)): sid
-            for sid, ids in zip(live, members, strict=True) for m in ids
+            for sid, ids in zip(live, members, strict=True)
+            for m in ids
         }
         tps: dict[str, list[_LiveTp]] = {}
         for order in await self.exchange.open_orders():
             owned = owner.get(order.id)
             if owned is not None and order.side == "sell":
-                tps.setdefault(order.symbol, []).append(_LiveTp(order.id, owned, order.symbol, order.price))
+                tps.setdefault(order.symbol, []).append(
+                    _LiveTp(order.id, owned, order.symbol, order.price)
+                )
         self._tps = tps
 
     async def _fill_tp(self, tp: _LiveTp) -> Fill | None:
@@ -392,9 +428,16 @@ class Simulator:
         self.stats.sells += 1
         self.stats.pairs[tp.symbol].sells += 1
         return Fill(
-            session_id=session.sid, fill_id=f"{session.sid}-f{session.fills}", order_id=tp.order_id,
-            symbol=tp.symbol, side="sell", price=after.price, quantity=qty,
-            fee=_fee(after.price, qty), ts=session.last_ts, order_type="limit",
+            session_id=session.sid,
+            fill_id=f"{session.sid}-f{session.fills}",
+            order_id=tp.order_id,
+            symbol=tp.symbol,
+            side="sell",
+            price=after.price,
+            quantity=qty,
+            fee=_fee(after.price, qty),
+            ts=session.last_ts,
+            order_type="limit",
         )
 
     async def _send(self, events: list[Event]) -> None:

@@ -141,11 +141,17 @@ class Ledger:
         With `fill`, the change happens only if that fill id was never recorded for the
         session, and records it. `ops` are Redis commands run in the same script on success.
         """
-        args: list[str | bytes | int] = [fill.fill_id if fill else "", encode_fill(fill) if fill else b"", len(writes)]
+        args: list[str | bytes | int] = [
+            fill.fill_id if fill else "",
+            encode_fill(fill) if fill else b"",
+            len(writes),
+        ]
         for position in writes:
             args += [position.id, position.v - 1, encode_position(position)]
         args.append(orjson.dumps([list(op) for op in ops]))
-        reply = await self._pipeliner.run(self._commit, [self.keys.positions(sid), self.keys.fills(sid)], args)
+        reply = await self._pipeliner.run(
+            self._commit, [self.keys.positions(sid), self.keys.fills(sid)], args
+        )
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "ok":
             for position in writes:
@@ -168,6 +174,3 @@ class Ledger:
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-
-
-

@@ -40,7 +40,7 @@ class Pipeliner:
         self._scheduled = False
         queue, self._queue = self._queue, []
         for start in range(0, len(queue), self.max_batch):
-            task = asyncio.ensure_future(self._send(queue[start:start + self.max_batch]))
+            task = asyncio.ensure_future(self._send(queue[start : start + self.max_batch]))
             self._sending.add(task)  # keep a reference until it is done
             task.add_done_callback(self._sending.discard)
 

@@ -15,7 +15,9 @@ _CONNECT_ERRORS = (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.Interfa
 
 
 def _unreachable(url: str, exc: BaseException) -> ServerUnreachable:
-    return ServerUnreachable(f"PostgreSQL at {redact_url(url)} is unreachable: {one_line(exc, 200)}")
+    return ServerUnreachable(
+        f"PostgreSQL at {redact_url(url)} is unreachable: {one_line(exc, 200)}"
+    )
 
 
 def _jsonb_encode(value: Any) -> str:
@@ -34,7 +36,11 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 8) -> asyn
     """A pool that has connected once, or ServerUnreachable naming the URL (redacted)."""
     try:
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10,
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            timeout=10,
             command_timeout=300,
         )
     except _CONNECT_ERRORS as exc:

@@ -46,7 +46,9 @@ async def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
         await conn.ping()
     except (RedisError, OSError) as exc:
         await conn.aclose()
-        raise ServerUnreachable(f"Redis at {redact_url(url)} is unreachable: {one_line(exc)}") from None
+        raise ServerUnreachable(
+            f"Redis at {redact_url(url)} is unreachable: {one_line(exc)}"
+        ) from None
     return conn
 
 

@@ -158,7 +158,9 @@ async def read_header(redis: aioredis.Redis, keys: Keys, sid: str) -> SessionHea
     )
 
 
-async def scan_values(redis: aioredis.Redis, key: str, count: int = SCAN_COUNT) -> AsyncIterator[list[bytes]]:
+async def scan_values(
+    redis: aioredis.Redis, key: str, count: int = SCAN_COUNT
+) -> AsyncIterator[list[bytes]]:
     """The hash's values, a chunk per HSCAN round trip."""
     cursor = 0
     while True:
@@ -184,7 +186,9 @@ async def scan_items(
             return
 
 
-async def fills(redis: aioredis.Redis, keys: Keys, sid: str, count: int = SCAN_COUNT) -> AsyncIterator[list[Fill]]:
+async def fills(
+    redis: aioredis.Redis, keys: Keys, sid: str, count: int = SCAN_COUNT
+) -> AsyncIterator[list[Fill]]:
     async for chunk in scan_values(redis, keys.fills(sid), count):
         yield [decode_fill(raw) for raw in chunk]
 
@@ -200,7 +204,7 @@ async def fills_by_id(
     ahead: asyncio.Future[list[bytes | str | None]] | None = None
     try:
         for start in range(0, len(ids), count):
-            request = asyncio.ensure_future(redis.hmget(key, ids[start:start + count]))
+            request = asyncio.ensure_future(redis.hmget(key, ids[start : start + count]))
             if ahead is not None:
                 yield [v if isinstance(v, bytes) else None for v in await ahead]
             ahead = request
@@ -250,14 +254,15 @@ async def tp_records(
             break
     out: list[TpRecord] = []
     for start in range(0, len(wanted), count):
-        ids = sorted(set(wanted[start:start + count]))
+        ids = sorted(set(wanted[start : start + count]))
         async with redis.pipeline(transaction=False) as pipe:
             for oid in ids:
                 pipe.hgetall(keys.tp_order(sid, oid))
             replies = await pipe.execute()
         out += [
             TpRecord(oid, {as_text(k): as_text(v) for k, v in reply.items()})
-            for oid, reply in zip(ids, replies, strict=True) if reply
+            for oid, reply in zip(ids, replies, strict=True)
+            if reply
         ]
     return out
 
@@ -275,7 +280,7 @@ async def ended_sessions(redis: aioredis.Redis, keys: Keys, since_ms: int) -> li
     found = {as_text(sid): int(score) for sid, score in pending}
     candidates = sorted({as_text(s) for s in active} - set(found))
     for start in range(0, len(candidates), SCAN_COUNT):
-        batch = candidates[start:start + SCAN_COUNT]
+        batch = candidates[start : start + SCAN_COUNT]
         async with redis.pipeline(transaction=False) as pipe:
             for sid in batch:
                 pipe.hget(keys.session(sid), "ended_at")
@@ -302,7 +307,6 @@ def iso_to_ms(text: str) -> int | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
-
 
 
 def _int(value: str | None) -> int | None:

@@ -26,12 +26,35 @@ from decimal import Decimal
 import asyncpg
 
 FILL_COLUMNS = (
-    "id", "session_id", "order_id", "symbol", "side", "quantity", "price", "fee",
-    "fee_currency", "timestamp", "realized_pnl", "order_type",
+    "id",
+    "session_id",
+    "order_id",
+    "symbol",
+    "side",
+    "quantity",
+    "price",
+    "fee",
+    "fee_currency",
+    "timestamp",
+    "realized_pnl",
+    "order_type",
 )
 ORDER_COLUMNS = (
-    "id", "session_id", "symbol", "pair_index", "side", "type", "quantity", "price", "status",
-    "is_take_profit", "position_id", "client_order_id", "tier", "filled_quantity", "created_at",
+    "id",
+    "session_id",
+    "symbol",
+    "pair_index",
+    "side",
+    "type",
+    "quantity",
+    "price",
+    "status",
+    "is_take_profit",
+    "position_id",
+    "client_order_id",
+    "tier",
+    "filled_quantity",
+    "created_at",
 )
 WORK_MEM = "256MB"
 NULL = ""  # COPY ... NULL '': an empty field is NULL (no NOT NULL text column is ever empty)
@@ -64,7 +87,9 @@ class TimestampText:
         """`YYYY-MM-DD HH:MM:SS` of an epoch second, remembered."""
         if len(self.seconds) >= self._limit:
             self.seconds.clear()
-        text = self.seconds[second] = (_EPOCH + dt.timedelta(seconds=second)).strftime("%Y-%m-%d %H:%M:%S")
+        text = self.seconds[second] = (_EPOCH + dt.timedelta(seconds=second)).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
         return text
 
 
@@ -154,7 +179,9 @@ class SessionWriter:
         if not self.fast:
             await self._stage(table)
             target = _STAGE[table]
-        await self.conn.copy_to_table(target, source=source, columns=list(columns), format="text", null=NULL)
+        await self.conn.copy_to_table(
+            target, source=source, columns=list(columns), format="text", null=NULL
+        )
 
     async def insert_fills(self, source: AsyncIterable[bytes]) -> list[str]:
         """Add these fill rows unless their id or content is stored; the ids that were added.
@@ -176,7 +203,9 @@ class SessionWriter:
             return 0
         return _count(await self.conn.execute(_MERGE_FILLS))
 
-    async def derive_orders(self, pairs: Sequence[str], skip: Sequence[str], events: Sequence[str]) -> int:
+    async def derive_orders(
+        self, pairs: Sequence[str], skip: Sequence[str], events: Sequence[str]
+    ) -> int:
         """The trader's orders as the stored fills tell them (`skip`: our TP order ids;
         `events`: the orders written from `order` events, which get their filled quantity).
 
@@ -204,7 +233,10 @@ class SessionWriter:
                 SELECT order_id, $1, symbol, array_position($2::text[], symbol) - 1, side, type, quantity,
                        price, 'filled', false, quantity, first
                 FROM agg WHERE order_id <> ALL($4::text[])""",
-            self.session_id, list(pairs), list(skip), list(events),
+            self.session_id,
+            list(pairs),
+            list(skip),
+            list(events),
         )
         return _count(status) if self.fast else 0
 
@@ -213,15 +245,17 @@ class SessionWriter:
         if self.fast or _STAGE["orders"] not in self._staged:
             return 0
         cols = ", ".join(ORDER_COLUMNS[1:])
-        return _count(await self.conn.execute(
-            f"""INSERT INTO orders AS o ({", ".join(ORDER_COLUMNS)})
+        return _count(
+            await self.conn.execute(
+                f"""INSERT INTO orders AS o ({", ".join(ORDER_COLUMNS)})
                 SELECT {_qualified_id("orders")}, {cols} FROM {_STAGE["orders"]} s
                 ON CONFLICT (id) DO UPDATE SET quantity = EXCLUDED.quantity, price = EXCLUDED.price,
                     status = EXCLUDED.status, filled_quantity = EXCLUDED.filled_quantity
                 WHERE o.session_id = EXCLUDED.session_id
                   AND (o.quantity, o.price, o.status, o.filled_quantity) IS DISTINCT FROM
                       (EXCLUDED.quantity, EXCLUDED.price, EXCLUDED.status, EXCLUDED.filled_quantity)"""
-        ))
+            )
+        )
 
     async def _stage(self, table: str) -> None:
         target = _STAGE[table]
@@ -272,10 +306,21 @@ class SessionWriter:
                    started_at = coalesce(EXCLUDED.started_at, sessions.started_at),
                    ended_at = EXCLUDED.ended_at,
                    migrated_at = coalesce(sessions.migrated_at, EXCLUDED.migrated_at)""",
-            session.id, list(session.pairs), len(session.pairs), session.total_orders,
-            session.total_fills, session.total_pnl, session.total_fees, session.total_volume,
-            session.uncovered_positions, session.open_positions, session.duplicate_fills,
-            session.end_reason, session.started_at, session.ended_at, session.migrated_at,
+            session.id,
+            list(session.pairs),
+            len(session.pairs),
+            session.total_orders,
+            session.total_fills,
+            session.total_pnl,
+            session.total_fees,
+            session.total_volume,
+            session.uncovered_positions,
+            session.open_positions,
+            session.duplicate_fills,
+            session.end_reason,
+            session.started_at,
+            session.ended_at,
+            session.migrated_at,
         )
         if pairs:
             await self.conn.execute(
@@ -289,15 +334,24 @@ class SessionWriter:
                        total_pnl = EXCLUDED.total_pnl, total_fees = EXCLUDED.total_fees,
                        avg_spread = EXCLUDED.avg_spread, round_trips = EXCLUDED.round_trips,
                        wins = EXCLUDED.wins, trade_fees = EXCLUDED.trade_fees""",
-                session.id, [p.symbol for p in pairs], [p.total_orders for p in pairs],
-                [p.total_fills for p in pairs], [p.total_pnl for p in pairs],
-                [p.total_fees for p in pairs], [p.avg_spread for p in pairs],
-                [p.round_trips for p in pairs], [p.wins for p in pairs], [p.trade_fees for p in pairs],
+                session.id,
+                [p.symbol for p in pairs],
+                [p.total_orders for p in pairs],
+                [p.total_fills for p in pairs],
+                [p.total_pnl for p in pairs],
+                [p.total_fees for p in pairs],
+                [p.avg_spread for p in pairs],
+                [p.round_trips for p in pairs],
+                [p.wins for p in pairs],
+                [p.trade_fees for p in pairs],
             )
 
 
 async def upsert_started(
-    conn: asyncpg.Connection | asyncpg.Pool, session_id: str, pairs: Sequence[str], started_at: dt.datetime
+    conn: asyncpg.Connection | asyncpg.Pool,
+    session_id: str,
+    pairs: Sequence[str],
+    started_at: dt.datetime,
 ) -> None:
     """A live session's row (ended_at NULL) from session_started; a migrated row is left alone."""
     await conn.execute(
@@ -305,7 +359,10 @@ async def upsert_started(
            ON CONFLICT (id) DO UPDATE SET pairs = EXCLUDED.pairs, pair_count = EXCLUDED.pair_count,
                started_at = EXCLUDED.started_at
            WHERE sessions.migrated_at IS NULL""",
-        session_id, list(pairs), len(pairs), started_at,
+        session_id,
+        list(pairs),
+        len(pairs),
+        started_at,
     )
 
 

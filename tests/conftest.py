@@ -43,7 +43,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
 def with_search_path(url: str, schema_name: str) -> str:
     parts = urlsplit(url)
-    query = f"{parts.query}&search_path={schema_name}" if parts.query else f"search_path={schema_name}"
+    query = (
+        f"{parts.query}&search_path={schema_name}" if parts.query else f"search_path={schema_name}"
+    )
     return urlunsplit(parts._replace(query=query))
 
 

@@ -17,17 +17,35 @@ def now_ms() -> int:
 
 
 def fill(
-    sid: str, fill_id: str, order_id: str, *, symbol: str = "BTC/USD", side: str = "buy",
-    price: str = "64000.5", quantity: str = "0.01", fee: str = "1.024008", ts: int | None = None,
+    sid: str,
+    fill_id: str,
+    order_id: str,
+    *,
+    symbol: str = "BTC/USD",
+    side: str = "buy",
+    price: str = "64000.5",
+    quantity: str = "0.01",
+    fee: str = "1.024008",
+    ts: int | None = None,
 ) -> dict[str, str]:
     return {
-        "type": "fill", "session_id": sid, "fill_id": fill_id, "order_id": order_id, "symbol": symbol,
-        "side": side, "price": price, "quantity": quantity, "fee": fee, "ts": str(ts or now_ms()),
+        "type": "fill",
+        "session_id": sid,
+        "fill_id": fill_id,
+        "order_id": order_id,
+        "symbol": symbol,
+        "side": side,
+        "price": price,
+        "quantity": quantity,
+        "fee": fee,
+        "ts": str(ts or now_ms()),
     }
 
 
 def coverage_runtime(app: App, consumer: str = "test-consumer") -> Runtime:
-    handler = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock)
+    handler = CoverageHandler(
+        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
+    )
     return Runtime(app.redis, app.keys, app.settings, handler, consumer, stop=app.stop)
 
 
@@ -51,5 +69,7 @@ async def placed_by_position(app: App, sid: str) -> dict[str, Decimal]:
     out: dict[str, Decimal] = {}
     for tp in await takeprofit_entries(app, "created"):
         if tp["session_id"] == sid:
-            out[tp["position_id"]] = out.get(tp["position_id"], Decimal(0)) + Decimal(tp["quantity"])
+            out[tp["position_id"]] = out.get(tp["position_id"], Decimal(0)) + Decimal(
+                tp["quantity"]
+            )
     return out

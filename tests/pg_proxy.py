@@ -21,7 +21,9 @@ class PgProxy:
         query = dict(parse_qsl(parts.query))
         # a unix-socket server (pgserver: ?host=/dir) is reached through its socket file
         socket_dir = query.pop("host", "") if not parts.hostname else ""
-        self.socket = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir.startswith("/") else ""
+        self.socket = (
+            f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir.startswith("/") else ""
+        )
         self.target = (parts.hostname or "127.0.0.1", parts.port or 5432)
         self._parts = parts._replace(query=urlencode(query))
         self.port = 0
@@ -86,7 +88,9 @@ class PgProxy:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, inspect: bool) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, inspect: bool
+    ) -> None:
         try:
             while data := await reader.read(65536):
                 if inspect and self.cut_when is not None and self.cut_when(data):

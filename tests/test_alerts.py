@@ -61,9 +61,13 @@ Drain = Callable[..., Awaitable[WebhookForwarder]]
 @pytest.fixture
 def drain(app: App, hook: tuple[Hook, str]) -> Drain:
     async def run(**options: Any) -> WebhookForwarder:
-        forwarder = WebhookForwarder(url=hook[1], keys=app.keys, stop=app.stop, backoff_s=0.01, **options)
+        forwarder = WebhookForwarder(
+            url=hook[1], keys=app.keys, stop=app.stop, backoff_s=0.01, **options
+        )
         try:
-            await Runtime(app.redis, app.keys, app.settings, forwarder, "alerts-1", stop=app.stop).run(until_drained=True)
+            await Runtime(
+                app.redis, app.keys, app.settings, forwarder, "alerts-1", stop=app.stop
+            ).run(until_drained=True)
         finally:
             await forwarder.close()
         return forwarder
@@ -75,20 +79,28 @@ async def pending(redis: aioredis.Redis, keys: Keys) -> int:
     return int((await redis.xpending(keys.alerts, GROUP))["pending"])
 
 
-async def test_500_then_success(app: App, hook: tuple[Hook, str], drain: Drain, redis: aioredis.Redis, keys: Keys) -> None:
+async def test_500_then_success(
+    app: App, hook: tuple[Hook, str], drain: Drain, redis: aioredis.Redis, keys: Keys
+) -> None:
     endpoint, _ = hook
     await ensure_group(app)
     endpoint.statuses = [500]
-    await app.alert("stop_loss", "daily loss 1200.50 USD beyond the limit 1000", pnl="-1200.50", limit="1000")
+    await app.alert(
+        "stop_loss", "daily loss 1200.50 USD beyond the limit 1000", pnl="-1200.50", limit="1000"
+    )
     forwarder = await drain()
     assert len(endpoint.received) == 2 and forwarder.sent == 1
     body = endpoint.received[1]
     assert body["text"] == body["content"]
-    assert body["text"].startswith("[mmops] stop_loss: daily loss 1200.50 USD beyond the limit 1000\npnl=-1200.50, limit=1000, at 20")
+    assert body["text"].startswith(
+        "[mmops] stop_loss: daily loss 1200.50 USD beyond the limit 1000\npnl=-1200.50, limit=1000, at 20"
+    )
     assert await pending(redis, keys) == 0
 
 
-async def test_failing_webhook_leaves_the_alert_pending(app: App, hook: tuple[Hook, str], drain: Drain, redis: aioredis.Redis, keys: Keys) -> None:
+async def test_failing_webhook_leaves_the_alert_pending(
+    app: App, hook: tuple[Hook, str], drain: Drain, redis: aioredis.Redis, keys: Keys
+) -> None:
     endpoint, _ = hook
     await ensure_group(app)
     endpoint.statuses = [503, 502, 500, 429]  # every attempt of the first delivery fails
@@ -104,7 +116,9 @@ async def test_failing_webhook_leaves_the_alert_pending(app: App, hook: tuple[Ho
     assert forwarder.sent == 0 and await pending(redis, keys) == 1  # kept for a later delivery
 
 
-async def test_refused_alert_is_not_retried(app: App, hook: tuple[Hook, str], drain: Drain, redis: aioredis.Redis, keys: Keys) -> None:
+async def test_refused_alert_is_not_retried(
+    app: App, hook: tuple[Hook, str], drain: Drain, redis: aioredis.Redis, keys: Keys
+) -> None:
     endpoint, _ = hook
     await ensure_group(app)
     endpoint.statuses = [400]
@@ -123,14 +137,23 @@ async def test_timeouts_are_retried(app: App, hook: tuple[Hook, str], drain: Dra
     assert forwarder.sent == 1 and len(endpoint.received) == 2
 
 
-async def test_old_alerts_and_own_dead_letters_are_not_sent(app: App, hook: tuple[Hook, str], drain: Drain, redis: aioredis.Redis, keys: Keys) -> None:
+async def test_old_alerts_and_own_dead_letters_are_not_sent(
+    app: App, hook: tuple[Hook, str], drain: Drain, redis: aioredis.Redis, keys: Keys
+) -> None:
     endpoint, _ = hook
     await app.alert("stop_loss", "before the forwarder existed")
     await ensure_group(app)
-    await redis.xadd(keys.alerts, {"kind": "dead_letter", "message": "mm:alerts 1-0 -> mm:dead", "group": GROUP})
-    await redis.xadd(keys.alerts, {"kind": "dead_letter", "message": "mm:events 2-0 -> mm:dead", "group": "coverage"})
+    await redis.xadd(
+        keys.alerts, {"kind": "dead_letter", "message": "mm:alerts 1-0 -> mm:dead", "group": GROUP}
+    )
+    await redis.xadd(
+        keys.alerts,
+        {"kind": "dead_letter", "message": "mm:events 2-0 -> mm:dead", "group": "coverage"},
+    )
     await drain()
-    assert [b["text"].splitlines()[0] for b in endpoint.received] == ["[mmops] dead_letter: mm:events 2-0 -> mm:dead"]
+    assert [b["text"].splitlines()[0] for b in endpoint.received] == [
+        "[mmops] dead_letter: mm:events 2-0 -> mm:dead"
+    ]
 
 
 async def test_forwarder_tasks_wiring(settings: Settings, hook: tuple[Hook, str]) -> None:
@@ -149,11 +172,16 @@ async def test_forwarder_tasks_wiring(settings: Settings, hook: tuple[Hook, str]
         for close in closers:
             await close()
         await app.close()
-    assert [b["content"].splitlines()[0] for b in endpoint.received] == ["[mmops] risk_halt: halted"]
+    assert [b["content"].splitlines()[0] for b in endpoint.received] == [
+        "[mmops] risk_halt: halted"
+    ]
 
 
 def test_text_and_redaction() -> None:
     assert where("https://hooks.slack.com/services/T0/B0/XXXX") == "https://hooks.slack.com/…"
     long = alert_text({"kind": "k", "message": "m" * 5000})
     assert len(long) == 1900 and long.endswith("…")
-    assert alert_text({"kind": "k", "message": "m", "ts": "1763700000000"}) == "[mmops] k: m\nat 2025-11-21T04:40:00.000Z"
+    assert (
+        alert_text({"kind": "k", "message": "m", "ts": "1763700000000"})
+        == "[mmops] k: m\nat 2025-11-21T04:40:00.000Z"
+    )

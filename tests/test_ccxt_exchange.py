@@ -487,7 +487,12 @@ async def test_open_orders_quote_and_free_balance(ex: CcxtExchange) -> None:
     quote = await ex.quote("XRP/USD")
     assert (quote.bid, quote.ask) == (Decimal("0.6179"), Decimal("0.61791"))
     await ex.observe_fill(
-        fill_id="f", order_id="o", symbol="XRP/USD", side="buy", price=Decimal(1), quantity=Decimal(1)
+        fill_id="f",
+        order_id="o",
+        symbol="XRP/USD",
+        side="buy",
+        price=Decimal(1),
+        quantity=Decimal(1),
     )
 
 

@@ -44,7 +44,10 @@ async def test_buy_fill_gets_a_take_profit_at_the_tier_price(app: App) -> None:
     record = await app.redis.hgetall(app.keys.tp_order("s-1", created["order_id"]))
     assert record[b"position"] == b"o-1" and record[b"status"] == b"live"
     assert record[b"client_id"].decode() == created["client_order_id"]
-    assert await app.redis.get(app.keys.tp_attempt("s-1", "o-1")) == created["client_order_id"].encode()
+    assert (
+        await app.redis.get(app.keys.tp_attempt("s-1", "o-1"))
+        == created["client_order_id"].encode()
+    )
     metrics = await app.redis.hgetall(app.keys.metrics_takeprofit("s-1"))
     assert metrics[b"created"] == b"1"
     assert Decimal(metrics[b"total_value"].decode()) == Decimal("645.849")
@@ -74,7 +77,12 @@ async def test_duplicates_and_full_replay_place_nothing_new(app: App) -> None:
 
 async def test_partial_fills_cover_exactly_what_was_filled(app: App) -> None:
     for i, qty in enumerate(("0.3", "0.3", "0.4")):
-        await app.redis.xadd(app.keys.stream, fill("s-2", f"f-{i}", "o-9", symbol="ETH/USD", price="3200.25", quantity=qty, fee="0.5"))
+        await app.redis.xadd(
+            app.keys.stream,
+            fill(
+                "s-2", f"f-{i}", "o-9", symbol="ETH/USD", price="3200.25", quantity=qty, fee="0.5"
+            ),
+        )
     await drain_coverage(app)
     position = await app.ledger.position("s-2", "o-9", fresh=True)
     assert position is not None
@@ -86,8 +94,12 @@ async def test_partial_fills_cover_exactly_what_was_filled(app: App) -> None:
 
 async def test_dust_waits_until_more_fills_lift_it(app: App) -> None:
     # BTC/USD minimum is 0.00005 BTC: the first partial is dust, recorded once
-    await app.redis.xadd(app.keys.stream, fill("s-3", "f-1", "o-1", quantity="0.00003", fee="0.005"))
-    await app.redis.xadd(app.keys.stream, fill("s-3", "f-1", "o-1", quantity="0.00003", fee="0.005"))  # dup
+    await app.redis.xadd(
+        app.keys.stream, fill("s-3", "f-1", "o-1", quantity="0.00003", fee="0.005")
+    )
+    await app.redis.xadd(
+        app.keys.stream, fill("s-3", "f-1", "o-1", quantity="0.00003", fee="0.005")
+    )  # dup
     await drain_coverage(app)
     skipped = await takeprofit_entries(app, "skipped")
     assert len(skipped) == 1 and skipped[0]["reason"].startswith("dust")
@@ -95,7 +107,9 @@ async def test_dust_waits_until_more_fills_lift_it(app: App) -> None:
     position = await app.ledger.position("s-3", "o-1", fresh=True)
     assert position is not None and position.dust == Decimal("0.00003")
 
-    await app.redis.xadd(app.keys.stream, fill("s-3", "f-2", "o-1", quantity="0.00003", fee="0.005"))
+    await app.redis.xadd(
+        app.keys.stream, fill("s-3", "f-2", "o-1", quantity="0.00003", fee="0.005")
+    )
     await drain_coverage(app)
     [created] = await takeprofit_entries(app, "created")
     assert Decimal(created["quantity"]) == Decimal("0.00006")
@@ -103,14 +117,26 @@ async def test_dust_waits_until_more_fills_lift_it(app: App) -> None:
 
 
 async def test_tp_fill_closes_its_position_with_realized_pnl(app: App) -> None:
-    await app.redis.xadd(app.keys.stream, fill("s-4", "f-1", "o-1", price="100", quantity="1", fee="0.25", symbol="SOL/USD"))
+    await app.redis.xadd(
+        app.keys.stream,
+        fill("s-4", "f-1", "o-1", price="100", quantity="1", fee="0.25", symbol="SOL/USD"),
+    )
     await drain_coverage(app)
     [created] = await takeprofit_entries(app, "created")
     price = Decimal(created["price"])
-    await app.redis.xadd(app.keys.stream, fill(
-        "s-4", "f-2", created["order_id"], side="sell", price=created["price"], quantity="1",
-        fee=str(price * Decimal("0.0025")), symbol="SOL/USD",
-    ))
+    await app.redis.xadd(
+        app.keys.stream,
+        fill(
+            "s-4",
+            "f-2",
+            created["order_id"],
+            side="sell",
+            price=created["price"],
+            quantity="1",
+            fee=str(price * Decimal("0.0025")),
+            symbol="SOL/USD",
+        ),
+    )
     await drain_coverage(app)
     position = await app.ledger.position("s-4", "o-1", fresh=True)
     assert position is not None
@@ -125,9 +151,36 @@ async def test_tp_fill_closes_its_position_with_realized_pnl(app: App) -> None:
 
 async def test_other_sells_close_oldest_positions_first(app: App) -> None:
     t0 = now_ms() - 10_000
-    await app.redis.xadd(app.keys.stream, fill("s-5", "f-1", "o-old", price="100", quantity="1", fee="0", symbol="SOL/USD", ts=t0))
-    await app.redis.xadd(app.keys.stream, fill("s-5", "f-2", "o-new", price="110", quantity="1", fee="0", symbol="SOL/USD", ts=t0 + 5000))
-    await app.redis.xadd(app.keys.stream, fill("s-5", "f-3", "manual-sell", side="sell", price="120", quantity="1.5", fee="0", symbol="SOL/USD"))
+    await app.redis.xadd(
+        app.keys.stream,
+        fill("s-5", "f-1", "o-old", price="100", quantity="1", fee="0", symbol="SOL/USD", ts=t0),
+    )
+    await app.redis.xadd(
+        app.keys.stream,
+        fill(
+            "s-5",
+            "f-2",
+            "o-new",
+            price="110",
+            quantity="1",
+            fee="0",
+            symbol="SOL/USD",
+            ts=t0 + 5000,
+        ),
+    )
+    await app.redis.xadd(
+        app.keys.stream,
+        fill(
+            "s-5",
+            "f-3",
+            "manual-sell",
+            side="sell",
+            price="120",
+            quantity="1.5",
+            fee="0",
+            symbol="SOL/USD",
+        ),
+    )
     await drain_coverage(app)
     old = await app.ledger.position("s-5", "o-old", fresh=True)
     new = await app.ledger.position("s-5", "o-new", fresh=True)
@@ -138,8 +191,14 @@ async def test_other_sells_close_oldest_positions_first(app: App) -> None:
 
 async def test_no_balance_is_skipped_with_the_reason(app: App) -> None:
     # the trader sold the coins by itself before the fill reached us
-    await app.exchange.observe_fill(fill_id="x", order_id="elsewhere", symbol="BTC/USD", side="sell",
-                                    price=Decimal(64000), quantity=Decimal("0.01"))
+    await app.exchange.observe_fill(
+        fill_id="x",
+        order_id="elsewhere",
+        symbol="BTC/USD",
+        side="sell",
+        price=Decimal(64000),
+        quantity=Decimal("0.01"),
+    )
     await app.redis.xadd(app.keys.stream, fill("s-6", "f-1", "o-1"))
     await drain_coverage(app)
     [skipped] = await takeprofit_entries(app, "skipped")
@@ -162,23 +221,39 @@ async def test_dry_run_places_no_order(settings: Settings, redis: object) -> Non
         await app.close()
 
 
-async def test_concurrent_callers_on_one_position_place_one_order_per_step(settings: Settings, redis: object) -> None:
+async def test_concurrent_callers_on_one_position_place_one_order_per_step(
+    settings: Settings, redis: object
+) -> None:
     """Many engines (separate apps = separate caches and clients) race to cover one position."""
     apps = [await App.open(settings) for _ in range(4)]
     try:
         # a recorded, uncovered position, as a worker that died after recording leaves it
         opened = now_ms()
-        position = new_position(session_id="s-8", position_id="o-1", symbol="BTC/USD", opened_at=opened)
-        position = position.with_buy(Buy("f-1", Decimal("64000.5"), Decimal("0.5"), Decimal(1), opened))
+        position = new_position(
+            session_id="s-8", position_id="o-1", symbol="BTC/USD", opened_at=opened
+        )
+        position = position.with_buy(
+            Buy("f-1", Decimal("64000.5"), Decimal("0.5"), Decimal(1), opened)
+        )
         await apps[0].ledger.commit("s-8", [position])
-        await apps[0].exchange.observe_fill(fill_id="f-1", order_id="o-1", symbol="BTC/USD", side="buy",
-                                            price=Decimal("64000.5"), quantity=Decimal("0.5"))
-        results = await asyncio.gather(*(a.engine.cover("s-8", "o-1") for a in apps for _ in range(5)))
+        await apps[0].exchange.observe_fill(
+            fill_id="f-1",
+            order_id="o-1",
+            symbol="BTC/USD",
+            side="buy",
+            price=Decimal("64000.5"),
+            quantity=Decimal("0.5"),
+        )
+        results = await asyncio.gather(
+            *(a.engine.cover("s-8", "o-1") for a in apps for _ in range(5))
+        )
         assert sum(1 for r in results if r.result.value == "created") == 1
         orders = await orders_per_client_id(apps[0])
         assert list(orders.values()) == [1]
         position = await apps[0].ledger.position("s-8", "o-1", fresh=True)
-        assert position is not None and position.covered == Decimal("0.5") and position.uncovered == 0
+        assert (
+            position is not None and position.covered == Decimal("0.5") and position.uncovered == 0
+        )
     finally:
         for a in apps:
             await a.close()
@@ -214,7 +289,9 @@ async def test_takeprofit_outcomes_are_counted_for_prometheus(app: App) -> None:
 
     created, skipped = count("created"), count("skipped")
     await app.redis.xadd(app.keys.stream, fill("s-m", "f-1", "o-1"))
-    await app.redis.xadd(app.keys.stream, fill("s-m", "f-2", "o-2", quantity="0.00001", fee="0"))  # dust
+    await app.redis.xadd(
+        app.keys.stream, fill("s-m", "f-2", "o-2", quantity="0.00001", fee="0")
+    )  # dust
     await drain_coverage(app)
     assert count("created") == created + 1
     assert count("skipped") == skipped + 1

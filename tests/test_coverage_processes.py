@@ -26,8 +26,10 @@ async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
 
 def start_worker(env: dict[str, str], name: str, **extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [*MMOPS, "coverage"], env={**env, "CONSUMER_NAME": name, **extra},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [*MMOPS, "coverage"],
+        env={**env, "CONSUMER_NAME": name, **extra},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -51,7 +53,9 @@ async def pending(app: App) -> int:
 
 
 @pytest.mark.parametrize("point", POINTS)
-async def test_sigkill_at_each_step_then_restart_covers_exactly_once(app: App, env: dict[str, str], point: str) -> None:
+async def test_sigkill_at_each_step_then_restart_covers_exactly_once(
+    app: App, env: dict[str, str], point: str
+) -> None:
     sid = f"crash-{point}"
     await app.redis.xadd(app.keys.stream, fill(sid, "f-1", "o-1", quantity="0.02"))
     worker = start_worker(env, "c1", MMOPS_CRASH_POINT=point)
@@ -68,9 +72,15 @@ async def test_sigkill_at_each_step_then_restart_covers_exactly_once(app: App, e
 
     restarted = start_worker(env, "c1", TP_PENDING_SETTLE_MS="300")
     try:
+
         async def covered() -> bool:
             position = await app.ledger.position(sid, "o-1", fresh=True)
-            return position is not None and position.uncovered == 0 and position.pending is None and await pending(app) == 0
+            return (
+                position is not None
+                and position.uncovered == 0
+                and position.pending is None
+                and await pending(app) == 0
+            )
 
         await wait_for(covered, timeout=30)
     finally:
@@ -81,7 +91,9 @@ async def test_sigkill_at_each_step_then_restart_covers_exactly_once(app: App, e
     assert len(await takeprofit_entries(app, "created")) == 1
 
 
-async def test_three_consumers_and_a_concurrent_caller_place_one_order_per_step(app: App, env: dict[str, str]) -> None:
+async def test_three_consumers_and_a_concurrent_caller_place_one_order_per_step(
+    app: App, env: dict[str, str]
+) -> None:
     sid = "race"
     positions = [f"o-{i}" for i in range(30)]
     workers = [start_worker(env, f"c{i}", CONSUMER_BATCH_SIZE="7") for i in range(3)]
@@ -99,7 +111,9 @@ async def test_three_consumers_and_a_concurrent_caller_place_one_order_per_step(
         racer = asyncio.create_task(sweeper_like())
         for round_ in range(3):  # partial fills: three per buy order
             for pid in positions:
-                await app.redis.xadd(app.keys.stream, fill(sid, f"{pid}-f{round_}", pid, quantity="0.01"))
+                await app.redis.xadd(
+                    app.keys.stream, fill(sid, f"{pid}-f{round_}", pid, quantity="0.01")
+                )
                 sent += 1
 
         async def done() -> bool:

@@ -17,13 +17,24 @@ from workers.runtime import Runtime
 BAD = [
     {"type": "fill", "session_id": "s-1", "fill_id": "f-1"},  # fields missing
     {"type": "teleport", "session_id": "s-1"},  # unknown type
-    {"type": "session_ended", "session_id": "s-2", "ts": "1", "id": "x", "group": "g"},  # fields that collide
+    {
+        "type": "session_ended",
+        "session_id": "s-2",
+        "ts": "1",
+        "id": "x",
+        "group": "g",
+    },  # fields that collide
 ]
 
 
 async def mmops(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *MMOPS, *args, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *MMOPS,
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
@@ -34,35 +45,53 @@ async def dead_lettered(settings: Settings, redis: aioredis.Redis, keys: Keys) -
     """XADD the bad entries and let a coverage worker dead-letter them; their input ids."""
     ids = [(await redis.xadd(keys.stream, fields)).decode() for fields in BAD]  # type: ignore[arg-type]
     app = await App.open(settings)
-    handler = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock)
-    stats = await Runtime(app.redis, app.keys, settings, handler, "c1", stop=app.stop).run(until_drained=True)
+    handler = CoverageHandler(
+        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
+    )
+    stats = await Runtime(app.redis, app.keys, settings, handler, "c1", stop=app.stop).run(
+        until_drained=True
+    )
     await app.close()
     assert stats.dead == len(BAD)
     return ids
 
 
-async def test_list_shows_reasons(env: dict[str, str], settings: Settings, redis: aioredis.Redis, keys: Keys) -> None:
+async def test_list_shows_reasons(
+    env: dict[str, str], settings: Settings, redis: aioredis.Redis, keys: Keys
+) -> None:
     code, out, _ = await mmops(env, "dead", "list")
     assert code == 0 and "no dead letters" in out
     ids = await dead_lettered(settings, redis, keys)
     code, out, err = await mmops(env, "dead", "list")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["DEAD", "ID", "AGE", "GROUP", "STREAM", "ENTRY", "DELIVERIES", "TYPE", "ERROR"]
+    assert lines[0].split() == [
+        "DEAD",
+        "ID",
+        "AGE",
+        "GROUP",
+        "STREAM",
+        "ENTRY",
+        "DELIVERIES",
+        "TYPE",
+        "ERROR",
+    ]
     assert "3 dead letters" in out
     assert "unknown event type 'teleport'" in out and "missing" in out
     for entry_id in ids:
         assert entry_id in out
     # columns line up: the ERROR column starts at the same offset on every row
     start = lines[0].index("ERROR")
-    assert all(line[start - 2:start] == "  " for line in lines[1:4])
+    assert all(line[start - 2 : start] == "  " for line in lines[1:4])
     code, out, _ = await mmops(env, "dead", "list", "--json")
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["id"] for r in rows] == ids and all(r["group"] == "coverage" for r in rows)
     assert rows[2]["fields"] == {k: v for k, v in BAD[2].items()}
 
 
-async def test_retry_re_adds_the_original_entry(env: dict[str, str], settings: Settings, redis: aioredis.Redis, keys: Keys) -> None:
+async def test_retry_re_adds_the_original_entry(
+    env: dict[str, str], settings: Settings, redis: aioredis.Redis, keys: Keys
+) -> None:
     await dead_lettered(settings, redis, keys)
     letters = [(i.decode(), f) for i, f in await redis.xrange(keys.dead)]
     before = await redis.xlen(keys.stream)
@@ -71,7 +100,9 @@ async def test_retry_re_adds_the_original_entry(env: dict[str, str], settings: S
     assert await redis.xlen(keys.dead) == 2
     assert await redis.xlen(keys.stream) == before + 1
     _, fields = (await redis.xrevrange(keys.stream, count=1))[0]
-    assert {k.decode(): v.decode() for k, v in fields.items()} == BAD[2]  # orig_id/orig_group restored
+    assert {k.decode(): v.decode() for k, v in fields.items()} == BAD[
+        2
+    ]  # orig_id/orig_group restored
     code, out, err = await mmops(env, "dead", "retry", "--all")
     assert code == 0 and "retried 2" in out
     assert await redis.xlen(keys.dead) == 0
@@ -79,10 +110,14 @@ async def test_retry_re_adds_the_original_entry(env: dict[str, str], settings: S
     code, _, err = await mmops(env, "dead", "retry", "12-0")
     assert code == 1 and "no dead letter 12-0" in err
     code, _, err = await mmops(env, "dead", "retry")
-    assert code == 2 and err.strip() == "mmops dead: retry: give dead-letter ids or --all (not both)"
+    assert (
+        code == 2 and err.strip() == "mmops dead: retry: give dead-letter ids or --all (not both)"
+    )
 
 
-async def test_purge(env: dict[str, str], settings: Settings, redis: aioredis.Redis, keys: Keys) -> None:
+async def test_purge(
+    env: dict[str, str], settings: Settings, redis: aioredis.Redis, keys: Keys
+) -> None:
     await dead_lettered(settings, redis, keys)
     letters = [i.decode() for i, _ in await redis.xrange(keys.dead)]
     code, out, _ = await mmops(env, "dead", "purge", "--before", letters[1])

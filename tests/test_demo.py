@@ -25,7 +25,13 @@ async def demo_schema(servers: Servers, names: tuple[str, str]) -> AsyncIterator
 
 async def demo(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *MMOPS, "demo", *args, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *MMOPS,
+        "demo",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 100)
     assert proc.returncode is not None
@@ -34,31 +40,68 @@ async def demo(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, st
 
 def figure(out: str, name: str) -> str:
     line = next(line for line in out.splitlines() if line.startswith(name))
-    return line[len(name):].strip()
+    return line[len(name) :].strip()
 
 
-async def test_demo(tmp_path: Path, env: dict[str, str], demo_schema: str, redis: aioredis.Redis) -> None:
+async def test_demo(
+    tmp_path: Path, env: dict[str, str], demo_schema: str, redis: aioredis.Redis
+) -> None:
     code, out, err = await demo(
-        env, tmp_path, "--duration", "5", "--sessions", "2", "--pairs", "10", "--rate", "30", "--seed", "4",
-        "--schema", demo_schema,
+        env,
+        tmp_path,
+        "--duration",
+        "5",
+        "--sessions",
+        "2",
+        "--pairs",
+        "10",
+        "--rate",
+        "30",
+        "--seed",
+        "4",
+        "--schema",
+        demo_schema,
     )
     assert code == 0, out + err[-2000:]
     assert figure(out, "uncovered positions").startswith("0 (dust 0)")
     assert figure(out, "sessions migrated") == "2/2"
-    assert 154 <= int(figure(out, "events").split()[0]) < 400  # 150 buys, 2 starts, 2 ends, TP sells
+    assert (
+        154 <= int(figure(out, "events").split()[0]) < 400
+    )  # 150 buys, 2 starts, 2 ends, TP sells
     created = int(figure(out, "take-profits created"))
     assert created >= 100  # one per buy order at least
     assert "p50 " in figure(out, "coverage latency") and "max " in figure(out, "coverage latency")
     assert figure(out, "sweep").startswith("ok, 2 sessions")
-    table = out[out.index("P&L per pair"):].splitlines()
-    assert table[1].split() == ["PAIR", "SESSIONS", "ORDERS", "FILLS", "ROUND", "TRIPS", "FEES", "REALIZED", "P&L"]
+    table = out[out.index("P&L per pair") :].splitlines()
+    assert table[1].split() == [
+        "PAIR",
+        "SESSIONS",
+        "ORDERS",
+        "FILLS",
+        "ROUND",
+        "TRIPS",
+        "FEES",
+        "REALIZED",
+        "P&L",
+    ]
     assert table[2].startswith("ADA/USD") and any(line.startswith("TOTAL") for line in table)
     assert out.rstrip().endswith("OK")
     assert "demo " in err  # the live progress line
     assert (tmp_path / ".mmops" / "demo-workers.log").stat().st_size > 0
     # a second demo starts from a clean state
     code, again, err = await demo(
-        env, tmp_path, "--duration", "1", "--sessions", "1", "--rate", "20", "--seed", "4", "--schema", demo_schema,
+        env,
+        tmp_path,
+        "--duration",
+        "1",
+        "--sessions",
+        "1",
+        "--rate",
+        "20",
+        "--seed",
+        "4",
+        "--schema",
+        demo_schema,
     )
     assert code == 0, again + err[-2000:]
     assert figure(again, "sessions migrated") == "1/1"

@@ -51,18 +51,36 @@ async def app(settings: Settings) -> AsyncIterator[App]:
 
 
 async def test_honcho_runs_the_procfile(
-    tmp_path: Path, env: dict[str, str], app: App, redis: aioredis.Redis, keys: Keys, pg: asyncpg.Pool,
+    tmp_path: Path,
+    env: dict[str, str],
+    app: App,
+    redis: aioredis.Redis,
+    keys: Keys,
+    pg: asyncpg.Pool,
 ) -> None:
     base = free_base_port()
     (tmp_path / "empty.env").write_text("")
     output = tmp_path / "honcho.out"
     with output.open("ab") as sink:
         honcho = await asyncio.create_subprocess_exec(
-            str(HONCHO), "start", "-f", str(ROOT / "Procfile"), "-e", str(tmp_path / "empty.env"),
-            "-p", str(base), "-c", "coverage=2", "--no-colour",
-            env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+            str(HONCHO),
+            "start",
+            "-f",
+            str(ROOT / "Procfile"),
+            "-e",
+            str(tmp_path / "empty.env"),
+            "-p",
+            str(base),
+            "-c",
+            "coverage=2",
+            "--no-colour",
+            env=env,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     try:
+
         async def consumers() -> bool:
             beats = {m.decode() for m in await redis.zrange(keys.heartbeats("coverage"), 0, -1)}
             return len(beats) == 2 and await redis.zcard(keys.heartbeats("migrator")) == 1
@@ -73,8 +91,22 @@ async def test_honcho_runs_the_procfile(
         assert beats == {f"{host}-coverage-{base}", f"{host}-coverage-{base + 1}"}
 
         ts = now_ms()
-        events = [fill("hc-1", f"f{n}", f"o{n}", symbol="SOL/USD", price="190.5", quantity="0.5", fee="0.24", ts=ts + n) for n in range(20)]
-        events.append({"type": "session_ended", "session_id": "hc-1", "ts": str(ts + 50), "fills": "20"})
+        events = [
+            fill(
+                "hc-1",
+                f"f{n}",
+                f"o{n}",
+                symbol="SOL/USD",
+                price="190.5",
+                quantity="0.5",
+                fee="0.24",
+                ts=ts + n,
+            )
+            for n in range(20)
+        ]
+        events.append(
+            {"type": "session_ended", "session_id": "hc-1", "ts": str(ts + 50), "fills": "20"}
+        )
         for event in events:
             await redis.xadd(keys.stream, event)  # type: ignore[arg-type]
 

@@ -35,15 +35,38 @@ async def two_sessions(app: App) -> None:
     """s-a: two buys and a TP fill; s-b: one buy. Both ended; coverage has processed them."""
     for sid, n in (("s-a", 2), ("s-b", 1)):
         for i in range(n):
-            await send(app, "fill", session_id=sid, fill_id=f"{sid}-f{i}", order_id=f"{sid}-o{i}",
-                       symbol="BTC/USD", side="buy", price="60000", quantity="0.01", fee="0.6", ts=T + i)
-    handler = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys,
-                              clock=app.clock)
+            await send(
+                app,
+                "fill",
+                session_id=sid,
+                fill_id=f"{sid}-f{i}",
+                order_id=f"{sid}-o{i}",
+                symbol="BTC/USD",
+                side="buy",
+                price="60000",
+                quantity="0.01",
+                fee="0.6",
+                ts=T + i,
+            )
+    handler = CoverageHandler(
+        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
+    )
     await Runtime(app.redis, app.keys, app.settings, handler, "cov").run(until_drained=True)
     tp = (await app.redis.smembers(app.keys.tp_orders("s-a"))).pop().decode()
     record = await app.redis.hgetall(app.keys.tp_order("s-a", tp))
-    await send(app, "fill", session_id="s-a", fill_id="s-a-t0", order_id=tp, symbol="BTC/USD", side="sell",
-               price=record[b"price"].decode(), quantity=record[b"quantity"].decode(), fee="0.3", ts=T + 10)
+    await send(
+        app,
+        "fill",
+        session_id="s-a",
+        fill_id="s-a-t0",
+        order_id=tp,
+        symbol="BTC/USD",
+        side="sell",
+        price=record[b"price"].decode(),
+        quantity=record[b"quantity"].decode(),
+        fee="0.3",
+        ts=T + 10,
+    )
     await send(app, "session_ended", session_id="s-a", ts=T + 20, fills=3)
     await send(app, "session_ended", session_id="s-b", ts=T + 30)
     await Runtime(app.redis, app.keys, app.settings, handler, "cov").run(until_drained=True)
@@ -51,7 +74,12 @@ async def two_sessions(app: App) -> None:
 
 async def mmops(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *MMOPS, "migrate", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *MMOPS,
+        "migrate",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
@@ -75,7 +103,13 @@ async def test_migrate_cli(app: App, env: dict[str, str], pg: asyncpg.Pool) -> N
     code, out, err = await mmops(env, "--dry-run")
     assert code == 0, err
     assert out.startswith("dry run: nothing written")
-    assert [c.strip() for c in row(out, "s-a")[:5]] == ["s-a", "dry_run", "3", "4", "1"]  # fills orders pairs
+    assert [c.strip() for c in row(out, "s-a")[:5]] == [
+        "s-a",
+        "dry_run",
+        "3",
+        "4",
+        "1",
+    ]  # fills orders pairs
     assert [c.strip() for c in row(out, "s-b")[:5]] == ["s-b", "dry_run", "1", "2", "1"]
     assert await migrated(pg) == {}
     assert await app.redis.get(app.keys.migration_completed("s-a")) is None
@@ -102,16 +136,58 @@ async def test_migrate_cli(app: App, env: dict[str, str], pg: asyncpg.Pool) -> N
     code, out, err = await mmops(env, "--stats")
     assert code == 0, err
     header = out.splitlines()[0]
-    assert header.split() == ["SESSION", "COMPLETED", "REDIS", "FILLS", "PG", "FILLS", "DUPLICATES", "REDIS",
-                              "TP", "PG", "TP", "PG", "ORDERS", "POSITIONS", "CHECK"]
-    assert [c.strip() for c in row(out, "s-a")] == ["s-a", "yes", "3", "3", "0", "2", "2", "4", "2", "ok"]
-    assert [c.strip() for c in row(out, "s-b")] == ["s-b", "yes", "1", "1", "0", "1", "1", "2", "1", "ok"]
+    assert header.split() == [
+        "SESSION",
+        "COMPLETED",
+        "REDIS",
+        "FILLS",
+        "PG",
+        "FILLS",
+        "DUPLICATES",
+        "REDIS",
+        "TP",
+        "PG",
+        "TP",
+        "PG",
+        "ORDERS",
+        "POSITIONS",
+        "CHECK",
+    ]
+    assert [c.strip() for c in row(out, "s-a")] == [
+        "s-a",
+        "yes",
+        "3",
+        "3",
+        "0",
+        "2",
+        "2",
+        "4",
+        "2",
+        "ok",
+    ]
+    assert [c.strip() for c in row(out, "s-b")] == [
+        "s-b",
+        "yes",
+        "1",
+        "1",
+        "0",
+        "1",
+        "1",
+        "2",
+        "1",
+        "ok",
+    ]
     widths = {len(line) for line in out.splitlines()[:2]}
     assert len(widths) == 1  # header and rule aligned
 
     # mmops report reads the migrated sessions back
     proc = await asyncio.create_subprocess_exec(
-        *MMOPS, "report", "--session", "s-a", env=env, stdout=asyncio.subprocess.PIPE,
+        *MMOPS,
+        "report",
+        "--session",
+        "s-a",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out_b, err_b = await asyncio.wait_for(proc.communicate(), 60)

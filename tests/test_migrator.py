@@ -49,19 +49,43 @@ async def migrator(app: App, pg: asyncpg.Pool) -> AsyncIterator[MigratorHandler]
 
 
 async def send(app: App, kind: str, **fields: object) -> str:
-    entry = await app.redis.xadd(app.keys.stream, {"type": kind, **{k: str(v) for k, v in fields.items()}})
+    entry = await app.redis.xadd(
+        app.keys.stream, {"type": kind, **{k: str(v) for k, v in fields.items()}}
+    )
     return entry.decode()
 
 
-async def fill(app: App, sid: str, fid: str, oid: str, symbol: str, side: str, price: str, qty: str,
-               fee: str, ts: int) -> str:
-    return await send(app, "fill", session_id=sid, fill_id=fid, order_id=oid, symbol=symbol, side=side,
-                      price=price, quantity=qty, fee=fee, ts=ts)
+async def fill(
+    app: App,
+    sid: str,
+    fid: str,
+    oid: str,
+    symbol: str,
+    side: str,
+    price: str,
+    qty: str,
+    fee: str,
+    ts: int,
+) -> str:
+    return await send(
+        app,
+        "fill",
+        session_id=sid,
+        fill_id=fid,
+        order_id=oid,
+        symbol=symbol,
+        side=side,
+        price=price,
+        quantity=qty,
+        fee=fee,
+        ts=ts,
+    )
 
 
 def coverage_runtime(app: App, stop: asyncio.Event | None = None) -> Runtime:
-    handler = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys,
-                              clock=app.clock)
+    handler = CoverageHandler(
+        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
+    )
     return Runtime(app.redis, app.keys, app.settings, handler, "cov", stop=stop or asyncio.Event())
 
 
@@ -89,7 +113,10 @@ async def tp_of(app: App, sid: str, position: str) -> list[dict[str, str]]:
     """The TP records of a position, oldest step first."""
     out = []
     for oid in await app.redis.smembers(app.keys.tp_orders(sid)):
-        record = {k.decode(): v.decode() for k, v in (await app.redis.hgetall(app.keys.tp_order(sid, oid.decode()))).items()}
+        record = {
+            k.decode(): v.decode()
+            for k, v in (await app.redis.hgetall(app.keys.tp_order(sid, oid.decode()))).items()
+        }
         if record["position"] == position:
             out.append({**record, "order_id": oid.decode()})
     return sorted(out, key=lambda r: int(r["step"]))
@@ -101,17 +128,23 @@ async def alerts(app: App, kind: str) -> list[dict[str, str]]:
     return [a for a in out if a["kind"] == kind]
 
 
-async def table(pg: asyncpg.Pool | asyncpg.Connection, sql: str, *args: object) -> list[dict[str, Any]]:
+async def table(
+    pg: asyncpg.Pool | asyncpg.Connection, sql: str, *args: object
+) -> list[dict[str, Any]]:
     return [dict(r) for r in await pg.fetch(sql, *args)]
 
 
-async def snapshot(pg: asyncpg.Pool | asyncpg.Connection, sid: str) -> dict[str, list[dict[str, Any]]]:
+async def snapshot(
+    pg: asyncpg.Pool | asyncpg.Connection, sid: str
+) -> dict[str, list[dict[str, Any]]]:
     """Every row of the session, migrated_at left out (a re-run keeps the first one anyway)."""
     return {
         "sessions": await table(pg, "SELECT * FROM sessions WHERE id = $1", sid),
         "orders": await table(pg, "SELECT * FROM orders WHERE session_id = $1 ORDER BY id", sid),
         "fills": await table(pg, "SELECT * FROM fills WHERE session_id = $1 ORDER BY id", sid),
-        "pairs": await table(pg, "SELECT * FROM session_pairs WHERE session_id = $1 ORDER BY symbol", sid),
+        "pairs": await table(
+            pg, "SELECT * FROM session_pairs WHERE session_id = $1 ORDER BY symbol", sid
+        ),
     }
 
 
@@ -125,41 +158,89 @@ async def full_session(app: App, sid: str = "s-1") -> dict[str, Any]:
     Returns the numbers the migration must produce, worked out by hand.
     """
     await send(app, "session_started", session_id=sid, pairs="BTC/USD,ETH/USD", ts=T0)
-    await send(app, "order", session_id=sid, order_id="o-1", symbol="BTC/USD", side="buy",
-               order_type="limit", price="60010", quantity="0.020", status="filled", ts=T0 + 500)
+    await send(
+        app,
+        "order",
+        session_id=sid,
+        order_id="o-1",
+        symbol="BTC/USD",
+        side="buy",
+        order_type="limit",
+        price="60010",
+        quantity="0.020",
+        status="filled",
+        ts=T0 + 500,
+    )
     await fill(app, sid, "f-1", "o-1", "BTC/USD", "buy", "60000", "0.010", "0.60", T0 + 1000)
     await fill(app, sid, "f-2", "o-1", "BTC/USD", "buy", "60010", "0.010", "0.60", T0 + 2000)
     await fill(app, sid, "f-3", "o-2", "ETH/USD", "buy", "3000", "0.5", "0.375", T0 + 3000)
     await fill(app, sid, "f-4", "o-3", "ETH/USD", "buy", "3010", "0.5", "0.37625", T0 + 4000)
-    await fill(app, sid, "f-4b", "o-3", "ETH/USD", "buy", "3010", "0.5", "0.37625", T0 + 4000)  # sent twice
+    await fill(
+        app, sid, "f-4b", "o-3", "ETH/USD", "buy", "3010", "0.5", "0.37625", T0 + 4000
+    )  # sent twice
     await drain_coverage(app)
     tps = await tp_of(app, sid, "o-1")  # one per buy fill: the second one topped the first up
     for i, tp in enumerate(tps):  # each TP filled in full
-        await fill(app, sid, f"t-{i + 1}", tp["order_id"], "BTC/USD", "sell", tp["price"], tp["quantity"], "0.25",
-                   T0 + 10_000 + i)
-    await fill(app, sid, "s-9", "o-9", "ETH/USD", "sell", "3050", "0.5", "0.38125", T0 + 20_000)  # FIFO: o-2
+        await fill(
+            app,
+            sid,
+            f"t-{i + 1}",
+            tp["order_id"],
+            "BTC/USD",
+            "sell",
+            tp["price"],
+            tp["quantity"],
+            "0.25",
+            T0 + 10_000 + i,
+        )
+    await fill(
+        app, sid, "s-9", "o-9", "ETH/USD", "sell", "3050", "0.5", "0.38125", T0 + 20_000
+    )  # FIFO: o-2
     await send(app, "session_ended", session_id=sid, ts=T0 + 30_000, fills=6 + len(tps))
     await drain_coverage(app)
     btc_unit = (D("60000") * D("0.010") + D("60010") * D("0.010") + D("1.20")) / D("0.020")  # 60065
-    tp_pnl = [D(tp["price"]) * D(tp["quantity"]) - D("0.25") - D(tp["quantity"]) * btc_unit for tp in tps]
+    tp_pnl = [
+        D(tp["price"]) * D(tp["quantity"]) - D("0.25") - D(tp["quantity"]) * btc_unit for tp in tps
+    ]
     eth_unit = (D("3000") * D("0.5") + D("0.375")) / D("0.5")  # 3000.75
     eth_pnl = D("3050") * D("0.5") - D("0.38125") - D("0.5") * eth_unit  # 24.24375
     spreads = [(D(tp["price"]) - btc_unit) / btc_unit for tp in tps]
     return {
-        "tps_o1": tps, "tp_pnl": tp_pnl, "btc_pnl": sum(tp_pnl), "eth_pnl": eth_pnl,
+        "tps_o1": tps,
+        "tp_pnl": tp_pnl,
+        "btc_pnl": sum(tp_pnl),
+        "eth_pnl": eth_pnl,
         "btc_volume": sum(D(tp["price"]) * D(tp["quantity"]) for tp in tps),
-        "btc_spread": sum(spreads) / len(spreads), "eth_spread": (D("3050") - eth_unit) / eth_unit,
-        "tps": {"o-1": len(tps), "o-2": len(await tp_of(app, sid, "o-2")), "o-3": len(await tp_of(app, sid, "o-3"))},
+        "btc_spread": sum(spreads) / len(spreads),
+        "eth_spread": (D("3050") - eth_unit) / eth_unit,
+        "tps": {
+            "o-1": len(tps),
+            "o-2": len(await tp_of(app, sid, "o-2")),
+            "o-3": len(await tp_of(app, sid, "o-3")),
+        },
     }
 
 
 # --- tests ----------------------------------------------------------------------------
 
 
-async def test_session_started_makes_a_live_session_row(app: App, migrator: MigratorHandler, pg: asyncpg.Pool) -> None:
+async def test_session_started_makes_a_live_session_row(
+    app: App, migrator: MigratorHandler, pg: asyncpg.Pool
+) -> None:
     await send(app, "session_started", session_id="s-live", pairs="BTC/USD,ETH/USD,SOL/USD", ts=T0)
-    await send(app, "fill", session_id="s-live", fill_id="f-1", order_id="o-1", symbol="BTC/USD", side="buy",
-               price="60000", quantity="0.01", fee="0.6", ts=T0 + 1)
+    await send(
+        app,
+        "fill",
+        session_id="s-live",
+        fill_id="f-1",
+        order_id="o-1",
+        symbol="BTC/USD",
+        side="buy",
+        price="60000",
+        quantity="0.01",
+        fee="0.6",
+        ts=T0 + 1,
+    )
     await drain_migrator(app, migrator)
     [row] = await table(pg, "SELECT * FROM sessions WHERE id = 's-live'")
     assert row["pairs"] == ["BTC/USD", "ETH/USD", "SOL/USD"] and row["pair_count"] == 3
@@ -168,7 +249,9 @@ async def test_session_started_makes_a_live_session_row(app: App, migrator: Migr
     assert await pg.fetchval("SELECT count(*) FROM fills") == 0
 
 
-async def test_full_session_rows_and_totals_exactly(app: App, migrator: MigratorHandler, pg: asyncpg.Pool) -> None:
+async def test_full_session_rows_and_totals_exactly(
+    app: App, migrator: MigratorHandler, pg: asyncpg.Pool
+) -> None:
     x = await full_session(app)
     assert x["tps"] == {"o-1": 2, "o-2": 1, "o-3": 2}  # a TP per buy fill, the dup's included
     stats = await drain_migrator(app, migrator)
@@ -180,48 +263,98 @@ async def test_full_session_rows_and_totals_exactly(app: App, migrator: Migrator
     assert s["total_orders"] == 9  # 5 TPs + o-1 (event), o-2, o-3 (fills), o-9 (a sell)
     assert s["total_pnl"] == q(x["btc_pnl"]) + q(x["eth_pnl"])
     assert s["total_fees"] == D("1.7") + D("1.1325")
-    assert s["total_volume"] == D("600") + D("600.1") + x["btc_volume"] + D("1500") + D("1505") + D("1525")
-    assert (s["uncovered_positions"], s["open_positions"]) == (0, 1)  # o-3 still held, under its TPs
+    assert s["total_volume"] == D("600") + D("600.1") + x["btc_volume"] + D("1500") + D("1505") + D(
+        "1525"
+    )
+    assert (s["uncovered_positions"], s["open_positions"]) == (
+        0,
+        1,
+    )  # o-3 still held, under its TPs
     assert s["started_at"] == ms_to_datetime(T0) and s["ended_at"] == ms_to_datetime(T0 + 30_000)
     assert s["migrated_at"] == ms_to_datetime(T0 + 60_000)
 
-    pairs = {r["symbol"]: r for r in await table(pg, "SELECT * FROM session_pairs WHERE session_id = 's-1'")}
+    pairs = {
+        r["symbol"]: r
+        for r in await table(pg, "SELECT * FROM session_pairs WHERE session_id = 's-1'")
+    }
     btc, eth = pairs["BTC/USD"], pairs["ETH/USD"]
-    assert (btc["total_orders"], btc["total_fills"], btc["round_trips"], btc["wins"]) == (3, 4, 2, 2)
-    assert (eth["total_orders"], eth["total_fills"], eth["round_trips"], eth["wins"]) == (6, 3, 1, 1)
+    assert (btc["total_orders"], btc["total_fills"], btc["round_trips"], btc["wins"]) == (
+        3,
+        4,
+        2,
+        2,
+    )
+    assert (eth["total_orders"], eth["total_fills"], eth["round_trips"], eth["wins"]) == (
+        6,
+        3,
+        1,
+        1,
+    )
     assert btc["total_pnl"] == q(x["btc_pnl"]) and eth["total_pnl"] == D("24.24375")
     assert btc["total_fees"] == D("1.7") and eth["total_fees"] == D("1.1325")
     assert btc["avg_spread"] == q(x["btc_spread"]) and eth["avg_spread"] == q(x["eth_spread"])
 
     fills = {r["id"]: r for r in await table(pg, "SELECT * FROM fills WHERE session_id = 's-1'")}
     assert set(fills) == {"f-1", "f-2", "f-3", "f-4", "t-1", "t-2", "s-9"}
-    assert [fills["t-1"]["realized_pnl"], fills["t-2"]["realized_pnl"]] == [q(p) for p in x["tp_pnl"]]
+    assert [fills["t-1"]["realized_pnl"], fills["t-2"]["realized_pnl"]] == [
+        q(p) for p in x["tp_pnl"]
+    ]
     assert fills["s-9"]["realized_pnl"] == D("24.24375")
     assert fills["f-1"]["realized_pnl"] is None
     f2 = fills["f-2"]
     assert (f2["order_id"], f2["symbol"], f2["side"], f2["quantity"], f2["price"], f2["fee"]) == (
-        "o-1", "BTC/USD", "buy", D("0.010"), D("60010"), D("0.60"))
+        "o-1",
+        "BTC/USD",
+        "buy",
+        D("0.010"),
+        D("60010"),
+        D("0.60"),
+    )
     assert f2["timestamp"] == ms_to_datetime(T0 + 2000)
 
     orders = {r["id"]: r for r in await table(pg, "SELECT * FROM orders WHERE session_id = 's-1'")}
     o1, o2, o3, o9 = orders["o-1"], orders["o-2"], orders["o-3"], orders["o-9"]
-    assert (o1["type"], o1["quantity"], o1["price"], o1["status"], o1["filled_quantity"], o1["pair_index"]) == (
-        "limit", D("0.020"), D("60010"), "filled", D("0.020"), 0)  # from its order event
-    assert (o2["side"], o2["quantity"], o2["price"], o2["type"], o2["pair_index"]) == ("buy", D("0.5"), D("3000"), "unknown", 1)
+    assert (
+        o1["type"],
+        o1["quantity"],
+        o1["price"],
+        o1["status"],
+        o1["filled_quantity"],
+        o1["pair_index"],
+    ) == ("limit", D("0.020"), D("60010"), "filled", D("0.020"), 0)  # from its order event
+    assert (o2["side"], o2["quantity"], o2["price"], o2["type"], o2["pair_index"]) == (
+        "buy",
+        D("0.5"),
+        D("3000"),
+        "unknown",
+        1,
+    )
     assert (o3["quantity"], o3["price"]) == (D("0.5"), D("3010"))  # the duplicate is not counted
     assert (o9["side"], o9["quantity"], o9["price"]) == ("sell", D("0.5"), D("3050"))
     for record in x["tps_o1"]:
         tp = orders[record["order_id"]]
-        assert tp["is_take_profit"] and tp["position_id"] == "o-1" and tp["client_order_id"] == record["client_id"]
-        assert (tp["side"], tp["type"], tp["price"], tp["quantity"], tp["status"], tp["filled_quantity"]) == (
-            "sell", "limit", D(record["price"]), D("0.010"), "filled", D("0.010"))
+        assert (
+            tp["is_take_profit"]
+            and tp["position_id"] == "o-1"
+            and tp["client_order_id"] == record["client_id"]
+        )
+        assert (
+            tp["side"],
+            tp["type"],
+            tp["price"],
+            tp["quantity"],
+            tp["status"],
+            tp["filled_quantity"],
+        ) == ("sell", "limit", D(record["price"]), D("0.010"), "filled", D("0.010"))
         assert tp["tier"] == int(record["tier"]) and tp["pair_index"] == 0
     assert sum(1 for o in orders.values() if o["is_take_profit"]) == 5
     assert {o["status"] for o in orders.values() if o["position_id"] in ("o-2", "o-3")} == {"live"}
 
     assert await app.redis.get(app.keys.migration_completed("s-1")) == b"2025-11-21T04:41:00.000Z"
     metrics = await app.redis.hgetall(app.keys.metrics_migration("s-1"))
-    assert (metrics[b"orders"], metrics[b"fills"]) == (b"9", b"7") and int(metrics[b"duration_ms"]) >= 0
+    assert (metrics[b"orders"], metrics[b"fills"]) == (b"9", b"7") and int(
+        metrics[b"duration_ms"]
+    ) >= 0
     assert await app.redis.zscore(app.keys.sessions_ended, "s-1") is None
 
 
@@ -232,22 +365,36 @@ async def test_row_decoders_read_what_the_models_read(app: App) -> None:
         fill, row = decode_fill(raw), decode_fill_row(raw)
         for name in FillRow.__struct_fields__:
             value = getattr(fill, name)
-            assert (D(getattr(row, name)) if isinstance(value, Decimal) else getattr(row, name)) == value
+            assert (
+                D(getattr(row, name)) if isinstance(value, Decimal) else getattr(row, name)
+            ) == value
     positions = (await app.redis.hgetall(app.keys.positions("s-1"))).values()
     assert len(positions) == 3
     for raw in positions:
         pos, row = decode_position(raw), decode_position_row(raw)
         assert (row.id, row.symbol, D(row.dust)) == (pos.id, pos.symbol, pos.dust)
         assert [(b.fill_id, D(b.price), D(b.qty), D(b.fee), b.ts) for b in row.buys] == [
-            (b.fill_id, b.price, b.qty, b.fee, b.ts) for b in pos.buys]
+            (b.fill_id, b.price, b.qty, b.fee, b.ts) for b in pos.buys
+        ]
         closes = [(c.fill_id, c.qty, c.price, c.fee, c.ts) for c in pos.closes]
         assert [(c.fill_id, D(c.qty), D(c.price), D(c.fee), c.ts) for c in row.closes] == closes
         for srow, step in zip(row.steps, pos.steps, strict=True):
-            assert (srow.order_id, srow.client_id, D(srow.qty), D(srow.price), srow.tier, srow.status) == (
-                step.order_id, step.client_id, step.qty, step.price, step.tier, step.status)
-            assert (D(srow.cancelled), srow.acked_at, srow.claimed_at) == (step.cancelled, step.acked_at, step.claimed_at)
+            assert (
+                srow.order_id,
+                srow.client_id,
+                D(srow.qty),
+                D(srow.price),
+                srow.tier,
+                srow.status,
+            ) == (step.order_id, step.client_id, step.qty, step.price, step.tier, step.status)
+            assert (D(srow.cancelled), srow.acked_at, srow.claimed_at) == (
+                step.cancelled,
+                step.acked_at,
+                step.claimed_at,
+            )
             assert [(c.fill_id, D(c.qty), D(c.price), D(c.fee)) for c in srow.fills] == [
-                (c.fill_id, c.qty, c.price, c.fee) for c in step.fills]
+                (c.fill_id, c.qty, c.price, c.fee) for c in step.fills
+            ]
 
 
 async def test_rerun_inserts_nothing_and_new_fills_add_only_themselves(
@@ -293,19 +440,30 @@ async def test_rerun_inserts_nothing_and_new_fills_add_only_themselves(
         await pool.close()
 
 
-async def test_dry_run_writes_nothing_and_acks(app: App, pg: asyncpg.Pool, settings: Settings) -> None:
+async def test_dry_run_writes_nothing_and_acks(
+    app: App, pg: asyncpg.Pool, settings: Settings
+) -> None:
     await full_session(app, "s-d")
     dry = dataclasses.replace(app, settings=dataclasses.replace(settings, dry_run=True))
     handler = await MigratorHandler.create(dry)
     assert handler.pool is None  # no connection, no schema upgrade: DRY_RUN writes nothing
     stats = await drain_migrator(dry, handler)
     await handler.close()
-    assert stats.failed == 0 and (await app.redis.xpending(app.keys.stream, "migrator"))["pending"] == 0
+    assert (
+        stats.failed == 0
+        and (await app.redis.xpending(app.keys.stream, "migrator"))["pending"] == 0
+    )
     assert await pg.fetchval("SELECT count(*) FROM sessions") == 0
     assert await app.redis.get(app.keys.migration_completed("s-d")) is None
     assert await app.redis.zscore(app.keys.sessions_ended, "s-d") is not None
     result = await migrate_session(dry, None, "s-d")
-    assert (result.status, result.fills, result.orders, result.pairs, result.duplicates) == (Status.DRY_RUN, 7, 9, 2, 1)
+    assert (result.status, result.fills, result.orders, result.pairs, result.duplicates) == (
+        Status.DRY_RUN,
+        7,
+        9,
+        2,
+        1,
+    )
 
 
 async def test_waits_until_coverage_has_processed_the_sessions_events(
@@ -339,8 +497,13 @@ async def test_fill_count_mismatch_alerts_and_does_not_complete(
     mig = Background(Runtime(app.redis, app.keys, app.settings, migrator, "mig"))
     [alert] = await wait_for(lambda: alerts(app, "migration_incomplete"))
     stats = await mig.stop()
-    assert "recorded 1 fills, the trader reported 2" in alert["message"] and alert["session_id"] == "s-m"
-    assert stats.processed == 1 and stats.deferred >= 1  # the fill acked, session_ended left pending
+    assert (
+        "recorded 1 fills, the trader reported 2" in alert["message"]
+        and alert["session_id"] == "s-m"
+    )
+    assert (
+        stats.processed == 1 and stats.deferred >= 1
+    )  # the fill acked, session_ended left pending
     assert await app.redis.get(app.keys.migration_completed("s-m")) is None
     assert (await app.redis.xpending(app.keys.stream, "migrator"))["pending"] == 1
     assert await pg.fetchval("SELECT count(*) FROM fills") == 0
@@ -369,7 +532,9 @@ async def test_postgres_cut_mid_transaction_writes_nothing_then_lands_once(
 ) -> None:
     await full_session(app, "s-p")
     proxy = await PgProxy(settings.database_url).start()
-    through = dataclasses.replace(app, settings=dataclasses.replace(settings, database_url=proxy.url))
+    through = dataclasses.replace(
+        app, settings=dataclasses.replace(settings, database_url=proxy.url)
+    )
     handler = await MigratorHandler.create(through)
     # cut as the transaction's last statement is sent: orders and fills are COPYed by then
     proxy.cut_when = lambda data: b"open_positions, duplicate_fills" in data
@@ -398,4 +563,3 @@ async def test_postgres_cut_mid_transaction_writes_nothing_then_lands_once(
 
 async def _stat(value: bool) -> bool:
     return value
-

@@ -84,11 +84,25 @@ async def test_btc_usd_has_krakens_rules(ex: PaperExchange) -> None:
     assert m.maker_fee == D("0.0025")
 
 
-async def test_unlisted_symbol_gets_a_generic_market(ex: PaperExchange, redis: aioredis.Redis, keys: Keys) -> None:
+async def test_unlisted_symbol_gets_a_generic_market(
+    ex: PaperExchange, redis: aioredis.Redis, keys: Keys
+) -> None:
     before = await ex.market("FOO/USD")
-    assert (before.base, before.quote, before.min_amount, before.min_cost) == ("FOO", "USD", D(0), D("0.5"))
+    assert (before.base, before.quote, before.min_amount, before.min_cost) == (
+        "FOO",
+        "USD",
+        D(0),
+        D("0.5"),
+    )
     assert before.tick == D("0.00000001")  # no price yet: provisional
-    await ex.observe_fill(fill_id="f1", order_id="t1", symbol="FOO/USD", side="buy", price=D("1.2345"), quantity=D("10"))
+    await ex.observe_fill(
+        fill_id="f1",
+        order_id="t1",
+        symbol="FOO/USD",
+        side="buy",
+        price=D("1.2345"),
+        quantity=D("10"),
+    )
     m = await ex.market("FOO/USD")
     assert m.tick == D("0.0001")  # 5 significant digits at 1.2345
     assert m.lot == D("0.00000001")
@@ -99,7 +113,9 @@ async def test_unlisted_symbol_gets_a_generic_market(ex: PaperExchange, redis: a
     assert (await ex.market("PEPE/USD")).tick == D("1E-9")
 
 
-@pytest.mark.parametrize("symbol", ["BTCUSD", "BTC/", "/USD", "BTC/USD/EUR", "BTC/BTC", "BT C/USD", ""])
+@pytest.mark.parametrize(
+    "symbol", ["BTCUSD", "BTC/", "/USD", "BTC/USD/EUR", "BTC/BTC", "BT C/USD", ""]
+)
 async def test_malformed_symbols_are_bad(ex: PaperExchange, symbol: str) -> None:
     with pytest.raises(BadSymbol):
         await ex.market(symbol)
@@ -132,11 +148,23 @@ async def test_bid_is_always_below_ask(redis: aioredis.Redis, keys: Keys) -> Non
 async def test_observe_fill_credits_once_per_fill_id(ex: PaperExchange) -> None:
     for _ in range(2):  # the second is a redelivery
         await ex.observe_fill(
-            fill_id="f1", order_id="T1", symbol="ETH/USD", side="buy", price=D("3000.5"), quantity=D("0.5")
+            fill_id="f1",
+            order_id="T1",
+            symbol="ETH/USD",
+            side="buy",
+            price=D("3000.5"),
+            quantity=D("0.5"),
         )
     assert await ex.free_balance("ETH") == D("0.5")
     assert (await ex.quote("ETH/USD")).bid == D("3000.19")  # last price moved to the fill
-    await ex.observe_fill(fill_id="f2", order_id="T2", symbol="ETH/USD", side="sell", price=D("3001"), quantity=D("0.2"))
+    await ex.observe_fill(
+        fill_id="f2",
+        order_id="T2",
+        symbol="ETH/USD",
+        side="sell",
+        price=D("3001"),
+        quantity=D("0.2"),
+    )
     assert await ex.free_balance("ETH") == D("0.3")  # the trader sold by itself
 
 
@@ -144,12 +172,21 @@ async def test_sell_fill_of_a_paper_order_changes_no_balance(ex: PaperExchange) 
     order = await place(ex, "c1", amount="0.4")
     filled = await ex.fill_order(order.id)
     before = await ex.balances()
-    await ex.observe_fill(fill_id="f9", order_id=filled.id, symbol="BTC/USD", side="sell", price=D("60000"), quantity=D("0.4"))
+    await ex.observe_fill(
+        fill_id="f9",
+        order_id=filled.id,
+        symbol="BTC/USD",
+        side="sell",
+        price=D("60000"),
+        quantity=D("0.4"),
+    )
     assert await ex.balances() == before
     assert (await ex.quote("BTC/USD")).ask == D("60006.0")
 
 
-async def test_starting_balances_are_applied_once(redis: aioredis.Redis, keys: Keys, other_client: aioredis.Redis) -> None:
+async def test_starting_balances_are_applied_once(
+    redis: aioredis.Redis, keys: Keys, other_client: aioredis.Redis
+) -> None:
     a, b = make(redis, keys), make(other_client, keys)
     await asyncio.gather(a.free_balance("USD"), b.free_balance("USD"))  # both start at once
     assert await make(redis, keys).balances() == {"BTC": D("1"), "USD": D("10000")}
@@ -157,7 +194,9 @@ async def test_starting_balances_are_applied_once(redis: aioredis.Redis, keys: K
 
 # --- placing -------------------------------------------------------------------------
 async def test_place_opens_an_order_and_locks_the_amount(ex: PaperExchange) -> None:
-    order = await ex.place_limit_sell(symbol="BTC/USD", amount=D("0.25"), price=D("65000.1"), client_id="c1")
+    order = await ex.place_limit_sell(
+        symbol="BTC/USD", amount=D("0.25"), price=D("65000.1"), client_id="c1"
+    )
     assert order.status is OrderStatus.OPEN
     assert (order.symbol, order.side, order.client_id) == ("BTC/USD", "sell", "c1")
     assert (order.amount, order.price, order.filled) == (D("0.25"), D("65000.1"), D(0))
@@ -195,7 +234,13 @@ async def test_insufficient_funds(ex: PaperExchange) -> None:
 
 
 async def test_bad_amounts_and_prices_are_permanent_errors(ex: PaperExchange) -> None:
-    for amount, price in [("0", "1"), ("-1", "1"), ("0.000000001", "1"), ("0.1", "0"), ("NaN", "1")]:
+    for amount, price in [
+        ("0", "1"),
+        ("-1", "1"),
+        ("0.000000001", "1"),
+        ("0.1", "0"),
+        ("NaN", "1"),
+    ]:
         with pytest.raises(PermanentError):
             await place(ex, "c", amount=amount, price=price)
 
@@ -229,7 +274,9 @@ async def test_fill_credits_quote_net_of_the_maker_fee(ex: PaperExchange) -> Non
 
 async def test_fill_rounding_favours_the_exchange(redis: aioredis.Redis, keys: Keys) -> None:
     ex = make(redis, keys, starting_balances={"XRP": D("10")})
-    order = await ex.place_limit_sell(symbol="XRP/USD", amount=D("3.33333333"), price=D("0.51237"), client_id="x")
+    order = await ex.place_limit_sell(
+        symbol="XRP/USD", amount=D("3.33333333"), price=D("0.51237"), client_id="x"
+    )
     await ex.fill_order(order.id)
     gross = D("0.51237") * D("3.33333333")  # 1.7078999982921
     fee = (gross * D("0.0025")).quantize(D("1e-8"), ROUND_UP)  # 0.00426975
@@ -241,7 +288,11 @@ async def test_cancel_partially_filled_unlocks_only_the_remainder(ex: PaperExcha
     order = await place(ex, "c1", amount="1", price="50000")
     await ex.fill_order(order.id, D("0.4"))
     canceled = await ex.cancel_order(symbol="BTC/USD", order_id=order.id)
-    assert (canceled.status, canceled.filled, canceled.remaining) == (OrderStatus.CANCELED, D("0.4"), D("0.6"))
+    assert (canceled.status, canceled.filled, canceled.remaining) == (
+        OrderStatus.CANCELED,
+        D("0.4"),
+        D("0.6"),
+    )
     assert await ex.free_balance("BTC") == D("0.6")
     assert await ex.balances() == {"BTC": D("0.6"), "USD": D("10000") + D("20000") - D("50")}
     again = await ex.cancel_order(symbol="BTC/USD", order_id=order.id)
@@ -290,9 +341,13 @@ async def test_two_processes_placing_one_client_id_open_one_order(
     assert len(await a.orders()) == 1
 
 
-async def test_concurrent_places_never_oversell(ex: PaperExchange, other_client: aioredis.Redis, keys: Keys) -> None:
+async def test_concurrent_places_never_oversell(
+    ex: PaperExchange, other_client: aioredis.Redis, keys: Keys
+) -> None:
     other = make(other_client, keys)
-    calls = [place(ex if i % 2 else other, f"c{i}", amount="0.15") for i in range(20)]  # 3 BTC asked, 1 owned
+    calls = [
+        place(ex if i % 2 else other, f"c{i}", amount="0.15") for i in range(20)
+    ]  # 3 BTC asked, 1 owned
     placed, errors = await _outcomes(calls)
     assert len(placed) == 6  # 6 x 0.15 = 0.9 <= 1 < 7 x 0.15
     assert all(isinstance(e, InsufficientFunds) for e in errors)
@@ -305,7 +360,12 @@ async def test_many_open_orders_are_listed(redis: aioredis.Redis, keys: Keys) ->
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(9000):  # more than Lua's unpack() takes at once
             pipe.hset(keys.paper("open_clients"), f"c{i}", f"O{i}")
-            pipe.hset(keys.paper("orders"), f"O{i}", b'{"id":"O%d","cid":"c%d","sym":"BTC\\/USD","side":"sell","px":"1","amt":"1","fil":"0","rem":"100000000","st":"open","ts":"1","seq":%d}' % (i, i, i))
+            pipe.hset(
+                keys.paper("orders"),
+                f"O{i}",
+                b'{"id":"O%d","cid":"c%d","sym":"BTC\\/USD","side":"sell","px":"1","amt":"1","fil":"0","rem":"100000000","st":"open","ts":"1","seq":%d}'
+                % (i, i, i),
+            )
         await pipe.execute()
     listed = await ex.open_orders("BTC/USD")
     assert [o.id for o in listed] == [f"O{i}" for i in range(9000)]

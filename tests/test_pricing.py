@@ -41,13 +41,20 @@ def _buys(spec: str) -> list[tuple[Decimal, Decimal, Decimal]]:
     return out
 
 
-@pytest.mark.parametrize("row", _rows(), ids=lambda r: f"{r['symbol']}-{r['fills'][:18]}-{r['age_hours']}h")
+@pytest.mark.parametrize(
+    "row", _rows(), ids=lambda r: f"{r['symbol']}-{r['fills'][:18]}-{r['age_hours']}h"
+)
 def test_vector(row: dict[str, str]) -> None:
     buys = _buys(row["fills"])
     tick = Decimal(row["tick"])
     market = Market(
-        symbol=row["symbol"], base=row["symbol"].split("/")[0], quote="USD", tick=tick,
-        lot=Decimal("0.00000001"), min_amount=Decimal(0), min_cost=Decimal(0),
+        symbol=row["symbol"],
+        base=row["symbol"].split("/")[0],
+        quote="USD",
+        tick=tick,
+        lot=Decimal("0.00000001"),
+        min_amount=Decimal(0),
+        min_cost=Decimal(0),
         maker_fee=Decimal(row["maker"]),
     )
     age_ms = int(Decimal(row["age_hours"]) * 3_600_000)
@@ -68,7 +75,16 @@ def test_vectors_cover_every_tier_boundary() -> None:
 
 @pytest.mark.parametrize(
     ("age_ms", "tier"),
-    [(0, 0), (3_599_999, 0), (3_600_000, 1), (14_399_999, 1), (14_400_000, 2), (43_199_999, 2), (43_200_000, 3), (-5, 0)],
+    [
+        (0, 0),
+        (3_599_999, 0),
+        (3_600_000, 1),
+        (14_399_999, 1),
+        (14_400_000, 2),
+        (43_199_999, 2),
+        (43_200_000, 3),
+        (-5, 0),
+    ],
 )
 def test_tier_boundaries_in_ms(age_ms: int, tier: int) -> None:
     assert TIERS.tier(age_ms) == tier
@@ -92,8 +108,14 @@ def test_breakeven_tier_covers_both_fees() -> None:
 
 def test_dust_rules() -> None:
     market = Market(
-        symbol="BTC/USD", base="BTC", quote="USD", tick=Decimal("0.1"), lot=Decimal("0.00000001"),
-        min_amount=Decimal("0.00005"), min_cost=Decimal("0.5"), maker_fee=Decimal("0.0025"),
+        symbol="BTC/USD",
+        base="BTC",
+        quote="USD",
+        tick=Decimal("0.1"),
+        lot=Decimal("0.00000001"),
+        min_amount=Decimal("0.00005"),
+        min_cost=Decimal("0.5"),
+        maker_fee=Decimal("0.0025"),
     )
     assert is_dust(Decimal("0.00004"), Decimal("64000"), market)
     assert not is_dust(Decimal("0.00005"), Decimal("64000"), market)

@@ -22,7 +22,9 @@ AGES_H = (10, 5, 3, 1, 0)  # entry ages in hours, oldest first
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[App]:
-    opened = await App.open(dataclasses.replace(settings, stream_retention_hours=Decimal(2)), clock=ManualClock(NOW))
+    opened = await App.open(
+        dataclasses.replace(settings, stream_retention_hours=Decimal(2)), clock=ManualClock(NOW)
+    )
     yield opened
     await opened.close()
 
@@ -31,7 +33,9 @@ async def app(settings: Settings) -> AsyncIterator[App]:
 async def ids(redis: aioredis.Redis, keys: Keys) -> list[str]:
     out = []
     for age in AGES_H:
-        out.append((await redis.xadd(keys.stream, {"type": "x"}, id=f"{NOW - age * HOUR}-0")).decode())
+        out.append(
+            (await redis.xadd(keys.stream, {"type": "x"}, id=f"{NOW - age * HOUR}-0")).decode()
+        )
     return out
 
 
@@ -47,30 +51,44 @@ async def read_and_ack(redis: aioredis.Redis, keys: Keys, group: str, count: int
         await redis.xack(keys.stream, group, *read[:ack])
 
 
-async def test_trims_by_age_when_everything_is_acked(app: App, redis: aioredis.Redis, keys: Keys, ids: list[str]) -> None:
+async def test_trims_by_age_when_everything_is_acked(
+    app: App, redis: aioredis.Redis, keys: Keys, ids: list[str]
+) -> None:
     await redis.xgroup_create(keys.stream, "coverage", id="0")
     await read_and_ack(redis, keys, "coverage", 5, 5)
     result = await trim(app, approximate=False)
-    assert result.removed == 3 and result.min_id == f"{NOW - 2 * HOUR}-0" and result.reason == "retention 2 h"
+    assert (
+        result.removed == 3
+        and result.min_id == f"{NOW - 2 * HOUR}-0"
+        and result.reason == "retention 2 h"
+    )
     assert await remaining(redis, keys) == ids[3:]
     assert (await trim(app, approximate=False)).removed == 0
 
 
-async def test_never_past_a_pending_entry(app: App, redis: aioredis.Redis, keys: Keys, ids: list[str]) -> None:
+async def test_never_past_a_pending_entry(
+    app: App, redis: aioredis.Redis, keys: Keys, ids: list[str]
+) -> None:
     await redis.xgroup_create(keys.stream, "coverage", id="0")
     await read_and_ack(redis, keys, "coverage", 5, 0)
-    await redis.xack(keys.stream, "coverage", ids[0], ids[2], ids[3], ids[4])  # ids[1] stays pending
+    await redis.xack(
+        keys.stream, "coverage", ids[0], ids[2], ids[3], ids[4]
+    )  # ids[1] stays pending
     result = await trim(app, approximate=False)
     assert result.removed == 1 and result.min_id == ids[1]
     assert result.reason == f"group coverage still needs entries from {ids[1]}"
     assert await remaining(redis, keys) == ids[1:]
 
 
-async def test_never_past_an_undelivered_entry(app: App, redis: aioredis.Redis, keys: Keys, ids: list[str]) -> None:
+async def test_never_past_an_undelivered_entry(
+    app: App, redis: aioredis.Redis, keys: Keys, ids: list[str]
+) -> None:
     await redis.xgroup_create(keys.stream, "coverage", id="0")
     await redis.xgroup_create(keys.stream, "migrator", id="0")
     await read_and_ack(redis, keys, "coverage", 5, 5)
-    await read_and_ack(redis, keys, "migrator", 2, 2)  # the migrator is behind: read the 10 h and 5 h ones
+    await read_and_ack(
+        redis, keys, "migrator", 2, 2
+    )  # the migrator is behind: read the 10 h and 5 h ones
     result = await trim(app, approximate=False)
     assert result.removed == 2 and result.min_id == f"{NOW - 5 * HOUR}-1"
     assert await remaining(redis, keys) == ids[2:]
@@ -78,7 +96,9 @@ async def test_never_past_an_undelivered_entry(app: App, redis: aioredis.Redis, 
     assert (await trim(app, approximate=False)).removed == 0
 
 
-async def test_no_trim_without_groups_or_setting(app: App, settings: Settings, redis: aioredis.Redis, keys: Keys, ids: list[str]) -> None:
+async def test_no_trim_without_groups_or_setting(
+    app: App, settings: Settings, redis: aioredis.Redis, keys: Keys, ids: list[str]
+) -> None:
     assert (await trim(app)).reason == "the stream has no consumer groups"
     plain = await App.open(settings)
     try:
@@ -90,7 +110,9 @@ async def test_no_trim_without_groups_or_setting(app: App, settings: Settings, r
     assert (await trim(app)).reason == "the stream does not exist"
 
 
-async def test_approximate_trim_keeps_what_is_needed(app: App, redis: aioredis.Redis, keys: Keys) -> None:
+async def test_approximate_trim_keeps_what_is_needed(
+    app: App, redis: aioredis.Redis, keys: Keys
+) -> None:
     for n in range(1000):
         await redis.xadd(keys.stream, {"n": str(n)}, id=f"{NOW - 3 * HOUR + n}-0")
     await redis.xadd(keys.stream, {"n": "new"}, id=f"{NOW}-0")

@@ -34,10 +34,19 @@ def test_daily_pnl_counts_todays_sells_and_the_open_quantity_at_the_bid() -> Non
     pos = pos.with_buy(Buy("f-1", D("100"), D("4"), D("4"), start - 1000))  # unit cost 101
     pos = pos.with_close(Close("f-2", D("1"), D("90"), D("1"), start - 1))  # yesterday: not counted
     pos = pos.with_close(Close("f-3", D("1"), D("111"), D("1"), start))  # today: +9
-    pos = pos.with_step(Step(
-        n=1, client_id="c", qty=D("2"), price=D("120"), tier=0, status="live", claimed_at=start,
-        order_id="O-1", fills=(Close("f-4", D("1"), D("120"), D("2"), end - 1),),  # today: +17
-    ))
+    pos = pos.with_step(
+        Step(
+            n=1,
+            client_id="c",
+            qty=D("2"),
+            price=D("120"),
+            tier=0,
+            status="live",
+            claimed_at=start,
+            order_id="O-1",
+            fills=(Close("f-4", D("1"), D("120"), D("2"), end - 1),),  # today: +17
+        )
+    )
     other = new_position(session_id="s", position_id="o-2", symbol="ETH/USD", opened_at=start)
     other = other.with_buy(Buy("f-5", D("10"), D("1"), D("0"), start))
     view = SessionView([HOUR, 4 * HOUR, 12 * HOUR])
@@ -67,7 +76,10 @@ async def app(settings: Settings, redis: object, clock: ManualClock) -> AsyncIte
 
 async def buy_btc(app: App, sid: str = "s-1", pid: str = "o-1") -> None:
     """1 BTC at 64000 with a 16 USD fee (unit cost 64016), covered by its TP."""
-    await app.redis.xadd(app.keys.stream, fill(sid, f"f-{pid}", pid, price="64000", quantity="1", fee="16", ts=app.clock.now_ms()))
+    await app.redis.xadd(
+        app.keys.stream,
+        fill(sid, f"f-{pid}", pid, price="64000", quantity="1", fee="16", ts=app.clock.now_ms()),
+    )
     await drain_coverage(app)
 
 
@@ -82,7 +94,9 @@ def paper(app: App) -> PaperExchange:
     return app.exchange
 
 
-async def test_a_price_drop_sets_the_halt_and_the_next_utc_day_clears_it(app: App, clock: ManualClock) -> None:
+async def test_a_price_drop_sets_the_halt_and_the_next_utc_day_clears_it(
+    app: App, clock: ManualClock
+) -> None:
     await buy_btc(app)
     sweeper = await Sweeper.create(app)
     try:
@@ -97,18 +111,29 @@ async def test_a_price_drop_sets_the_halt_and_the_next_utc_day_clears_it(app: Ap
         assert (risk.realized, risk.unrealized) == (D("0"), D("62993.7") - D("64016"))
         halt = orjson.loads(await app.redis.get(app.keys.risk_halt))
         assert halt == {
-            "day": "2026-11-21", "realized": "0", "unrealized": "-1022.3", "total": "-1022.3",
-            "limit": "500", "set_at": "2026-11-21T12:00:00.000Z",
+            "day": "2026-11-21",
+            "realized": "0",
+            "unrealized": "-1022.3",
+            "total": "-1022.3",
+            "limit": "500",
+            "set_at": "2026-11-21T12:00:00.000Z",
         }
         [alert] = await alerts(app, "stop_loss")
-        assert alert["total"] == "-1022.3" and alert["limit"] == "500" and "breached" in alert["message"]
+        assert (
+            alert["total"] == "-1022.3"
+            and alert["limit"] == "500"
+            and "breached" in alert["message"]
+        )
         daily = await app.redis.hgetall(app.keys.daily_pnl)
         assert daily[b"total"] == b"-1022.3" and daily[b"day"] == b"2026-11-21"
 
         clock.advance(hours=1)
         await sweeper.run_once()  # still breached the same day: one halt, one alert
         assert len(await alerts(app, "stop_loss")) == 1
-        assert orjson.loads(await app.redis.get(app.keys.risk_halt))["set_at"] == "2026-11-21T12:00:00.000Z"
+        assert (
+            orjson.loads(await app.redis.get(app.keys.risk_halt))["set_at"]
+            == "2026-11-21T12:00:00.000Z"
+        )
 
         clock.ms = NOON + DAY // 2 + 1000  # 00:00:01 UTC the next day, the price recovered
         await paper(app).set_price("BTC/USD", D("64100"))
@@ -136,11 +161,18 @@ async def test_emergency_exit_cancels_the_tps_and_sells_at_the_bid_once(
         orders = {o.client_id: o for o in await paper(app).orders()}
         for pid in ("o-1", "o-2"):
             exit_order = orders[client_id("s-1", pid, 2)]
-            assert exit_order.price == D("62993.7") and exit_order.amount == D("1") and exit_order.status == "open"
+            assert (
+                exit_order.price == D("62993.7")
+                and exit_order.amount == D("1")
+                and exit_order.status == "open"
+            )
         assert {orders[tp1.client_id].status, orders[tp2.client_id].status} == {"canceled"}  # type: ignore[index]
         position = await app.ledger.position("s-1", "o-1", fresh=True)
         assert position is not None and position.uncovered == 0
-        assert [(s.status, s.reason) for s in position.steps] == [("cancelled", ""), ("live", EXIT_REASON)]
+        assert [(s.status, s.reason) for s in position.steps] == [
+            ("cancelled", ""),
+            ("live", EXIT_REASON),
+        ]
         assert len(await takeprofit_entries(app, "cancelled")) == 2
 
         clock.advance(hours=13)  # aged into the last tier: the exit is not repriced
@@ -159,7 +191,9 @@ async def test_without_a_limit_nothing_is_computed_but_an_old_halt_is_cleared(
     app = await open_app(settings, clock)
     sweeper = await Sweeper.create(app)
     try:
-        await app.redis.set(app.keys.risk_halt, orjson.dumps({"day": "2026-11-20", "total": "-900"}))
+        await app.redis.set(
+            app.keys.risk_halt, orjson.dumps({"day": "2026-11-20", "total": "-900"})
+        )
         report = await sweeper.run_once()
         assert report.risk is not None and report.risk.cleared and report.risk.limit is None
         assert await app.redis.exists(app.keys.risk_halt) == 0

@@ -300,7 +300,10 @@ async def test_a_transient_error_leaves_the_entry_pending_and_retries_it_shortly
     handled_after = time.monotonic() - failed_at[0]
     # retried in-process after TRANSIENT_RETRY_S, long before RECLAIM_IDLE_MS
     assert TRANSIENT_RETRY_S * 0.9 <= handled_after < 10
-    assert handler.calls == [(entry_id, 1), (entry_id, 1)]  # not a redelivery: no count towards MAX_DELIVERIES
+    assert handler.calls == [
+        (entry_id, 1),
+        (entry_id, 1),
+    ]  # not a redelivery: no count towards MAX_DELIVERIES
     assert runtime.stats.failed == 1 and runtime.stats.reclaimed == 0
     await wait_for(lambda: _empty(pending(redis, keys)))
     assert await redis.xlen(keys.dead) == 0

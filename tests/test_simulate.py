@@ -25,7 +25,9 @@ from workers.coverage import CoverageHandler
 from workers.runtime import Runtime
 
 
-def simulator(redis: aioredis.Redis, keys: Keys, settings: Settings, config: SimConfig) -> Simulator:
+def simulator(
+    redis: aioredis.Redis, keys: Keys, settings: Settings, config: SimConfig
+) -> Simulator:
     exchange = make_exchange(settings, redis, keys, SystemClock())
     assert isinstance(exchange, PaperExchange)
     return Simulator(redis=redis, keys=keys, exchange=exchange, config=config)
@@ -42,7 +44,9 @@ async def entries(redis: aioredis.Redis, stream: str) -> list[dict[str, str]]:
 async def coverage(settings: Settings) -> AsyncIterator[App]:
     """A coverage worker running in this event loop while the test simulates."""
     app = await App.open(settings)
-    handler = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock)
+    handler = CoverageHandler(
+        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
+    )
     runtime = Runtime(app.redis, app.keys, settings, handler, "sim-test", stop=app.stop)
     task = asyncio.ensure_future(runtime.run())
     yield app
@@ -51,7 +55,9 @@ async def coverage(settings: Settings) -> AsyncIterator[App]:
     await app.close()
 
 
-async def test_same_seed_same_trader_events(redis: aioredis.Redis, keys: Keys, settings: Settings) -> None:
+async def test_same_seed_same_trader_events(
+    redis: aioredis.Redis, keys: Keys, settings: Settings
+) -> None:
     config = SimConfig(sessions=2, pairs=4, rate=400, duration=0.3, seed=7, tag="fixed")
     other = Keys(keys.prefix + "b:", keys.events)
     await simulator(redis, keys, settings, config).run()
@@ -63,10 +69,14 @@ async def test_same_seed_same_trader_events(redis: aioredis.Redis, keys: Keys, s
     different = SimConfig(sessions=2, pairs=4, rate=400, duration=0.3, seed=8, tag="fixed")
     third = Keys(keys.prefix + "c:", keys.events)
     await simulator(redis, third, settings, different).run()
-    assert [{k: v for k, v in e.items() if k != "ts"} for e in await entries(redis, third.stream)] != strip
+    assert [
+        {k: v for k, v in e.items() if k != "ts"} for e in await entries(redis, third.stream)
+    ] != strip
 
 
-async def test_sessions_partial_fills_and_counts(redis: aioredis.Redis, keys: Keys, settings: Settings) -> None:
+async def test_sessions_partial_fills_and_counts(
+    redis: aioredis.Redis, keys: Keys, settings: Settings
+) -> None:
     config = SimConfig(sessions=3, pairs=10, rate=500, duration=0.4, seed=3)
     stats = await simulator(redis, keys, settings, config).run()
     events = [decode(fields) for _, fields in await redis.xrange(keys.stream)]
@@ -75,25 +85,45 @@ async def test_sessions_partial_fills_and_counts(redis: aioredis.Redis, keys: Ke
     assert kinds["SessionStarted"] == kinds["SessionEnded"] == 3
     assert kinds["Fill"] == stats.buys == config.total_buys
     fills = [e for e in events if isinstance(e, Fill)]
-    assert {f.symbol for f in fills} <= {"BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOGE/USD",
-                                        "DOT/USD", "LINK/USD", "LTC/USD", "AVAX/USD"}
+    assert {f.symbol for f in fills} <= {
+        "BTC/USD",
+        "ETH/USD",
+        "SOL/USD",
+        "XRP/USD",
+        "ADA/USD",
+        "DOGE/USD",
+        "DOT/USD",
+        "LINK/USD",
+        "LTC/USD",
+        "AVAX/USD",
+    }
     per_order = Counter((f.session_id, f.order_id) for f in fills)
     assert max(per_order.values()) > 1, "some orders are filled in several parts"
     assert len({f.fill_id for f in fills}) == len(fills)
     for end in (e for e in events if isinstance(e, SessionEnded)):
         assert end.fills == sum(1 for f in fills if f.session_id == end.session_id)
-        started = next(i for i, e in enumerate(events) if getattr(e, "session_id", None) == end.session_id)
-        last = max(i for i, e in enumerate(events) if isinstance(e, Fill) and e.session_id == end.session_id)
+        started = next(
+            i for i, e in enumerate(events) if getattr(e, "session_id", None) == end.session_id
+        )
+        last = max(
+            i
+            for i, e in enumerate(events)
+            if isinstance(e, Fill) and e.session_id == end.session_id
+        )
         assert started < last < events.index(end)
     # every fill is above the market minimum: nothing will be dust
     exchange = make_exchange(settings, redis, keys, SystemClock())
     for fill in fills:
         market = await exchange.market(fill.symbol)
         assert fill.quantity >= market.min_amount and fill.quantity * fill.price >= market.min_cost
-        assert fill.fee == (fill.price * fill.quantity * Decimal("0.0025")).quantize(Decimal("1e-8"), "ROUND_UP")
+        assert fill.fee == (fill.price * fill.quantity * Decimal("0.0025")).quantize(
+            Decimal("1e-8"), "ROUND_UP"
+        )
 
 
-async def test_prices_crossing_tps_fill_them(redis: aioredis.Redis, keys: Keys, settings: Settings, coverage: App) -> None:
+async def test_prices_crossing_tps_fill_them(
+    redis: aioredis.Redis, keys: Keys, settings: Settings, coverage: App
+) -> None:
     config = SimConfig(sessions=1, pairs=3, rate=40, duration=3, seed=11, volatility=2.5)
     stats = await simulator(redis, keys, settings, config).run()
     assert stats.sells > 0
@@ -108,7 +138,11 @@ async def test_prices_crossing_tps_fill_them(redis: aioredis.Redis, keys: Keys, 
     for sell in sells:
         assert sell.order_id in tp_ids
         tp = orders[sell.order_id]
-        assert tp.status == OrderStatus.CLOSED and tp.filled == sell.quantity and tp.price == sell.price
+        assert (
+            tp.status == OrderStatus.CLOSED
+            and tp.filled == sell.quantity
+            and tp.price == sell.price
+        )
     end = next(e for e in events if isinstance(e, SessionEnded))
     assert end.fills == stats.buys + stats.sells
     assert events.index(end) > max(events.index(s) for s in sells)
@@ -123,10 +157,37 @@ def test_bad_parameters_one_line() -> None:
 
 def test_command(env: dict[str, str], settings: Settings) -> None:
     done = subprocess.run(
-        [*MMOPS, "simulate", "--sessions", "2", "--pairs", "3", "--rate", "100", "--duration", "0.5", "--seed", "5"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            *MMOPS,
+            "simulate",
+            "--sessions",
+            "2",
+            "--pairs",
+            "3",
+            "--rate",
+            "100",
+            "--duration",
+            "0.5",
+            "--seed",
+            "5",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert "seed 5" in done.stdout and "BTC/USD" in done.stdout and "buy fills 50" in done.stdout
-    bad = subprocess.run([*MMOPS, "simulate", "--rate", "-1"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and bad.stderr.strip() == "mmops simulate: --rate: expected a number > 0, got -1.0"
+    bad = subprocess.run(
+        [*MMOPS, "simulate", "--rate", "-1"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        bad.returncode == 2
+        and bad.stderr.strip() == "mmops simulate: --rate: expected a number > 0, got -1.0"
+    )

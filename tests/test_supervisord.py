@@ -32,10 +32,17 @@ from tests.conftest import ROOT, wait_for
 from tests.helpers import fill, now_ms, orders_per_client_id
 
 BIN = ROOT / ".venv" / "bin"
-PROGRAMS = ("coverage:coverage-1", "coverage:coverage-2", "migrator", "sweeper")  # as supervisorctl names them
+PROGRAMS = (
+    "coverage:coverage-1",
+    "coverage:coverage-2",
+    "migrator",
+    "sweeper",
+)  # as supervisorctl names them
 METRICS_PORTS = (9101, 9102, 9201, 9202)
 
-pytestmark = pytest.mark.skipif(not (BIN / "supervisord").exists(), reason="supervisor is not installed in .venv")
+pytestmark = pytest.mark.skipif(
+    not (BIN / "supervisord").exists(), reason="supervisor is not installed in .venv"
+)
 
 
 def port_in_use(port: int) -> bool:
@@ -51,8 +58,12 @@ class Supervisor:
 
     async def ctl(self, *args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
-            str(BIN / "supervisorctl"), "-c", str(self.conf), *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            str(BIN / "supervisorctl"),
+            "-c",
+            str(self.conf),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         return out.decode()
@@ -77,7 +88,9 @@ class Supervisor:
 
 
 @pytest.fixture
-async def supervisor(tmp_path: Path, env: dict[str, str], pg: asyncpg.Pool) -> AsyncIterator[Supervisor]:
+async def supervisor(
+    tmp_path: Path, env: dict[str, str], pg: asyncpg.Pool
+) -> AsyncIterator[Supervisor]:
     busy = [p for p in METRICS_PORTS if port_in_use(p)]
     if busy:
         pytest.fail(f"the metrics ports of supervisord.conf are in use by another process: {busy}")
@@ -86,8 +99,14 @@ async def supervisor(tmp_path: Path, env: dict[str, str], pg: asyncpg.Pool) -> A
     output = tmp_path / "supervisord.out"
     with output.open("ab") as sink:  # O_APPEND: the programs reopen /dev/stdout
         process = await asyncio.create_subprocess_exec(
-            str(BIN / "supervisord"), "-n", "-c", str(tmp_path / "supervisord.conf"),
-            env=env, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT,
+            str(BIN / "supervisord"),
+            "-n",
+            "-c",
+            str(tmp_path / "supervisord.conf"),
+            env=env,
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     sup = Supervisor(tmp_path / "supervisord.conf", output, process)
     try:
@@ -122,11 +141,27 @@ def session(sid: str, buys: int, *, end: bool) -> list[dict[str, str]]:
     ts = now_ms()
     out = [{"type": "session_started", "session_id": sid, "pairs": "ETH/USD", "ts": str(ts)}]
     out += [
-        fill(sid, f"{sid}-f{n}", f"{sid}-o{n}", symbol="ETH/USD", price="3300.5", quantity="0.05", fee="0.41", ts=ts + n)
+        fill(
+            sid,
+            f"{sid}-f{n}",
+            f"{sid}-o{n}",
+            symbol="ETH/USD",
+            price="3300.5",
+            quantity="0.05",
+            fee="0.41",
+            ts=ts + n,
+        )
         for n in range(buys)
     ]
     if end:
-        out.append({"type": "session_ended", "session_id": sid, "ts": str(ts + buys + 1), "fills": str(buys)})
+        out.append(
+            {
+                "type": "session_ended",
+                "session_id": sid,
+                "ts": str(ts + buys + 1),
+                "fills": str(buys),
+            }
+        )
     return out
 
 
@@ -135,7 +170,11 @@ async def pending(redis: aioredis.Redis, keys: Keys, group: str) -> int:
 
 
 async def test_supervisord_runs_the_workers(
-    supervisor: Supervisor, app: App, redis: aioredis.Redis, keys: Keys, pg: asyncpg.Pool,
+    supervisor: Supervisor,
+    app: App,
+    redis: aioredis.Redis,
+    keys: Keys,
+    pg: asyncpg.Pool,
 ) -> None:
     first = await wait_for(supervisor.all_running, timeout=30, interval=0.3)
     # every process serves its own metrics port (RUNNING = up for startsecs; it may still be starting)
@@ -168,7 +207,9 @@ async def test_supervisord_runs_the_workers(
     assert killed is not None
     consumer = f"{platform.node()}-coverage-1"  # CONSUMER_NAME from the config
     for _ in range(200):  # kill it while it holds entries, if we catch it at that
-        if await redis.xpending_range(keys.stream, "coverage", min="-", max="+", count=1, consumername=consumer):
+        if await redis.xpending_range(
+            keys.stream, "coverage", min="-", max="+", count=1, consumername=consumer
+        ):
             break
         await asyncio.sleep(0.005)
     os.kill(killed, signal.SIGKILL)

@@ -31,9 +31,16 @@ from workers.sweeper import Sweeper, lease_ttl_ms
 D = Decimal
 HOUR = 3_600_000
 PAIRS = [  # symbol, price, quantity: every one above Kraken's minimum order
-    ("BTC/USD", "64000.5", "0.01"), ("ETH/USD", "3000.25", "0.1"), ("SOL/USD", "150.5", "1"),
-    ("XRP/USD", "0.6", "50"), ("ADA/USD", "0.45", "100"), ("DOGE/USD", "0.15", "500"),
-    ("DOT/USD", "7.1", "5"), ("LINK/USD", "15.2", "2"), ("LTC/USD", "80.3", "1"), ("AVAX/USD", "35.4", "2"),
+    ("BTC/USD", "64000.5", "0.01"),
+    ("ETH/USD", "3000.25", "0.1"),
+    ("SOL/USD", "150.5", "1"),
+    ("XRP/USD", "0.6", "50"),
+    ("ADA/USD", "0.45", "100"),
+    ("DOGE/USD", "0.15", "500"),
+    ("DOT/USD", "7.1", "5"),
+    ("LINK/USD", "15.2", "2"),
+    ("LTC/USD", "80.3", "1"),
+    ("AVAX/USD", "35.4", "2"),
 ]
 
 
@@ -65,7 +72,17 @@ async def xadd_fills(app: App, sid: str, per_pair: int, *, ts: int | None = None
     for i in range(per_pair):
         for n, (symbol, price, qty) in enumerate(PAIRS):
             await app.redis.xadd(
-                app.keys.stream, fill(sid, f"f-{n}-{i}", f"o-{n}-{i}", symbol=symbol, price=price, quantity=qty, fee="0.1", ts=ts)
+                app.keys.stream,
+                fill(
+                    sid,
+                    f"f-{n}-{i}",
+                    f"o-{n}-{i}",
+                    symbol=symbol,
+                    price=price,
+                    quantity=qty,
+                    fee="0.1",
+                    ts=ts,
+                ),
             )
 
 
@@ -75,8 +92,12 @@ async def uncovered(app: App, sid: str) -> dict[str, Decimal]:
 
 
 # --- coverage ------------------------------------------------------------------------
-async def test_one_sweep_covers_200_fills_and_the_worker_places_no_second_order(app: App, sweeper: Sweeper) -> None:
-    await xadd_fills(app, "s-1", per_pair=20)  # 200 buy fills over 10 pairs, no coverage consumer alive
+async def test_one_sweep_covers_200_fills_and_the_worker_places_no_second_order(
+    app: App, sweeper: Sweeper
+) -> None:
+    await xadd_fills(
+        app, "s-1", per_pair=20
+    )  # 200 buy fills over 10 pairs, no coverage consumer alive
 
     report = await sweeper.run_once()
 
@@ -88,7 +109,10 @@ async def test_one_sweep_covers_200_fills_and_the_worker_places_no_second_order(
     orders = await orders_per_client_id(app)
     assert len(orders) == 200 and max(orders.values()) == 1
     assert await app.redis.xpending(app.keys.stream, "coverage") == {
-        "pending": 0, "min": None, "max": None, "consumers": [],
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
     }
 
     # the coverage worker comes back and replays the whole stream: nothing new is placed
@@ -101,7 +125,9 @@ async def test_one_sweep_covers_200_fills_and_the_worker_places_no_second_order(
     assert len(await takeprofit_entries(app, "created")) == 200
 
 
-async def test_a_pass_over_covered_positions_asks_the_exchange_once(app: App, settings: Settings) -> None:
+async def test_a_pass_over_covered_positions_asks_the_exchange_once(
+    app: App, settings: Settings
+) -> None:
     await xadd_fills(app, "s-1", per_pair=2)
     await drain_coverage(app)
     counting = Counting(paper(app))
@@ -120,11 +146,15 @@ async def test_a_pass_over_covered_positions_asks_the_exchange_once(app: App, se
 
 async def test_status_metrics_and_session_log(app: App, settings: Settings, tmp_path: Path) -> None:
     await xadd_fills(app, "s-log", per_pair=1)
-    logged = await App.open(dataclasses.replace(settings, session_log_dir=str(tmp_path)), clock=app.clock)
+    logged = await App.open(
+        dataclasses.replace(settings, session_log_dir=str(tmp_path)), clock=app.clock
+    )
     sweeper = await Sweeper.create(logged)
     try:
         await sweeper.run_once()  # takes the fills over: coverage placed them
-        await paper(app).cancel_order(symbol="BTC/USD", order_id=(await paper(app).open_orders("BTC/USD"))[0].id)
+        await paper(app).cancel_order(
+            symbol="BTC/USD", order_id=(await paper(app).open_orders("BTC/USD"))[0].id
+        )
         report = await sweeper.run_once()  # reconciles the cancelled TP and covers it again
     finally:
         await sweeper.close()
@@ -135,12 +165,20 @@ async def test_status_metrics_and_session_log(app: App, settings: Settings, tmp_
     assert await app.redis.get(keys.settlement_status("s-log")) == b"COMPLETED"
     assert (await app.redis.get(keys.settlement_last_run("s-log"))).decode().endswith("Z")
     metrics = await app.redis.hgetall(keys.metrics_settlement("s-log"))
-    assert metrics[b"uncovered"] == b"0" and metrics[b"covered"] == b"1" and b"duration_ms" in metrics
+    assert (
+        metrics[b"uncovered"] == b"0" and metrics[b"covered"] == b"1" and b"duration_ms" in metrics
+    )
     assert await app.redis.exists(keys.settlement_lock("s-log")) == 0
     lines = (tmp_path / "s-log" / "settlement.log").read_text().splitlines()
-    assert any(" reconciled BTC/USD o-0-0 " in line and line.endswith(": cancelled") for line in lines)
+    assert any(
+        " reconciled BTC/USD o-0-0 " in line and line.endswith(": cancelled") for line in lines
+    )
     assert any(" covered BTC/USD o-0-0 step 2 " in line for line in lines)
-    assert lines[-1].split(" ", 1)[1].startswith("sweep COMPLETED: positions 10, uncovered 0 -> 0, covered 1")
+    assert (
+        lines[-1]
+        .split(" ", 1)[1]
+        .startswith("sweep COMPLETED: positions 10, uncovered 0 -> 0, covered 1")
+    )
 
 
 async def test_a_locked_session_is_left_alone(app: App, sweeper: Sweeper) -> None:
@@ -167,12 +205,16 @@ async def test_one_broken_pair_does_not_stop_the_others(app: App, sweeper: Sweep
 
 
 # --- aging ---------------------------------------------------------------------------
-async def test_aging_reprices_exactly_once_per_tier_crossing(app: App, sweeper: Sweeper, clock: ManualClock) -> None:
+async def test_aging_reprices_exactly_once_per_tier_crossing(
+    app: App, sweeper: Sweeper, clock: ManualClock
+) -> None:
     await app.redis.xadd(app.keys.stream, fill("s-age", "f-1", "o-1", ts=clock.ms))
     await drain_coverage(app)
     tiers = []
     for hours in (0.5, 1, 1.5, 4, 11.9, 12, 30):
-        clock.ms = (await app.ledger.position("s-age", "o-1", fresh=True)).opened_at + int(hours * HOUR)  # type: ignore[union-attr]
+        clock.ms = (await app.ledger.position("s-age", "o-1", fresh=True)).opened_at + int(
+            hours * HOUR
+        )  # type: ignore[union-attr]
         await sweeper.run_once()
         await sweeper.run_once()  # a second pass at the same age changes nothing
         position = await app.ledger.position("s-age", "o-1", fresh=True)
@@ -189,7 +231,9 @@ async def test_aging_reprices_exactly_once_per_tier_crossing(app: App, sweeper: 
     assert max((await orders_per_client_id(app)).values()) == 1
 
 
-async def test_a_tp_found_filled_when_repricing_is_recorded_not_replaced(app: App, clock: ManualClock) -> None:
+async def test_a_tp_found_filled_when_repricing_is_recorded_not_replaced(
+    app: App, clock: ManualClock
+) -> None:
     await app.redis.xadd(app.keys.stream, fill("s-f", "f-1", "o-1", ts=clock.ms))
     await drain_coverage(app)
     [order] = await paper(app).open_orders()
@@ -217,7 +261,14 @@ async def test_reconciliation_with_the_exchange(app: App, sweeper: Sweeper) -> N
     await app.redis.hdel(app.keys.paper("open_clients"), vanished.client_id or "")
     await app.redis.hincrby(app.keys.paper("locked"), "SOL", -100_000_000)  # and released its funds
     await app.redis.hincrby(app.keys.paper("free"), "SOL", 100_000_000)
-    await ex.observe_fill(fill_id="f-x", order_id="o-x", symbol="XRP/USD", side="buy", price=D("0.6"), quantity=D("10"))
+    await ex.observe_fill(
+        fill_id="f-x",
+        order_id="o-x",
+        symbol="XRP/USD",
+        side="buy",
+        price=D("0.6"),
+        quantity=D("10"),
+    )
     stranger = await ex.place_limit_sell(  # our prefix, but no position knows it
         symbol="XRP/USD", amount=D("10"), price=D("0.9"), client_id=client_id("elsewhere", "o-x", 1)
     )
@@ -308,7 +359,9 @@ async def test_exchange_down_leaves_positions_uncovered_and_reported_then_covers
 
 
 # --- stream care ---------------------------------------------------------------------
-async def test_stuck_entries_dead_consumers_and_dead_letters(app: App, settings: Settings, clock: ManualClock) -> None:
+async def test_stuck_entries_dead_consumers_and_dead_letters(
+    app: App, settings: Settings, clock: ManualClock
+) -> None:
     fast = await App.open(dataclasses.replace(settings, reclaim_idle_ms=100), clock=clock)
     sweeper = await Sweeper.create(fast)
     try:
@@ -347,7 +400,9 @@ async def test_a_live_coverage_consumer_is_left_to_do_its_job(app: App, sweeper:
 
 
 # --- discovery -----------------------------------------------------------------------
-async def test_sessions_from_redis_and_postgres(app: App, pg: asyncpg.Pool, clock: ManualClock) -> None:
+async def test_sessions_from_redis_and_postgres(
+    app: App, pg: asyncpg.Pool, clock: ManualClock
+) -> None:
     await seed_uncovered(app, "s-recent", "o-1")
     await seed_uncovered(app, "s-ended", "o-1")
     await app.redis.zadd(app.keys.sessions_ended, {"s-ended": clock.ms})
@@ -356,7 +411,9 @@ async def test_sessions_from_redis_and_postgres(app: App, pg: asyncpg.Pool, cloc
     await seed_uncovered(app, "s-old", "o-1")
     await app.redis.zadd(app.keys.sessions, {"s-old": clock.ms - 48 * HOUR})
     async with pg.acquire() as conn:
-        await conn.execute("INSERT INTO sessions (id, started_at) VALUES ('s-pg', now()), ('s-pg-old', now() - interval '3 days')")
+        await conn.execute(
+            "INSERT INTO sessions (id, started_at) VALUES ('s-pg', now()), ('s-pg-old', now() - interval '3 days')"
+        )
     sweeper = await Sweeper.create(app)
     try:
         report = await sweeper.run_once()
@@ -366,8 +423,13 @@ async def test_sessions_from_redis_and_postgres(app: App, pg: asyncpg.Pool, cloc
     assert report.total("covered") == 3 and report.notes == []
 
 
-async def test_postgres_unreachable_sweeps_the_redis_sessions(app: App, settings: Settings, clock: ManualClock) -> None:
-    offline = await App.open(dataclasses.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/none"), clock=clock)
+async def test_postgres_unreachable_sweeps_the_redis_sessions(
+    app: App, settings: Settings, clock: ManualClock
+) -> None:
+    offline = await App.open(
+        dataclasses.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/none"),
+        clock=clock,
+    )
     await seed_uncovered(app, "s-1", "o-1")
     sweeper = await Sweeper.create(offline)
     try:
@@ -379,10 +441,14 @@ async def test_postgres_unreachable_sweeps_the_redis_sessions(app: App, settings
     assert [s.session_id for s in report.sessions] == ["s-1"] and report.total("covered") == 1
     for r in (report, again):
         [note] = r.notes
-        assert note.startswith("sessions from Redis only, PostgreSQL not read: PostgreSQL at postgresql://")
+        assert note.startswith(
+            "sessions from Redis only, PostgreSQL not read: PostgreSQL at postgresql://"
+        )
 
 
-async def test_at_most_max_sessions_most_recent_first(app: App, settings: Settings, clock: ManualClock) -> None:
+async def test_at_most_max_sessions_most_recent_first(
+    app: App, settings: Settings, clock: ManualClock
+) -> None:
     capped = await App.open(dataclasses.replace(settings, settlement_max_sessions=3), clock=clock)
     for i in range(5):
         await seed_uncovered(app, f"s-{i}", "o-1")
@@ -403,9 +469,14 @@ async def test_overdue_sessions_are_migrated_or_alerted_with_the_reason(
     app: App, sweeper: Sweeper, pg: asyncpg.Pool, clock: ManualClock
 ) -> None:
     await app.redis.xadd(app.keys.stream, fill("s-end", "f-1", "o-1", ts=clock.ms - 2 * HOUR))
-    await app.redis.xadd(app.keys.stream, {"type": "session_ended", "session_id": "s-end", "ts": str(clock.ms - HOUR)})
+    await app.redis.xadd(
+        app.keys.stream,
+        {"type": "session_ended", "session_id": "s-end", "ts": str(clock.ms - HOUR)},
+    )
     await drain_coverage(app)  # the migrator never ran
-    await app.redis.zadd(app.keys.sessions_ended, {"s-ghost": clock.ms - HOUR})  # ended, its state lost
+    await app.redis.zadd(
+        app.keys.sessions_ended, {"s-ghost": clock.ms - HOUR}
+    )  # ended, its state lost
     await app.redis.zadd(app.keys.sessions_ended, {"s-recent-end": clock.ms})  # not overdue yet
 
     report = await sweeper.run_once()
@@ -436,12 +507,16 @@ async def test_run_loops_until_stop_and_releases_the_lease(app: App, sweeper: Sw
 
 def start_sweeper(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [*MMOPS, "sweeper"], env={**env, "CONSUMER_NAME": name, "SETTLEMENT_INTERVAL_MINUTES": "0.01"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [*MMOPS, "sweeper"],
+        env={**env, "CONSUMER_NAME": name, "SETTLEMENT_INTERVAL_MINUTES": "0.01"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
-async def test_two_sweeper_processes_one_lease_and_failover_after_kill_9(app: App, env: dict[str, str]) -> None:
+async def test_two_sweeper_processes_one_lease_and_failover_after_kill_9(
+    app: App, env: dict[str, str]
+) -> None:
     procs = {name: start_sweeper(env, name) for name in ("sw-a", "sw-b")}
     try:
         holder_token = await wait_for(lambda: app.redis.get(app.keys.sweeper_lease), timeout=30)
@@ -475,7 +550,13 @@ async def test_two_sweeper_processes_one_lease_and_failover_after_kill_9(app: Ap
 
 # --- helpers -------------------------------------------------------------------------
 async def seed_uncovered(
-    app: App, sid: str, pid: str, *, symbol: str = "BTC/USD", price: str = "64000.5", qty: str = "0.01",
+    app: App,
+    sid: str,
+    pid: str,
+    *,
+    symbol: str = "BTC/USD",
+    price: str = "64000.5",
+    qty: str = "0.01",
     index: bool = True,
 ) -> None:
     """A recorded buy whose TP was never placed (as if the coverage worker died in between)."""
@@ -487,7 +568,14 @@ async def seed_uncovered(
     if index:
         await app.redis.zadd(app.keys.sessions, {sid: ts})
     if "/" in symbol:
-        await paper(app).observe_fill(fill_id=f"f-{sid}-{pid}", order_id=pid, symbol=symbol, side="buy", price=D(price), quantity=D(qty))
+        await paper(app).observe_fill(
+            fill_id=f"f-{sid}-{pid}",
+            order_id=pid,
+            symbol=symbol,
+            side="buy",
+            price=D(price),
+            quantity=D(qty),
+        )
 
 
 async def alerts_of(app: App, kind: str) -> list[dict[str, str]]:
@@ -516,8 +604,6 @@ def _passed_by(app: App, token: str) -> Callable[[], Any]:
     return check
 
 
-
-
 async def test_each_pass_trims_the_stream_to_its_retention_but_never_unprocessed_entries(
     settings: Settings, redis: object, clock: ManualClock
 ) -> None:
@@ -525,7 +611,9 @@ async def test_each_pass_trims_the_stream_to_its_retention_but_never_unprocessed
 
     from tests.helpers import drain_coverage
 
-    app = await App.open(dataclasses.replace(settings, stream_retention_hours=Decimal("0.5")), clock=clock)
+    app = await App.open(
+        dataclasses.replace(settings, stream_retention_hours=Decimal("0.5")), clock=clock
+    )
     sweeper = await Sweeper.create(app)
     try:
         await xadd_fills(app, "s-old", 30)  # 300 entries

@@ -311,7 +311,6 @@ def _new_order_id() -> str:
     return f"O{raw[:5]}-{raw[5:10]}-{raw[10:16]}"
 
 
-
 def _order(raw: bytes | str) -> Order:
     return _order_from(orjson.loads(raw))
 
@@ -358,8 +357,15 @@ def _sorted_orders(raws: Iterable[bytes | str | None]) -> list[Order]:
     status = _STATUS
     return [
         Order(
-            id=o.id, client_id=o.cid, symbol=o.sym, side=o.side, price=Decimal(o.px),
-            amount=Decimal(o.amt), filled=from_units(o.fil), status=status[o.st], timestamp_ms=int(o.ts),
+            id=o.id,
+            client_id=o.cid,
+            symbol=o.sym,
+            side=o.side,
+            price=Decimal(o.px),
+            amount=Decimal(o.amt),
+            filled=from_units(o.fil),
+            status=status[o.st],
+            timestamp_ms=int(o.ts),
         )
         for o in decoded
     ]

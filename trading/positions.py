@@ -117,7 +117,9 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             for f in s.fills:
                 tp_filled += f.qty
         closed = sum((c.qty for c in self.closes), ZERO)
-        return Totals(filled=filled, cost=cost, covered=covered, closed_other=closed, tp_filled=tp_filled)
+        return Totals(
+            filled=filled, cost=cost, covered=covered, closed_other=closed, tp_filled=tp_filled
+        )
 
     @property
     def filled(self) -> Decimal:
@@ -228,11 +230,16 @@ def new_position(*, session_id: str, position_id: str, symbol: str, opened_at: i
     return Position(v=0, id=position_id, session_id=session_id, symbol=symbol, opened_at=opened_at)
 
 
-def fifo_allocate(positions: Iterable[Position], symbol: str, quantity: Decimal) -> list[tuple[Position, Decimal]]:
+def fifo_allocate(
+    positions: Iterable[Position], symbol: str, quantity: Decimal
+) -> list[tuple[Position, Decimal]]:
     """Split a sell of `quantity` over the pair's open positions, oldest first."""
     out: list[tuple[Position, Decimal]] = []
     left = quantity
-    ordered = sorted((p for p in positions if p.symbol == symbol and p.is_open), key=lambda p: (p.opened_at, p.id))
+    ordered = sorted(
+        (p for p in positions if p.symbol == symbol and p.is_open),
+        key=lambda p: (p.opened_at, p.id),
+    )
     for position in ordered:
         if left <= 0:
             break

@@ -31,7 +31,6 @@ class Tiers:
         return self.targets[tier]
 
 
-
 def cost_per_unit(buys: Iterable[tuple[Decimal, Decimal, Decimal]]) -> Decimal:
     """(Σ price × quantity + Σ fees) / Σ quantity over (price, quantity, fee_in_quote) buys."""
     cost = Decimal(0)
@@ -92,4 +91,6 @@ def quote_take_profit(
     fee = market.maker_fee if maker_fee is None else maker_fee
     price = tp_price(cost_per_unit(buys), tiers.target(tier), fee, market.tick)
     amount = tp_amount(uncovered, market.lot)
-    return TakeProfitQuote(amount=amount, price=price, tier=tier, dust=is_dust(amount, price, market))
+    return TakeProfitQuote(
+        amount=amount, price=price, tier=tier, dust=is_dust(amount, price, market)
+    )

@@ -100,11 +100,17 @@ class TakeProfitEngine:
         self.settings = settings
         self.clock = clock
         self.tiers = tiers_from(settings)
-        self.maker_fee = None if settings.tp_maker_fee_percent is None else settings.tp_maker_fee_percent / 100
-        self.pending_settle_ms = settings.tp_pending_settle_ms if pending_settle_ms is None else pending_settle_ms
+        self.maker_fee = (
+            None if settings.tp_maker_fee_percent is None else settings.tp_maker_fee_percent / 100
+        )
+        self.pending_settle_ms = (
+            settings.tp_pending_settle_ms if pending_settle_ms is None else pending_settle_ms
+        )
 
     # --- covering ----------------------------------------------------------------
-    def plan(self, pos: Position, market: Market, *, trigger_ms: int = 0, replaces: str = "") -> Plan:
+    def plan(
+        self, pos: Position, market: Market, *, trigger_ms: int = 0, replaces: str = ""
+    ) -> Plan:
         """Decide, without I/O, what covering `pos` takes: a claimed step, a dust mark, or nothing.
 
         The returned position (with its ops) is what to commit; a claimed step is then
@@ -119,41 +125,94 @@ class TakeProfitEngine:
             return Plan(pos, None, [], Outcome(Result.NOTHING, pos))
         now = self.clock.now_ms()
         quote = quote_take_profit(
-            buys=[(b.price, b.qty, b.fee) for b in pos.buys], uncovered=uncovered,
-            age_ms=now - pos.opened_at, market=market, tiers=self.tiers, maker_fee=self.maker_fee,
+            buys=[(b.price, b.qty, b.fee) for b in pos.buys],
+            uncovered=uncovered,
+            age_ms=now - pos.opened_at,
+            market=market,
+            tiers=self.tiers,
+            maker_fee=self.maker_fee,
         )
         if quote.dust:
             if pos.dust == uncovered:
                 return Plan(pos, None, [], Outcome(Result.DUST, pos))
             changed = pos.bump(dust=uncovered)
-            reason = (f"dust: {uncovered} below the minimum order "
-                      f"({market.min_amount} {market.base}, {market.min_cost} {market.quote})")
-            return Plan(changed, None, [
-                self._tp_event("skipped", changed, order_id="", client="", qty=uncovered,
-                               price=quote.price, tier=quote.tier, reason=reason),
-                ("HINCRBY", self.keys.metrics_takeprofit(sid), "skipped", 1),
-            ], Outcome(Result.DUST, changed, reason))
+            reason = (
+                f"dust: {uncovered} below the minimum order "
+                f"({market.min_amount} {market.base}, {market.min_cost} {market.quote})"
+            )
+            return Plan(
+                changed,
+                None,
+                [
+                    self._tp_event(
+                        "skipped",
+                        changed,
+                        order_id="",
+                        client="",
+                        qty=uncovered,
+                        price=quote.price,
+                        tier=quote.tier,
+                        reason=reason,
+                    ),
+                    ("HINCRBY", self.keys.metrics_takeprofit(sid), "skipped", 1),
+                ],
+                Outcome(Result.DUST, changed, reason),
+            )
         if self.settings.dry_run:
-            return Plan(pos, None, [
-                self._tp_event("skipped", pos, order_id="", client="", qty=quote.amount,
-                               price=quote.price, tier=quote.tier, reason="dry_run"),
-            ], Outcome(Result.SKIPPED, pos, "dry_run"))
+            return Plan(
+                pos,
+                None,
+                [
+                    self._tp_event(
+                        "skipped",
+                        pos,
+                        order_id="",
+                        client="",
+                        qty=quote.amount,
+                        price=quote.price,
+                        tier=quote.tier,
+                        reason="dry_run",
+                    ),
+                ],
+                Outcome(Result.SKIPPED, pos, "dry_run"),
+            )
         last = pos.steps[-1] if pos.steps else None
         n = last.n if last is not None and last.status == StepStatus.FAILED else pos.next_step
         step = Step(
-            n=n, client_id=client_id(sid, pos.id, n), qty=quote.amount, price=quote.price,
-            tier=quote.tier, status=StepStatus.PENDING, claimed_at=now, trigger_ms=trigger_ms,
+            n=n,
+            client_id=client_id(sid, pos.id, n),
+            qty=quote.amount,
+            price=quote.price,
+            tier=quote.tier,
+            status=StepStatus.PENDING,
+            claimed_at=now,
+            trigger_ms=trigger_ms,
             replaces=replaces,
         )
         claimed = pos.with_step(step)
-        return Plan(claimed, step, [("SET", self.keys.tp_attempt(sid, pos.id), step.client_id, "EX", ATTEMPT_TTL_S)], None)
+        return Plan(
+            claimed,
+            step,
+            [("SET", self.keys.tp_attempt(sid, pos.id), step.client_id, "EX", ATTEMPT_TTL_S)],
+            None,
+        )
 
     async def cover(
-        self, sid: str, pid: str, *, position: Position | None = None, trigger_ms: int = 0, replaces: str = ""
+        self,
+        sid: str,
+        pid: str,
+        *,
+        position: Position | None = None,
+        trigger_ms: int = 0,
+        replaces: str = "",
     ) -> Outcome:
         """Place or top up the TP for the position's uncovered quantity (at most one step)."""
         for _ in range(MAX_CAS_TRIES):
-            pos = position if position is not None else await self.ledger.position(sid, pid, fresh=True)
+            pos = (
+                position
+                if position is not None
+                else await self.ledger.position(sid, pid, fresh=True)
+            )
             position = None
             if pos is None:
                 return Outcome(Result.NOTHING)
@@ -201,15 +260,21 @@ class TakeProfitEngine:
                 return await self._confirm(pos, step, order)
             except PostOnlyRejected as exc:
                 if attempt == 2:
-                    return await self._give_up(pos, step, "failed", f"post-only rejected twice: {exc}")
+                    return await self._give_up(
+                        pos, step, "failed", f"post-only rejected twice: {exc}"
+                    )
                 quote = await self._quote_or_none(pos.symbol)
                 if quote is None:
                     return await self._give_up(pos, step, "failed", f"post-only rejected: {exc}")
                 price = max(quote.ask, round_up(quote.bid + market.tick, market.tick))
             except DuplicateClientId:
-                found = await self.exchange.fetch_order_by_client_id(symbol=pos.symbol, client_id=step.client_id)
+                found = await self.exchange.fetch_order_by_client_id(
+                    symbol=pos.symbol, client_id=step.client_id
+                )
                 if found is None:
-                    return Outcome(Result.PENDING, pos, "exchange reports the client id in use but no order")
+                    return Outcome(
+                        Result.PENDING, pos, "exchange reports the client id in use but no order"
+                    )
                 return await self._confirm(pos, step, found)
             except InsufficientFunds as exc:
                 return await self._give_up(pos, step, "skipped", f"insufficient balance: {exc}")
@@ -236,7 +301,9 @@ class TakeProfitEngine:
         step = pos.pending
         assert step is not None
         try:
-            order = await self.exchange.fetch_order_by_client_id(symbol=pos.symbol, client_id=step.client_id)
+            order = await self.exchange.fetch_order_by_client_id(
+                symbol=pos.symbol, client_id=step.client_id
+            )
         except TransientError as exc:
             return Outcome(Result.PENDING, pos, f"exchange unreachable: {exc}")
         if order is not None:
@@ -264,25 +331,71 @@ class TakeProfitEngine:
             if order.status == OrderStatus.CANCELED:
                 status = StepStatus.CANCELLED
             done = _replace(
-                step, status=status, order_id=order.id, price=order.price, qty=order.amount, acked_at=now,
-                cancelled=order.amount - order.filled if status == StepStatus.CANCELLED else Decimal(0),
+                step,
+                status=status,
+                order_id=order.id,
+                price=order.price,
+                qty=order.amount,
+                acked_at=now,
+                cancelled=order.amount - order.filled
+                if status == StepStatus.CANCELLED
+                else Decimal(0),
             )
             changed = pos.with_step(done)
             latency = str(now - step.trigger_ms) if step.trigger_ms else ""
             ops: list[Op] = [
-                ("HSET", self.keys.tp_order(sid, order.id),
-                 "session_id", sid, "position", pos.id, "symbol", pos.symbol, "price", str(order.price),
-                 "quantity", str(order.amount), "tier", done.tier, "client_id", done.client_id,
-                 "created_at", iso(now), "status", status, "step", done.n, "replaces", done.replaces),
+                (
+                    "HSET",
+                    self.keys.tp_order(sid, order.id),
+                    "session_id",
+                    sid,
+                    "position",
+                    pos.id,
+                    "symbol",
+                    pos.symbol,
+                    "price",
+                    str(order.price),
+                    "quantity",
+                    str(order.amount),
+                    "tier",
+                    done.tier,
+                    "client_id",
+                    done.client_id,
+                    "created_at",
+                    iso(now),
+                    "status",
+                    status,
+                    "step",
+                    done.n,
+                    "replaces",
+                    done.replaces,
+                ),
                 ("SADD", self.keys.tp_orders(sid), order.id),
-                self._tp_event("created", changed, order_id=order.id, client=done.client_id, qty=order.amount,
-                               price=order.price, tier=done.tier, reason="", latency=latency, replaces=done.replaces),
+                self._tp_event(
+                    "created",
+                    changed,
+                    order_id=order.id,
+                    client=done.client_id,
+                    qty=order.amount,
+                    price=order.price,
+                    tier=done.tier,
+                    reason="",
+                    latency=latency,
+                    replaces=done.replaces,
+                ),
                 ("HINCRBY", self.keys.metrics_takeprofit(sid), "created", 1),
-                ("DECIMAL_INCRBY", self.keys.metrics_takeprofit(sid), "total_value", value_e8(order.amount * order.price)),
+                (
+                    "DECIMAL_INCRBY",
+                    self.keys.metrics_takeprofit(sid),
+                    "total_value",
+                    value_e8(order.amount * order.price),
+                ),
             ]
             result = await self.ledger.commit(sid, [changed], ops=ops)
             if isinstance(result, Committed):
-                log.debug("TP %s placed", order.id, extra={"session_id": sid, "position_id": pos.id})
+                log.debug(
+                    "TP %s placed", order.id, extra={"session_id": sid, "position_id": pos.id}
+                )
                 TAKEPROFITS.labels("created").inc()
                 return Outcome(Result.CREATED, changed)
             assert isinstance(result, Conflict)
@@ -298,16 +411,43 @@ class TakeProfitEngine:
             current = pos.step(step.n)
             if current.status != StepStatus.PENDING or current.client_id != step.client_id:
                 return Outcome(Result.NOTHING, pos)
-            changed = pos.with_step(_replace(current, status=StepStatus.FAILED, reason=reason[:300]))
-            result = await self.ledger.commit(sid, [changed], ops=[
-                self._tp_event(kind, changed, order_id="", client=step.client_id, qty=step.qty,
-                               price=step.price, tier=step.tier, reason=reason[:300]),
-                ("HINCRBY", self.keys.metrics_takeprofit(sid), "failed" if kind == "failed" else "skipped", 1),
-            ])
+            changed = pos.with_step(
+                _replace(current, status=StepStatus.FAILED, reason=reason[:300])
+            )
+            result = await self.ledger.commit(
+                sid,
+                [changed],
+                ops=[
+                    self._tp_event(
+                        kind,
+                        changed,
+                        order_id="",
+                        client=step.client_id,
+                        qty=step.qty,
+                        price=step.price,
+                        tier=step.tier,
+                        reason=reason[:300],
+                    ),
+                    (
+                        "HINCRBY",
+                        self.keys.metrics_takeprofit(sid),
+                        "failed" if kind == "failed" else "skipped",
+                        1,
+                    ),
+                ],
+            )
             if isinstance(result, Committed):
-                log.info("TP %s %s: %s", step.client_id, kind, reason, extra={"session_id": sid, "position_id": pos.id})
+                log.info(
+                    "TP %s %s: %s",
+                    step.client_id,
+                    kind,
+                    reason,
+                    extra={"session_id": sid, "position_id": pos.id},
+                )
                 TAKEPROFITS.labels(kind).inc()
-                return Outcome(Result.SKIPPED if kind == "skipped" else Result.FAILED, changed, reason)
+                return Outcome(
+                    Result.SKIPPED if kind == "skipped" else Result.FAILED, changed, reason
+                )
             assert isinstance(result, Conflict)
             if result.current is None:
                 return Outcome(Result.NOTHING)
@@ -342,10 +482,22 @@ class TakeProfitEngine:
             else:
                 return Outcome(Result.NOTHING, pos)
             changed = pos.with_step(done)
-            ops: list[Op] = [("HSET", self.keys.tp_order(sid, step.order_id), "status", done.status)]
+            ops: list[Op] = [
+                ("HSET", self.keys.tp_order(sid, step.order_id), "status", done.status)
+            ]
             if kind:
-                ops.append(self._tp_event(kind, changed, order_id=step.order_id, client=step.client_id, qty=qty,
-                                          price=step.price, tier=step.tier, reason="repriced or reconciled"))
+                ops.append(
+                    self._tp_event(
+                        kind,
+                        changed,
+                        order_id=step.order_id,
+                        client=step.client_id,
+                        qty=qty,
+                        price=step.price,
+                        tier=step.tier,
+                        reason="repriced or reconciled",
+                    )
+                )
             result = await self.ledger.commit(sid, [changed], ops=ops)
             if isinstance(result, Committed):
                 if kind:
@@ -369,18 +521,39 @@ class TakeProfitEngine:
             if outcome.result is Result.CANCELLED:
                 replaced = step.order_id
         if replaced:
-            outcomes.append(await self.cover(pos.session_id, pos.id, position=pos, replaces=replaced))
+            outcomes.append(
+                await self.cover(pos.session_id, pos.id, position=pos, replaces=replaced)
+            )
         return outcomes
 
     # --- stream records ------------------------------------------------------------
     def _fields(
-        self, kind: str, pos: Position, *, order_id: str, client: str, qty: Decimal, price: Decimal, tier: int,
-        reason: str, latency: str = "", replaces: str = "",
+        self,
+        kind: str,
+        pos: Position,
+        *,
+        order_id: str,
+        client: str,
+        qty: Decimal,
+        price: Decimal,
+        tier: int,
+        reason: str,
+        latency: str = "",
+        replaces: str = "",
     ) -> dict[str, str]:
         fields = {
-            "type": kind, "session_id": pos.session_id, "position_id": pos.id, "symbol": pos.symbol,
-            "order_id": order_id, "client_order_id": client, "price": str(price), "quantity": str(qty),
-            "tier": str(tier), "reason": reason, "latency_ms": latency, "ts": str(self.clock.now_ms()),
+            "type": kind,
+            "session_id": pos.session_id,
+            "position_id": pos.id,
+            "symbol": pos.symbol,
+            "order_id": order_id,
+            "client_order_id": client,
+            "price": str(price),
+            "quantity": str(qty),
+            "tier": str(tier),
+            "reason": reason,
+            "latency_ms": latency,
+            "ts": str(self.clock.now_ms()),
         }
         if replaces:
             fields["replaces"] = replaces

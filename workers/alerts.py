@@ -49,7 +49,9 @@ def alert_text(alert: Mapping[str, str]) -> str:
     """`[mmops] kind: message`, then the figures and the time on a second line."""
     kind = alert.get("kind", "alert")
     message = alert.get("message", "")
-    figures = [f"{k}={v}" for k, v in alert.items() if k not in ("kind", "message", "ts") and v != ""]
+    figures = [
+        f"{k}={v}" for k, v in alert.items() if k not in ("kind", "message", "ts") and v != ""
+    ]
     ts = alert.get("ts", "")
     if ts.isdigit():
         figures.append(f"at {iso(int(ts))}")
@@ -65,8 +67,14 @@ class WebhookForwarder:
     group = GROUP
 
     def __init__(
-        self, *, url: str, keys: Keys, stop: asyncio.Event | None = None, attempts: int = 4,
-        backoff_s: float = 0.5, timeout_s: float = 5.0,
+        self,
+        *,
+        url: str,
+        keys: Keys,
+        stop: asyncio.Event | None = None,
+        attempts: int = 4,
+        backoff_s: float = 0.5,
+        timeout_s: float = 5.0,
     ) -> None:
         self.url = url
         self.stream = keys.alerts
@@ -87,7 +95,10 @@ class WebhookForwarder:
     async def handle(self, entry: Entry, event: Any) -> None:
         alert: dict[str, str] = event
         if alert.get("kind") == "dead_letter" and alert.get("group") == GROUP:
-            log.warning("not forwarding a dead letter of the webhook group itself: %s", alert.get("message", ""))
+            log.warning(
+                "not forwarding a dead letter of the webhook group itself: %s",
+                alert.get("message", ""),
+            )
             return
         await self.post({"text": alert_text(alert), "content": alert_text(alert)}, entry.id)
 
@@ -102,14 +113,22 @@ class WebhookForwarder:
                     break  # shutting down: leave the entry pending for the next start
                 await self._sleep(delay)
             try:
-                async with self._client().post(self.url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                async with self._client().post(
+                    self.url, data=body, headers={"Content-Type": "application/json"}
+                ) as resp:
                     if 200 <= resp.status < 300:
                         self.sent += 1
                         return
                     detail = (await resp.text())[:200].replace("\n", " ")
                     if resp.status != 429 and resp.status < 500:
                         self.refused += 1
-                        log.warning("webhook %s refused alert %s: HTTP %d %s", where(self.url), entry_id, resp.status, detail)
+                        log.warning(
+                            "webhook %s refused alert %s: HTTP %d %s",
+                            where(self.url),
+                            entry_id,
+                            resp.status,
+                            detail,
+                        )
                         return
                     problem = f"HTTP {resp.status} {detail}".strip()
                     retry_after = _seconds(resp.headers.get("Retry-After"))
@@ -117,7 +136,9 @@ class WebhookForwarder:
                         await self._sleep(min(retry_after, RETRY_AFTER_CAP_S))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 problem = one_line(exc, 200)
-        raise Transient(f"webhook {where(self.url)} failed {self.attempts} times: {problem or 'stopping'}")
+        raise Transient(
+            f"webhook {where(self.url)} failed {self.attempts} times: {problem or 'stopping'}"
+        )
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -144,7 +165,10 @@ async def ensure_group(app: App) -> None:
 
 
 def forwarder_tasks(
-    app: App, *, until_drained: bool = False, closers: list[Callable[[], Awaitable[object]]],
+    app: App,
+    *,
+    until_drained: bool = False,
+    closers: list[Callable[[], Awaitable[object]]],
 ) -> list[Callable[[], Awaitable[object]]]:
     """The forwarder's loop when ALERT_WEBHOOK_URL is set (else nothing), for run.build()."""
     url = app.settings.alert_webhook_url
@@ -152,7 +176,9 @@ def forwarder_tasks(
         return []
     forwarder = WebhookForwarder(url=url, keys=app.keys, stop=app.stop)
     closers.append(forwarder.close)
-    runtime = Runtime(app.redis, app.keys, app.settings, forwarder, app.settings.consumer, stop=app.stop)
+    runtime = Runtime(
+        app.redis, app.keys, app.settings, forwarder, app.settings.consumer, stop=app.stop
+    )
 
     async def run() -> object:
         await ensure_group(app)
@@ -167,5 +193,3 @@ def _seconds(raw: str | None) -> float | None:
         return max(0.0, float(raw)) if raw else None
     except ValueError:
         return None
-
-

@@ -36,7 +36,15 @@ _order_encoder = msgspec.json.Encoder(decimal_format="string")
 class CoverageHandler:
     group = GROUP
 
-    def __init__(self, *, ledger: Ledger, engine: TakeProfitEngine, exchange: Exchange, keys: Keys, clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        engine: TakeProfitEngine,
+        exchange: Exchange,
+        keys: Keys,
+        clock: Clock,
+    ) -> None:
         self.ledger = ledger
         self.engine = engine
         self.exchange = exchange
@@ -49,7 +57,11 @@ class CoverageHandler:
         earlier buys (FIFO); session events wait for everything of their session."""
         if isinstance(event, Fill | Order):
             pair = f"{event.session_id}{LANE_SEP}{event.symbol}"
-            return pair if event.side == "sell" and isinstance(event, Fill) else f"{pair}{LANE_SEP}{event.order_id}"
+            return (
+                pair
+                if event.side == "sell" and isinstance(event, Fill)
+                else f"{pair}{LANE_SEP}{event.order_id}"
+            )
         return event.session_id
 
     async def handle(self, entry: Entry, event: Event) -> None:
@@ -59,24 +71,56 @@ class CoverageHandler:
             case Fill():
                 await self.on_sell(entry, event)
             case SessionStarted():
-                await self._session_ops(event.session_id, [
-                    ("HSET", self.keys.session(event.session_id), "started_at", event.ts, "pairs", ",".join(event.pairs)),
-                    *(("SADD", self.keys.pairs(event.session_id), pair) for pair in event.pairs),
-                ])
+                await self._session_ops(
+                    event.session_id,
+                    [
+                        (
+                            "HSET",
+                            self.keys.session(event.session_id),
+                            "started_at",
+                            event.ts,
+                            "pairs",
+                            ",".join(event.pairs),
+                        ),
+                        *(
+                            ("SADD", self.keys.pairs(event.session_id), pair)
+                            for pair in event.pairs
+                        ),
+                    ],
+                )
             case Order():
-                await self._session_ops(event.session_id, [
-                    ("HSET", self.keys.orders(event.session_id), event.order_id, _order_encoder.encode(event).decode()),
-                    ("SADD", self.keys.pairs(event.session_id), event.symbol),
-                ])
+                await self._session_ops(
+                    event.session_id,
+                    [
+                        (
+                            "HSET",
+                            self.keys.orders(event.session_id),
+                            event.order_id,
+                            _order_encoder.encode(event).decode(),
+                        ),
+                        ("SADD", self.keys.pairs(event.session_id), event.symbol),
+                    ],
+                )
             case SessionEnded():
-                fields: list[str | int] = ["HSET", self.keys.session(event.session_id), "ended_at", event.ts, "end_id", entry.id]
+                fields: list[str | int] = [
+                    "HSET",
+                    self.keys.session(event.session_id),
+                    "ended_at",
+                    event.ts,
+                    "end_id",
+                    entry.id,
+                ]
                 if event.fills is not None:
                     fields += ["fills_expected", event.fills]
                 if event.reason:
                     fields += ["end_reason", event.reason]
-                await self._session_ops(event.session_id, [
-                    fields, ("ZADD", self.keys.sessions_ended, "NX", event.ts, event.session_id),
-                ])
+                await self._session_ops(
+                    event.session_id,
+                    [
+                        fields,
+                        ("ZADD", self.keys.sessions_ended, "NX", event.ts, event.session_id),
+                    ],
+                )
 
     async def _session_ops(self, sid: str, ops: list[Op]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -101,16 +145,24 @@ class CoverageHandler:
         try:
             market: Market | None = await self.exchange.market(fill.symbol)
         except ExchangeError as exc:  # record the fill anyway; the sweeper covers it later
-            log.warning("no market rules for %s (%s): fill recorded, covering deferred", fill.symbol, exc)
+            log.warning(
+                "no market rules for %s (%s): fill recorded, covering deferred", fill.symbol, exc
+            )
             market = None
-        pos = self.ledger.cached(sid, pid) or new_position(session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts)
+        pos = self.ledger.cached(sid, pid) or new_position(
+            session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts
+        )
         for _ in range(MAX_TRIES):
             bought = pos.with_buy(buy)
             plan = None if market is None else self.engine.plan(bought, market, trigger_ms=entry.ms)
             if plan is not None:  # one version step for the fill and the claim together
-                plan = dataclasses.replace(plan, position=msgspec.structs.replace(plan.position, v=bought.v))
+                plan = dataclasses.replace(
+                    plan, position=msgspec.structs.replace(plan.position, v=bought.v)
+                )
             writes = [plan.position if plan is not None else bought]
-            result = await self.ledger.commit(sid, writes, fill=fill, ops=[*self._fill_ops(fill), *(plan.ops if plan else [])])
+            result = await self.ledger.commit(
+                sid, writes, fill=fill, ops=[*self._fill_ops(fill), *(plan.ops if plan else [])]
+            )
             if isinstance(result, Committed):
                 await observed
                 crash_point("fill_recorded")
@@ -122,9 +174,13 @@ class CoverageHandler:
                 if result.current is None:
                     return Outcome(Result.NOTHING)
                 # seen before: still make sure it is covered (a crash may have come in between)
-                return await self._settle(await self.engine.cover(sid, pid, position=result.current, trigger_ms=entry.ms))
+                return await self._settle(
+                    await self.engine.cover(sid, pid, position=result.current, trigger_ms=entry.ms)
+                )
             assert isinstance(result, Conflict)
-            pos = result.current or new_position(session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts)
+            pos = result.current or new_position(
+                session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts
+            )
         raise RuntimeError(f"position {pid} kept changing; will retry")
 
     async def _settle(self, outcome: Outcome) -> Outcome:
@@ -136,8 +192,12 @@ class CoverageHandler:
         """Tell the exchange (the paper one moves balances); an exchange's refusal is only logged."""
         try:
             await self.exchange.observe_fill(  # fill ids are unique within a session only
-                fill_id=f"{fill.session_id}/{fill.fill_id}", order_id=fill.order_id, symbol=fill.symbol, side=fill.side,
-                price=fill.price, quantity=fill.quantity,
+                fill_id=f"{fill.session_id}/{fill.fill_id}",
+                order_id=fill.order_id,
+                symbol=fill.symbol,
+                side=fill.side,
+                price=fill.price,
+                quantity=fill.quantity,
             )
         except ExchangeError as exc:
             log.warning("exchange did not take note of fill %s: %s", fill.fill_id, exc)
@@ -159,7 +219,9 @@ class CoverageHandler:
             else:
                 positions = await self.ledger.positions(sid)
                 writes = [
-                    position.with_close(Close(fill.fill_id, qty, fill.price, fee * qty / quantity, fill.ts))
+                    position.with_close(
+                        Close(fill.fill_id, qty, fill.price, fee * qty / quantity, fill.ts)
+                    )
                     for position, qty in fifo_allocate(positions.values(), fill.symbol, quantity)
                 ]
                 ops = self._fill_ops(fill)
@@ -173,7 +235,16 @@ class CoverageHandler:
             step = pos.step_for_order(order_id)
             if step is not None:
                 status = "filled" if step.status == StepStatus.FILLED else "partially_filled"
-                return [("HSET", self.keys.tp_order(sid, order_id), "status", status, "filled", str(step.filled))]
+                return [
+                    (
+                        "HSET",
+                        self.keys.tp_order(sid, order_id),
+                        "status",
+                        status,
+                        "filled",
+                        str(step.filled),
+                    )
+                ]
         return []
 
 
@@ -183,9 +254,12 @@ def _with_tp_fill(pos: Position, order_id: str, close: Close) -> Position | None
         return None
     fills = (*step.fills, close)
     filled = sum((f.qty for f in fills), Decimal(0))
-    status = StepStatus.FILLED if filled >= step.qty - step.cancelled and step.status == StepStatus.LIVE else step.status
+    status = (
+        StepStatus.FILLED
+        if filled >= step.qty - step.cancelled and step.status == StepStatus.LIVE
+        else step.status
+    )
     return pos.with_step(msgspec.structs.replace(step, fills=fills, status=status))
-
 
 
 def _net_of_base_fee(fill: Fill) -> tuple[Decimal, Decimal]:

@@ -11,19 +11,49 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 REGISTRY = CollectorRegistry()
 
-PROCESSED = Counter("mmops_entries_processed", "Stream entries handled and acked", ["group"], registry=REGISTRY)
-FAILED = Counter("mmops_entries_failed", "Handler attempts that left an entry pending", ["group"], registry=REGISTRY)
-DEAD = Counter("mmops_entries_dead_lettered", "Entries moved to the dead-letter stream", ["group"], registry=REGISTRY)
-RECLAIMED = Counter("mmops_entries_reclaimed", "Entries reclaimed from idle consumers", ["group"], registry=REGISTRY)
+PROCESSED = Counter(
+    "mmops_entries_processed", "Stream entries handled and acked", ["group"], registry=REGISTRY
+)
+FAILED = Counter(
+    "mmops_entries_failed",
+    "Handler attempts that left an entry pending",
+    ["group"],
+    registry=REGISTRY,
+)
+DEAD = Counter(
+    "mmops_entries_dead_lettered",
+    "Entries moved to the dead-letter stream",
+    ["group"],
+    registry=REGISTRY,
+)
+RECLAIMED = Counter(
+    "mmops_entries_reclaimed", "Entries reclaimed from idle consumers", ["group"], registry=REGISTRY
+)
 LATENCY = Histogram(
-    "mmops_handler_seconds", "Handler latency per entry", ["group"], registry=REGISTRY,
+    "mmops_handler_seconds",
+    "Handler latency per entry",
+    ["group"],
+    registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 PENDING = Gauge("mmops_group_pending", "Entries pending in the group", ["group"], registry=REGISTRY)
-LAG = Gauge("mmops_group_lag", "Entries not yet delivered to the group (-1: unknown)", ["group"], registry=REGISTRY)
-HEARTBEAT_AGE = Gauge("mmops_heartbeat_age_seconds", "Seconds since the loop last made progress", ["group"], registry=REGISTRY)
+LAG = Gauge(
+    "mmops_group_lag",
+    "Entries not yet delivered to the group (-1: unknown)",
+    ["group"],
+    registry=REGISTRY,
+)
+HEARTBEAT_AGE = Gauge(
+    "mmops_heartbeat_age_seconds",
+    "Seconds since the loop last made progress",
+    ["group"],
+    registry=REGISTRY,
+)
 TAKEPROFITS = Counter(
-    "mmops_takeprofits", "mm:takeprofits entries written by this process, by type", ["type"], registry=REGISTRY
+    "mmops_takeprofits",
+    "mm:takeprofits entries written by this process, by type",
+    ["type"],
+    registry=REGISTRY,
 )
 
 
@@ -62,7 +92,10 @@ async def serve(host: str, port: int, health: Health = HEALTH) -> asyncio.Server
             if path.startswith(b"/healthz"):
                 healthy, ages = health.report()
                 body = orjson.dumps({"healthy": healthy, "heartbeat_age_seconds": ages})
-                status, ctype = ("200 OK" if healthy else "503 Service Unavailable"), "application/json"
+                status, ctype = (
+                    ("200 OK" if healthy else "503 Service Unavailable"),
+                    "application/json",
+                )
             elif path.startswith(b"/metrics"):
                 health.report()
                 body, status, ctype = generate_latest(REGISTRY), "200 OK", CONTENT_TYPE_LATEST
@@ -70,7 +103,8 @@ async def serve(host: str, port: int, health: Health = HEALTH) -> asyncio.Server
                 body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode() + body
+                "Connection: close\r\n\r\n".encode()
+                + body
             )
             await writer.drain()
         except (TimeoutError, ConnectionError):

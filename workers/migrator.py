@@ -170,7 +170,8 @@ async def migrate_session(
     if wait_for_coverage:
         reason = (
             await coverage_backlog(parts.redis, parts.keys, sid, header.end_id)
-            if header.end_id else "the coverage group has not recorded the session's end"
+            if header.end_id
+            else "the coverage group has not recorded the session's end"
         )
         if reason:
             return MigrationResult(sid, Status.WAITING, reason)
@@ -180,7 +181,9 @@ async def migrate_session(
         await parts.alert(
             "migration_incomplete",
             f"session {sid}: {reason}; not migrated (mmops migrate --session {sid} --force to migrate anyway)",
-            session_id=sid, recorded=header.fills, expected=expected,
+            session_id=sid,
+            recorded=header.fills,
+            expected=expected,
         )
         return MigrationResult(sid, Status.INCOMPLETE, reason)
     now = parts.clock.now_ms()
@@ -190,7 +193,12 @@ async def migrate_session(
         result = plan.result(Status.DRY_RUN, _ms_since(started))
         log.info(
             "dry run: would write session %s: %d fills, %d orders, %d pairs, P&L %s",
-            sid, result.fills, result.orders, result.pairs, result.pnl, extra={"session_id": sid},
+            sid,
+            result.fills,
+            result.orders,
+            result.pairs,
+            result.pnl,
+            extra={"session_id": sid},
         )
         return result
     if pool is None:
@@ -201,15 +209,25 @@ async def migrate_session(
         except asyncpg.UniqueViolationError as exc:
             # an id another session already uses (stored qualified by the staging path), or a
             # duplicate the in-memory filter could not see (the same number written differently)
-            log.info("session %s: %s; writing it through the staging path", sid, one_line(exc),
-                     extra={"session_id": sid})
+            log.info(
+                "session %s: %s; writing it through the staging path",
+                sid,
+                one_line(exc),
+                extra={"session_id": sid},
+            )
             plan = await _write(conn, parts, header, now, staging=True)
     result = plan.result(Status.MIGRATED, _ms_since(started))
     await _mark_completed(parts, sid, now, result)
     log.info(
         "migrated session %s: %d fills (%d new), %d orders (%d new) in %d ms%s",
-        sid, result.fills, result.new_fills, result.orders, result.new_orders, result.duration_ms,
-        " (fast path)" if result.fast else "", extra={"session_id": sid},
+        sid,
+        result.fills,
+        result.new_fills,
+        result.orders,
+        result.new_orders,
+        result.duration_ms,
+        " (fast path)" if result.fast else "",
+        extra={"session_id": sid},
     )
     return result
 
@@ -235,7 +253,9 @@ async def coverage_backlog(
         return f"{group} has not read up to {upto} yet (last delivered {last})"
     start = "-"
     for _ in range(PENDING_PAGES):
-        rows = await redis.xpending_range(keys.stream, group, min=start, max=upto, count=PENDING_PAGE)
+        rows = await redis.xpending_range(
+            keys.stream, group, min=start, max=upto, count=PENDING_PAGE
+        )
         if not rows:
             return None
         ids = [as_text(row["message_id"]) for row in rows]
@@ -289,7 +309,9 @@ class MigratorHandler:
             match event:
                 case SessionStarted():
                     if self.pool is not None:
-                        await upsert_started(self.pool, event.session_id, event.pairs, ms_to_datetime(event.ts))
+                        await upsert_started(
+                            self.pool, event.session_id, event.pairs, ms_to_datetime(event.ts)
+                        )
                 case SessionEnded():
                     await self.on_session_ended(entry, event)
                 case _:
@@ -319,7 +341,9 @@ async def _write(
     conn: asyncpg.Connection, parts: Parts, header: SessionHeader, now: int, *, staging: bool
 ) -> SessionMigration:
     async with SessionWriter(conn, header.session_id, staging=staging) as writer:
-        plan = SessionMigration(parts.redis, parts.keys, header, now, Mode.FAST if writer.fast else Mode.STAGING)
+        plan = SessionMigration(
+            parts.redis, parts.keys, header, now, Mode.FAST if writer.fast else Mode.STAGING
+        )
         await plan.run(writer)
         if not writer.fast:  # PostgreSQL de-duplicated: counts and sums as the tables hold them
             plan.new_fills = await writer.merge_fills()
@@ -330,7 +354,9 @@ async def _write(
     return plan
 
 
-async def _state_missing(parts: Parts, pool: asyncpg.Pool | None, sid: str, dry: bool) -> MigrationResult:
+async def _state_missing(
+    parts: Parts, pool: asyncpg.Pool | None, sid: str, dry: bool
+) -> MigrationResult:
     if pool is not None and not dry:
         migrated = await pool.fetchval("SELECT migrated_at FROM sessions WHERE id = $1", sid)
         if migrated is not None:  # migrated earlier; only the Redis marker was lost
@@ -338,7 +364,9 @@ async def _state_missing(parts: Parts, pool: asyncpg.Pool | None, sid: str, dry:
                 pipe.set(parts.keys.migration_completed(sid), iso(int(migrated.timestamp() * 1000)))
                 pipe.zrem(parts.keys.sessions_ended, sid)
                 await pipe.execute()
-            return MigrationResult(sid, Status.ALREADY, f"in PostgreSQL since {migrated.isoformat()}")
+            return MigrationResult(
+                sid, Status.ALREADY, f"in PostgreSQL since {migrated.isoformat()}"
+            )
     reason = "no session hash, fills or positions in Redis and not migrated"
     await parts.alert("migration_state_missing", f"session {sid}: {reason}", session_id=sid)
     return MigrationResult(sid, Status.MISSING, reason)
@@ -348,10 +376,15 @@ async def _mark_completed(parts: Parts, sid: str, now: int, result: MigrationRes
     keys = parts.keys
     async with parts.redis.pipeline(transaction=True) as pipe:
         pipe.set(keys.migration_completed(sid), iso(now))
-        pipe.hset(keys.metrics_migration(sid), mapping={
-            "orders": result.orders, "fills": result.fills, "duration_ms": result.duration_ms,
-            "duplicates": result.duplicates,
-        })
+        pipe.hset(
+            keys.metrics_migration(sid),
+            mapping={
+                "orders": result.orders,
+                "fills": result.fills,
+                "duration_ms": result.duration_ms,
+                "duplicates": result.duplicates,
+            },
+        )
         pipe.zrem(keys.sessions_ended, sid)
         await pipe.execute()
 
@@ -359,7 +392,9 @@ async def _mark_completed(parts: Parts, sid: str, now: int, result: MigrationRes
 class Sink(Protocol):
     """Where a migration's COPY streams go: SessionWriter, or a dry run's discard."""
 
-    async def copy(self, table: str, columns: Sequence[str], source: AsyncIterable[bytes]) -> None: ...
+    async def copy(
+        self, table: str, columns: Sequence[str], source: AsyncIterable[bytes]
+    ) -> None: ...
 
     async def insert_fills(self, source: AsyncIterable[bytes]) -> list[str]: ...
 
@@ -590,7 +625,9 @@ class SessionMigration:
         if filled - closed - tp_filled > 0:  # Position.open_quantity
             self.open_positions += 1
 
-    def _round_trip(self, figure: _Figures, close: CloseRow, unit: Decimal, fee_per_unit: Decimal) -> None:
+    def _round_trip(
+        self, figure: _Figures, close: CloseRow, unit: Decimal, fee_per_unit: Decimal
+    ) -> None:
         price, qty, fee = self.dec(close.price), self.dec(close.qty), self.dec(close.fee)
         pnl = price * qty - fee - qty * unit
         figure.pnl += pnl
@@ -608,7 +645,9 @@ class SessionMigration:
             quantity, price = Decimal(f["quantity"]), Decimal(f["price"])
             filled = Decimal(f.get("filled") or "0")
         except (KeyError, InvalidOperation):
-            log.warning("TP record %s of session %s is malformed; skipped", record.order_id, self.sid)
+            log.warning(
+                "TP record %s of session %s is malformed; skipped", record.order_id, self.sid
+            )
             return None
         if not symbol:
             return None
@@ -616,11 +655,25 @@ class SessionMigration:
         self.figure(symbol).orders += 1
         self.new_orders += 1
         created = reader.iso_to_ms(f.get("created_at", "")) or self.header.ended_at or self.now
-        return copy_line((
-            record.order_id, self.sid, symbol, str(self._index[symbol]), "sell", "limit",
-            str(quantity), str(price), f.get("status") or "unknown", "t", f.get("position", ""),
-            f.get("client_id", ""), f.get("tier", ""), str(filled), self.ts(created),
-        ))
+        return copy_line(
+            (
+                record.order_id,
+                self.sid,
+                symbol,
+                str(self._index[symbol]),
+                "sell",
+                "limit",
+                str(quantity),
+                str(price),
+                f.get("status") or "unknown",
+                "t",
+                f.get("position", ""),
+                f.get("client_id", ""),
+                f.get("tier", ""),
+                str(filled),
+                self.ts(created),
+            )
+        )
 
     # --- fills ----------------------------------------------------------------------------
     async def _fills(self) -> AsyncIterator[bytes]:
@@ -639,7 +692,9 @@ class SessionMigration:
             known = set(ids)
             async for items in reader.scan_items(self.redis, self.keys.fills(self.sid), FETCH):
                 with _gc_paused(), localcontext(_EXACT):
-                    chunk = self._fill_chunk([decode_fill_row(raw) for fid, raw in items if fid not in known])
+                    chunk = self._fill_chunk(
+                        [decode_fill_row(raw) for fid, raw in items if fid not in known]
+                    )
                 if chunk:
                     yield chunk
 
@@ -729,8 +784,17 @@ class SessionMigration:
     def _fill_fields(self, f: FillRow) -> tuple[str, ...]:
         pnl = self.sell_pnl.get(f.fill_id) if f.side == "sell" else None
         return (
-            f.fill_id, self.sid, f.order_id, f.symbol, f.side, f.quantity, f.price, f.fee,
-            f.fee_currency or "", self.ts(f.ts), "" if pnl is None else str(_money(pnl)),
+            f.fill_id,
+            self.sid,
+            f.order_id,
+            f.symbol,
+            f.side,
+            f.quantity,
+            f.price,
+            f.fee,
+            f.fee_currency or "",
+            self.ts(f.ts),
+            "" if pnl is None else str(_money(pnl)),
             f.order_type or "",
         )
 
@@ -759,11 +823,27 @@ class SessionMigration:
                 self.event_ids.add(order.order_id)
                 self.figure(order.symbol).orders += 1
                 agg = self.derived.get(order.order_id)
-                lines.append(copy_line((
-                    order.order_id, self.sid, order.symbol, str(self._index[order.symbol]), order.side,
-                    order.order_type, str(order.quantity), str(order.price), order.status, "f", "", "",
-                    "", str(agg.quantity) if agg is not None else "0", self.ts(order.ts),
-                )))
+                lines.append(
+                    copy_line(
+                        (
+                            order.order_id,
+                            self.sid,
+                            order.symbol,
+                            str(self._index[order.symbol]),
+                            order.side,
+                            order.order_type,
+                            str(order.quantity),
+                            str(order.price),
+                            order.status,
+                            "f",
+                            "",
+                            "",
+                            "",
+                            str(agg.quantity) if agg is not None else "0",
+                            self.ts(order.ts),
+                        )
+                    )
+                )
             self.new_orders += len(lines)
             if lines:
                 yield "".join(lines).encode()
@@ -776,12 +856,30 @@ class SessionMigration:
                     continue
                 agg = self.derived[oid]
                 self.figure(agg.symbol).orders += 1
-                price = _plain((agg.notional / agg.quantity).quantize(PRICE, rounding=ROUND_HALF_UP))
-                lines.append(copy_line((
-                    oid, self.sid, agg.symbol, str(self._index[agg.symbol]), agg.side, agg.kind,
-                    str(agg.quantity), price, "filled", "f", "", "", "", str(agg.quantity),
-                    self.ts(agg.first),
-                )))
+                price = _plain(
+                    (agg.notional / agg.quantity).quantize(PRICE, rounding=ROUND_HALF_UP)
+                )
+                lines.append(
+                    copy_line(
+                        (
+                            oid,
+                            self.sid,
+                            agg.symbol,
+                            str(self._index[agg.symbol]),
+                            agg.side,
+                            agg.kind,
+                            str(agg.quantity),
+                            price,
+                            "filled",
+                            "f",
+                            "",
+                            "",
+                            "",
+                            str(agg.quantity),
+                            self.ts(agg.first),
+                        )
+                    )
+                )
                 if len(lines) >= FETCH * 10:
                     self.new_orders += len(lines)
                     yield "".join(lines).encode()
@@ -796,35 +894,61 @@ class SessionMigration:
         for symbol in self.pairs:
             f = self.figures[symbol]
             spread = _money(_EXACT.divide(f.spread_sum, f.round_trips)) if f.round_trips else None
-            rows.append(PairRow(
-                symbol=symbol, total_orders=f.orders, total_fills=f.fills, total_pnl=_money(f.pnl),
-                total_fees=_money(f.fees), avg_spread=spread, round_trips=f.round_trips, wins=f.wins,
-                trade_fees=_money(f.trade_fees),
-            ))
+            rows.append(
+                PairRow(
+                    symbol=symbol,
+                    total_orders=f.orders,
+                    total_fills=f.fills,
+                    total_pnl=_money(f.pnl),
+                    total_fees=_money(f.fees),
+                    avg_spread=spread,
+                    round_trips=f.round_trips,
+                    wins=f.wins,
+                    trade_fees=_money(f.trade_fees),
+                )
+            )
         return rows
 
     def session_row(self) -> SessionRow:
         pairs = self.pair_rows()
-        started = self.header.started_at if self.header.started_at is not None else self.first_fill_ms
+        started = (
+            self.header.started_at if self.header.started_at is not None else self.first_fill_ms
+        )
         fills = sum(p.total_fills for p in pairs)
         return SessionRow(
-            id=self.sid, pairs=tuple(self.pairs), total_orders=sum(p.total_orders for p in pairs),
-            total_fills=fills, total_pnl=sum((p.total_pnl for p in pairs), ZERO),
+            id=self.sid,
+            pairs=tuple(self.pairs),
+            total_orders=sum(p.total_orders for p in pairs),
+            total_fills=fills,
+            total_pnl=sum((p.total_pnl for p in pairs), ZERO),
             total_fees=sum((p.total_fees for p in pairs), ZERO),
             total_volume=sum((_money(f.volume) for f in self.figures.values()), ZERO),
-            uncovered_positions=self.uncovered, open_positions=self.open_positions,
-            duplicate_fills=max(0, self.header.fills - fills), end_reason=self.header.end_reason,
+            uncovered_positions=self.uncovered,
+            open_positions=self.open_positions,
+            duplicate_fills=max(0, self.header.fills - fills),
+            end_reason=self.header.end_reason,
             started_at=ms_to_datetime(started) if started is not None else None,
-            ended_at=ms_to_datetime(self.header.ended_at) if self.header.ended_at is not None else None,
+            ended_at=ms_to_datetime(self.header.ended_at)
+            if self.header.ended_at is not None
+            else None,
             migrated_at=ms_to_datetime(self.now),
         )
 
     def result(self, status: Status, duration_ms: int) -> MigrationResult:
         row = self.session_row()
         return MigrationResult(
-            self.sid, status, fills=row.total_fills, orders=row.total_orders, pairs=len(row.pairs),
-            pnl=row.total_pnl, fees=row.total_fees, duplicates=row.duplicate_fills,
-            new_fills=self.new_fills, new_orders=self.new_orders, fast=self.fast, duration_ms=duration_ms,
+            self.sid,
+            status,
+            fills=row.total_fills,
+            orders=row.total_orders,
+            pairs=len(row.pairs),
+            pnl=row.total_pnl,
+            fees=row.total_fees,
+            duplicates=row.duplicate_fills,
+            new_fills=self.new_fills,
+            new_orders=self.new_orders,
+            fast=self.fast,
+            duration_ms=duration_ms,
         )
 
 
@@ -836,8 +960,10 @@ def _encode(lines: list[str], columns: int) -> bytes:
     """Join COPY lines built without escaping, after checking no value needed any."""
     text = "".join(lines)
     if (
-        text.count("\t") != len(lines) * (columns - 1) or text.count("\n") != len(lines)
-        or "\\" in text or "\r" in text
+        text.count("\t") != len(lines) * (columns - 1)
+        or text.count("\n") != len(lines)
+        or "\\" in text
+        or "\r" in text
     ):
         raise _NeedsEscaping
     return text.encode()
@@ -887,6 +1013,3 @@ def _stream_id(value: str) -> tuple[int, int]:
 
 def _ms_since(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
-
-
-

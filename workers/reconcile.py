@@ -57,9 +57,7 @@ class Reconciled:
     outcome: Outcome
 
 
-async def reconcile_step(
-    engine: TakeProfitEngine, pos: Position, step: Step
-) -> Reconciled | None:
+async def reconcile_step(engine: TakeProfitEngine, pos: Position, step: Step) -> Reconciled | None:
     """Look up a live TP missing from the open book and record its final state.
 
     None when the exchange has it open after all (placed after the book was taken).
@@ -68,8 +66,14 @@ async def reconcile_step(
     if order is None:
         finding = Finding.UNKNOWN
         order = Order(
-            id=step.order_id, client_id=step.client_id, symbol=pos.symbol, side="sell",
-            price=step.price, amount=step.qty, filled=step.filled, status=OrderStatus.CANCELED,
+            id=step.order_id,
+            client_id=step.client_id,
+            symbol=pos.symbol,
+            side="sell",
+            price=step.price,
+            amount=step.qty,
+            filled=step.filled,
+            status=OrderStatus.CANCELED,
         )
     elif order.status == OrderStatus.CLOSED:
         finding = Finding.FILLED
@@ -82,7 +86,8 @@ async def reconcile_step(
         return None  # someone else changed the step meanwhile
     if finding is Finding.FILLED:
         log.info(
-            "TP %s filled on the exchange, no fill event yet", step.order_id,
+            "TP %s filled on the exchange, no fill event yet",
+            step.order_id,
             extra={"session_id": pos.session_id, "position_id": pos.id},
         )
     return Reconciled(finding, outcome)

@@ -69,5 +69,3 @@ async def acked_floor(app: App, group: str, last_delivered: str) -> str:
 def _key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-

@@ -59,14 +59,19 @@ class RiskReport:
 
     def figures(self) -> dict[str, str]:
         return {
-            "day": self.day, "realized": str(self.realized), "unrealized": str(self.unrealized),
-            "total": str(self.total), "limit": "" if self.limit is None else str(self.limit),
+            "day": self.day,
+            "realized": str(self.realized),
+            "unrealized": str(self.unrealized),
+            "total": str(self.total),
+            "limit": "" if self.limit is None else str(self.limit),
         }
 
 
 def day_bounds(now_ms: int) -> tuple[int, int]:
     """[start, end) of the UTC day containing now_ms, epoch ms."""
-    day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
     start = int(day.timestamp() * 1000)
     return start, start + 86_400_000
 
@@ -107,7 +112,9 @@ class RiskGuard:
             halt = None
         if report.limit is None:
             return report
-        bids = await self._bids({symbol for view in sessions.values() for symbol in view.open_qty}, report)
+        bids = await self._bids(
+            {symbol for view in sessions.values() for symbol in view.open_qty}, report
+        )
         report.realized, report.unrealized = daily_pnl(sessions.values(), bids, now)
         figures: dict[Any, Any] = {**report.figures(), "updated_at": iso(now)}
         await self.redis.hset(self.keys.daily_pnl, mapping=figures)
@@ -146,7 +153,9 @@ class RiskGuard:
 
         await asyncio.gather(*(one(s) for s in sorted(symbols)))
         if report.unpriced:
-            log.warning("no best bid for %s: their unrealized P&L is left out", ", ".join(report.unpriced))
+            log.warning(
+                "no best bid for %s: their unrealized P&L is left out", ", ".join(report.unpriced)
+            )
         return bids
 
     async def _set_halt(self, report: RiskReport, now: int) -> None:
@@ -208,14 +217,29 @@ class RiskGuard:
             last = pos.steps[-1] if pos.steps else None
             n = last.n if last is not None and last.status == StepStatus.FAILED else pos.next_step
             step = Step(
-                n=n, client_id=client_id(pos.session_id, pos.id, n), qty=amount, price=bid,
-                tier=len(self.settings.tier_hours), status=StepStatus.PENDING,
-                claimed_at=self.app.clock.now_ms(), reason=EXIT_REASON,
+                n=n,
+                client_id=client_id(pos.session_id, pos.id, n),
+                qty=amount,
+                price=bid,
+                tier=len(self.settings.tier_hours),
+                status=StepStatus.PENDING,
+                claimed_at=self.app.clock.now_ms(),
+                reason=EXIT_REASON,
             )
             claimed = pos.with_step(step)
-            result = await self.app.ledger.commit(pos.session_id, [claimed], ops=[
-                ("SET", self.keys.tp_attempt(pos.session_id, pos.id), step.client_id, "EX", ATTEMPT_TTL_S),
-            ])
+            result = await self.app.ledger.commit(
+                pos.session_id,
+                [claimed],
+                ops=[
+                    (
+                        "SET",
+                        self.keys.tp_attempt(pos.session_id, pos.id),
+                        step.client_id,
+                        "EX",
+                        ATTEMPT_TTL_S,
+                    ),
+                ],
+            )
             if isinstance(result, Conflict):
                 if result.current is None:
                     return Outcome(Result.NOTHING)
@@ -236,14 +260,17 @@ class RiskGuard:
         exchange = self.app.exchange
         try:
             return await exchange.place_limit_sell(
-                symbol=pos.symbol, amount=step.qty, price=step.price, client_id=step.client_id,
+                symbol=pos.symbol,
+                amount=step.qty,
+                price=step.price,
+                client_id=step.client_id,
                 post_only=False,
             )
         except DuplicateClientId:
-            return await exchange.fetch_order_by_client_id(symbol=pos.symbol, client_id=step.client_id)
+            return await exchange.fetch_order_by_client_id(
+                symbol=pos.symbol, client_id=step.client_id
+            )
         except ExchangeError as exc:
             if isinstance(exc, TransientError) and not isinstance(exc, CircuitOpen):
                 return None
             return f"emergency exit not placed: {one_line(exc)}"
-
-

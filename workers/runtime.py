@@ -87,7 +87,9 @@ class RunStats:
     dead: int = 0
     reclaimed: int = 0
     deferred: int = 0
-    errors: list[str] = field(default_factory=list)  # the latest failures and deferrals, one line each
+    errors: list[str] = field(
+        default_factory=list
+    )  # the latest failures and deferrals, one line each
 
     def note(self, line: str) -> None:
         self.errors.append(line)
@@ -162,7 +164,8 @@ class Runtime:
                     await asyncio.sleep(0.02)
             except TRANSIENT_REDIS_ERRORS as exc:
                 log.warning(
-                    "Redis at %s unreachable (%s); retrying", redact_url(self.settings.redis_url),
+                    "Redis at %s unreachable (%s); retrying",
+                    redact_url(self.settings.redis_url),
                     one_line(exc, 120),
                 )
                 await self._pause(1.0)
@@ -193,7 +196,9 @@ class Runtime:
             except TRANSIENT_REDIS_ERRORS:
                 if self.stop.is_set():
                     return
-                log.warning("Redis at %s unreachable; retrying", redact_url(self.settings.redis_url))
+                log.warning(
+                    "Redis at %s unreachable; retrying", redact_url(self.settings.redis_url)
+                )
                 await self._pause(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -220,8 +225,12 @@ class Runtime:
         if not entries:
             return entries
         rows = await self.redis.xpending_range(
-            self.stream, self.group, min=entries[0].id, max=entries[-1].id,
-            count=len(entries) * 4 + 10, consumername=self.consumer,
+            self.stream,
+            self.group,
+            min=entries[0].id,
+            max=entries[-1].id,
+            count=len(entries) * 4 + 10,
+            consumername=self.consumer,
         )
         counts = {as_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
         return [Entry(e.id, e.fields, counts.get(e.id, e.deliveries)) for e in entries]
@@ -229,18 +238,28 @@ class Runtime:
     async def _reclaim(self) -> list[Entry]:
         """XAUTOCLAIM entries idle longer than RECLAIM_IDLE_MS (from dead or stuck consumers)."""
         reply = await self.redis.xautoclaim(
-            self.stream, self.group, self.consumer,
-            min_idle_time=self.settings.reclaim_idle_ms, start_id=self._claim_cursor,
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.settings.reclaim_idle_ms,
+            start_id=self._claim_cursor,
             count=self.settings.batch_size,
         )
         start, self._claim_cursor = self._claim_cursor, as_text(reply[0])
-        claimed = [Entry(as_text(mid), fields or None) for mid, fields in reply[1] if mid is not None]
+        claimed = [
+            Entry(as_text(mid), fields or None) for mid, fields in reply[1] if mid is not None
+        ]
         deleted = [as_text(mid) for mid in reply[2]] if len(reply) > 2 and reply[2] else []
         if len(claimed) < len(reply[1]):  # Redis 6.2: a trimmed entry is a nil, still pending
             deleted += await self._trimmed(start, self._claim_cursor, {e.id for e in claimed})
         claimed = [e for e in claimed if e.id not in self._deferred]
         if deleted:  # Redis 7 drops trimmed entries from the PEL itself (the XACK is a no-op)
-            await self._dead_letter([(Entry(mid, None), "entry payload is missing (trimmed from the stream)") for mid in deleted])
+            await self._dead_letter(
+                [
+                    (Entry(mid, None), "entry payload is missing (trimmed from the stream)")
+                    for mid in deleted
+                ]
+            )
         if claimed:
             self.stats.reclaimed += len(claimed)
             metrics.RECLAIMED.labels(self.group).inc(len(claimed))
@@ -253,11 +272,18 @@ class Runtime:
         Redis 6.2's XAUTOCLAIM answers such an entry with a nil (no id) and leaves it in
         the PEL, now ours; XPENDING gives the ids back and XRANGE tells which are gone."""
         rows = await self.redis.xpending_range(
-            self.stream, self.group, min=start, max="+" if cursor == "0-0" else f"({cursor}",
-            count=self.settings.batch_size + len(self._deferred) + 100, consumername=self.consumer,
+            self.stream,
+            self.group,
+            min=start,
+            max="+" if cursor == "0-0" else f"({cursor}",
+            count=self.settings.batch_size + len(self._deferred) + 100,
+            consumername=self.consumer,
         )
-        candidates = [mid for mid in (as_text(row["message_id"]) for row in rows)
-                      if mid not in claimed and mid not in self._deferred]
+        candidates = [
+            mid
+            for mid in (as_text(row["message_id"]) for row in rows)
+            if mid not in claimed and mid not in self._deferred
+        ]
         if not candidates:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -290,8 +316,12 @@ class Runtime:
                 metrics.LAG.labels(self.group).set(-1 if lag is None else int(lag))
         if self._deferred:  # keep deferred entries ours: reset their idle time, not their count
             await self.redis.xclaim(
-                self.stream, self.group, self.consumer, min_idle_time=0,
-                message_ids=list(self._deferred), justid=True,
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=0,
+                message_ids=list(self._deferred),
+                justid=True,
             )
 
     async def _drained(self) -> bool:
@@ -326,7 +356,12 @@ class Runtime:
                 dead.append((entry, "entry payload is missing (trimmed from the stream)"))
                 continue
             if entry.deliveries > self.settings.max_deliveries:
-                dead.append((entry, f"delivered {entry.deliveries} times (MAX_DELIVERIES={self.settings.max_deliveries})"))
+                dead.append(
+                    (
+                        entry,
+                        f"delivered {entry.deliveries} times (MAX_DELIVERIES={self.settings.max_deliveries})",
+                    )
+                )
                 continue
             try:
                 event = self.decode(entry.fields)
@@ -353,12 +388,19 @@ class Runtime:
         finished: list[asyncio.Future[float | None]] = [loop.create_future() for _ in items]
         limit = asyncio.Semaphore(self.settings.concurrency)
         done: list[str] = []
-        await asyncio.gather(*(self._run_entry(i, items, waits[i], finished, limit, done) for i in range(len(items))))
+        await asyncio.gather(
+            *(self._run_entry(i, items, waits[i], finished, limit, done) for i in range(len(items)))
+        )
         return done
 
     async def _run_entry(
-        self, index: int, items: Sequence[tuple[Entry, Event]], waits: list[int],
-        finished: list[asyncio.Future[float | None]], limit: asyncio.Semaphore, done: list[str],
+        self,
+        index: int,
+        items: Sequence[tuple[Entry, Event]],
+        waits: list[int],
+        finished: list[asyncio.Future[float | None]],
+        limit: asyncio.Semaphore,
+        done: list[str],
     ) -> None:
         """Handle one entry once the earlier entries of its lane family are through.
 
@@ -421,9 +463,15 @@ class Runtime:
         message = one_line(exc)
         self.stats.note(f"{entry.id}: {message}")
         log.warning(
-            "entry %s left pending: %s", entry.id, message,
+            "entry %s left pending: %s",
+            entry.id,
+            message,
             exc_info=exc if trace else None,
-            extra={"group": self.group, "deliveries": entry.deliveries, "error_type": type(exc).__name__},
+            extra={
+                "group": self.group,
+                "deliveries": entry.deliveries,
+                "error_type": type(exc).__name__,
+            },
         )
 
     async def _dead_letter(self, dead: Iterable[tuple[Entry, str]], *, ack: bool = True) -> None:
@@ -432,17 +480,30 @@ class Runtime:
         async with self.redis.pipeline(transaction=True) as pipe:
             for entry, reason in items:
                 record: dict[str | bytes, str | bytes] = {
-                    "stream": self.stream, "id": entry.id, "group": self.group,
-                    "error": reason, "deliveries": str(entry.deliveries),
+                    "stream": self.stream,
+                    "id": entry.id,
+                    "group": self.group,
+                    "error": reason,
+                    "deliveries": str(entry.deliveries),
                 }
                 for key, value in (entry.fields or {}).items():
-                    name = key if key not in (b"stream", b"id", b"group", b"error", b"deliveries") else b"orig_" + key
+                    name = (
+                        key
+                        if key not in (b"stream", b"id", b"group", b"error", b"deliveries")
+                        else b"orig_" + key
+                    )
                     record[name] = value
                 pipe.xadd(self.keys.dead, record)  # type: ignore[arg-type]
-                pipe.xadd(self.keys.alerts, {
-                    "kind": "dead_letter", "message": f"{self.stream} {entry.id} -> {self.keys.dead}: {reason}",
-                    "group": self.group, "entry_id": entry.id, "session_id": session_of(entry.fields) or "",
-                })
+                pipe.xadd(
+                    self.keys.alerts,
+                    {
+                        "kind": "dead_letter",
+                        "message": f"{self.stream} {entry.id} -> {self.keys.dead}: {reason}",
+                        "group": self.group,
+                        "entry_id": entry.id,
+                        "session_id": session_of(entry.fields) or "",
+                    },
+                )
             if ack:
                 pipe.xack(self.stream, self.group, *[e.id for e, _ in items])
             await pipe.execute()
@@ -479,7 +540,6 @@ def dependencies(lanes: Sequence[str]) -> list[list[int]]:
         for ancestor in ancestors:
             below.setdefault(ancestor, set()).add(lane)
     return waits
-
 
 
 def jittered(base: float) -> float:

@@ -86,7 +86,12 @@ def figures_of(pos: Position) -> Figures:
     """The figures of one position version: its quantities from Position.totals (one walk),
     plus the step bookkeeping a pass needs."""
     totals = pos.totals()
-    filled, cost, uncovered, open_qty = totals.filled, totals.cost, totals.uncovered, totals.open_quantity
+    filled, cost, uncovered, open_qty = (
+        totals.filled,
+        totals.cost,
+        totals.uncovered,
+        totals.open_quantity,
+    )
     last_buy = max((b.ts for b in pos.buys), default=0)
     live: list[str] = []
     min_tier = -1
@@ -106,10 +111,19 @@ def figures_of(pos: Position) -> Figures:
     sells = pos.realized(totals.unit_cost)
     dust = uncovered > 0 and pos.dust == uncovered
     return Figures(
-        vtag=vtag(pos.v), symbol=pos.symbol, opened_at=pos.opened_at, last_buy_ms=last_buy,
-        filled=filled, uncovered=uncovered, dust=dust, needs_cover=pending or (uncovered > 0 and not dust),
-        live_orders=tuple(live), min_live_tier=min_tier, step_orders=tuple(step_orders),
-        clients=tuple(clients), open_qty=open_qty,
+        vtag=vtag(pos.v),
+        symbol=pos.symbol,
+        opened_at=pos.opened_at,
+        last_buy_ms=last_buy,
+        filled=filled,
+        uncovered=uncovered,
+        dust=dust,
+        needs_cover=pending or (uncovered > 0 and not dust),
+        live_orders=tuple(live),
+        min_live_tier=min_tier,
+        step_orders=tuple(step_orders),
+        clients=tuple(clients),
+        open_qty=open_qty,
         open_cost=cost if open_qty == filled else cost * open_qty / filled if filled > 0 else ZERO,
         sells=tuple(sells),
     )
@@ -174,8 +188,12 @@ class SessionView:
 
     def _account(self, pid: str, f: Figures, sign: int) -> None:
         add = sign > 0
-        for ids, member in ((self.needs_cover, f.needs_cover), (self.dust_ids, f.dust and not f.needs_cover),
-                            (self.open_ids, f.open_qty > 0), (self.with_sells, bool(f.sells))):
+        for ids, member in (
+            (self.needs_cover, f.needs_cover),
+            (self.dust_ids, f.dust and not f.needs_cover),
+            (self.open_ids, f.open_qty > 0),
+            (self.with_sells, bool(f.sells)),
+        ):
             if member and add:
                 ids.add(pid)
             elif member:
@@ -222,7 +240,9 @@ class SessionView:
 class FiguresCache:
     """sid -> the session's view as of the versions last seen. Only what a pass saw is kept."""
 
-    def __init__(self, tier_hours: Iterable[Decimal] = (Decimal(1), Decimal(4), Decimal(12))) -> None:
+    def __init__(
+        self, tier_hours: Iterable[Decimal] = (Decimal(1), Decimal(4), Decimal(12))
+    ) -> None:
         # a live TP of tier t turns stale at the age where tier t + 1 starts
         self.stale_after = [math.ceil(h * MS_PER_HOUR) for h in tier_hours]
         self.sessions: dict[str, SessionView] = {}
@@ -280,7 +300,9 @@ class SessionReport:
 class SessionSweep:
     """Sweeps one session at a time; shared by every session of a pass (cache, limits)."""
 
-    def __init__(self, app: App, cache: FiguresCache | None = None, *, pair_concurrency: int = 32) -> None:
+    def __init__(
+        self, app: App, cache: FiguresCache | None = None, *, pair_concurrency: int = 32
+    ) -> None:
         self.app = app
         self.engine = app.engine
         self.keys = app.keys
@@ -312,7 +334,9 @@ class SessionSweep:
             await self._record(sid, report)
         return report
 
-    async def _sweep(self, sid: str, book: OpenBook | None, report: SessionReport, *, locked: bool) -> None:
+    async def _sweep(
+        self, sid: str, book: OpenBook | None, report: SessionReport, *, locked: bool
+    ) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             if locked:
                 pipe.set(self.keys.settlement_status(sid), Status.IN_PROGRESS)
@@ -330,9 +354,12 @@ class SessionSweep:
             for pid in self._select(view, book):
                 pos = decoded.get(pid) or decode_position(raw[pid.encode()])
                 by_pair.setdefault(pos.symbol, []).append(pos)
-            await asyncio.gather(*(
-                self._pair(symbol, positions, book, report) for symbol, positions in by_pair.items()
-            ))
+            await asyncio.gather(
+                *(
+                    self._pair(symbol, positions, book, report)
+                    for symbol, positions in by_pair.items()
+                )
+            )
             touched = [pos.id for positions in by_pair.values() for pos in positions]
             if touched:
                 after = await self.redis.hmget(self.keys.positions(sid), touched)
@@ -341,7 +368,11 @@ class SessionSweep:
             report.status = Status.FAILED if report.error_count else Status.COMPLETED
         else:
             report.status = Status.LOCKED
-        report.uncovered_after, report.dust, report.open_positions = view.uncovered, view.dust, view.open
+        report.uncovered_after, report.dust, report.open_positions = (
+            view.uncovered,
+            view.dust,
+            view.open,
+        )
 
     # --- choosing the work ---------------------------------------------------------
     def _select(self, view: SessionView, book: OpenBook | None) -> list[str]:
@@ -351,7 +382,11 @@ class SessionSweep:
             work.update(dict.fromkeys(view.stale(self.app.clock.now_ms())))
         if book is not None:
             # frozenset.difference walks the smaller side: O(the session's live TPs), not O(the book)
-            work.update(dict.fromkeys(view.live[order_id] for order_id in view.live_ids.difference(book.orders)))
+            work.update(
+                dict.fromkeys(
+                    view.live[order_id] for order_id in view.live_ids.difference(book.orders)
+                )
+            )
         return list(work)
 
     # --- one pair, one position ------------------------------------------------------
@@ -365,7 +400,9 @@ class SessionSweep:
                 except ExchangeError as exc:
                     report.error(f"{symbol} {pos.id}: {one_line(exc)}")
                     report.actions.append(f"error {symbol} {pos.id}: {one_line(exc)}")
-                except Exception as exc:  # a bug or Redis trouble: this pair stops, the others go on
+                except (
+                    Exception
+                ) as exc:  # a bug or Redis trouble: this pair stops, the others go on
                     log.warning("sweep of %s %s failed", pos.session_id, symbol, exc_info=exc)
                     report.error(f"{symbol}: {type(exc).__name__}: {one_line(exc)}")
                     report.actions.append(f"error {symbol}: {type(exc).__name__}: {one_line(exc)}")
@@ -386,9 +423,13 @@ class SessionSweep:
                     report.filled_unreported += 1
                 else:
                     report.reconciled += 1
-                report.actions.append(f"reconciled {pos.symbol} {pos.id} TP {step.order_id}: {found.finding}")
+                report.actions.append(
+                    f"reconciled {pos.symbol} {pos.id} TP {step.order_id}: {found.finding}"
+                )
         if pos.pending is not None:
-            after = self._note(report, pos, await engine.cover(pos.session_id, pos.id, position=pos), "covered")
+            after = self._note(
+                report, pos, await engine.cover(pos.session_id, pos.id, position=pos), "covered"
+            )
             if after is None:
                 return
             pos = after
@@ -396,9 +437,13 @@ class SessionSweep:
             for outcome in await engine.reprice(pos):
                 pos = self._note(report, pos, outcome, "repriced") or pos
         if pos.uncovered > 0 and pos.dust != pos.uncovered:
-            self._note(report, pos, await engine.cover(pos.session_id, pos.id, position=pos), "covered")
+            self._note(
+                report, pos, await engine.cover(pos.session_id, pos.id, position=pos), "covered"
+            )
 
-    def _note(self, report: SessionReport, pos: Position, outcome: Outcome, why: str) -> Position | None:
+    def _note(
+        self, report: SessionReport, pos: Position, outcome: Outcome, why: str
+    ) -> Position | None:
         """Count an engine outcome and log it as a settlement action; the position after it."""
         after = outcome.position
         where = f"{pos.symbol} {pos.id}"
@@ -422,7 +467,9 @@ class SessionSweep:
                 report.filled_unreported += 1
                 report.actions.append(f"filled {where}: the TP filled before it could be repriced")
             case Result.DUST:
-                report.actions.append(f"dust {where}: {outcome.reason or 'below the minimum order'}")
+                report.actions.append(
+                    f"dust {where}: {outcome.reason or 'below the minimum order'}"
+                )
             case Result.FAILED | Result.SKIPPED:
                 report.error(f"{where}: {outcome.reason}")
                 report.actions.append(f"{outcome.result} {where}: {outcome.reason}")
@@ -439,11 +486,18 @@ class SessionSweep:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.settlement_status(sid), report.status)
             pipe.set(self.keys.settlement_last_run(sid), iso(now))
-            pipe.hset(self.keys.metrics_settlement(sid), mapping={
-                "uncovered": report.uncovered_after, "covered": report.covered,
-                "repriced": report.repriced, "dust": report.dust, "positions": report.positions,
-                "errors": report.error_count, "duration_ms": report.duration_ms,
-            })
+            pipe.hset(
+                self.keys.metrics_settlement(sid),
+                mapping={
+                    "uncovered": report.uncovered_after,
+                    "covered": report.covered,
+                    "repriced": report.repriced,
+                    "dust": report.dust,
+                    "positions": report.positions,
+                    "errors": report.error_count,
+                    "duration_ms": report.duration_ms,
+                },
+            )
             await pipe.execute()
         directory = self.app.settings.session_log_dir
         if directory and report.actions:  # a pass with nothing to do leaves no line
@@ -455,7 +509,9 @@ class SessionSweep:
                 f"repriced {report.repriced}, dust {report.dust}, errors {report.error_count}, "
                 f"{report.duration_ms} ms\n"
             )
-            await asyncio.to_thread(_append, Path(directory) / _safe_name(sid) / "settlement.log", lines)
+            await asyncio.to_thread(
+                _append, Path(directory) / _safe_name(sid) / "settlement.log", lines
+            )
 
 
 def _last_placed(pos: Position | None) -> Step | None:
@@ -476,5 +532,3 @@ def _append(path: Path, lines: list[str]) -> None:
 def _safe_name(sid: str) -> str:
     """A session id as a directory name ('.' and '..' are valid ids, not valid directories)."""
     return sid if sid.strip(".") else "_" + sid
-
-

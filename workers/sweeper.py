@@ -167,7 +167,9 @@ class RecentSessions:
             assert conn is not None
             rows = await conn.fetch(
                 "SELECT id FROM sessions WHERE started_at >= $1 ORDER BY started_at DESC LIMIT $2",
-                since, limit, timeout=PG_TIMEOUT_S,
+                since,
+                limit,
+                timeout=PG_TIMEOUT_S,
             )
         except BaseException:
             await self.close()
@@ -181,7 +183,13 @@ class RecentSessions:
                 await conn.close(timeout=1)
 
 
-PG_ERRORS = (ServerUnreachable, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+PG_ERRORS = (
+    ServerUnreachable,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 @dataclass
@@ -215,7 +223,9 @@ async def discover(app: App, recent: RecentSessions | None) -> Discovery:
     if recent is not None:
         started = datetime.fromtimestamp(since / 1000, tz=UTC)
         try:
-            for rank, sid in enumerate(await recent.fetch(started, settings.settlement_max_sessions)):
+            for rank, sid in enumerate(
+                await recent.fetch(started, settings.settlement_max_sessions)
+            ):
                 score.setdefault(sid, since - rank)
         except PG_ERRORS as exc:
             note = f"sessions from Redis only, PostgreSQL not read: {one_line(exc)}"
@@ -224,7 +234,9 @@ async def discover(app: App, recent: RecentSessions | None) -> Discovery:
     ordered = sorted(score, key=lambda sid: (-score[sid], sid))
     limit = settings.settlement_max_sessions
     if len(ordered) > limit:
-        notes.append(f"{len(ordered)} active sessions, swept the {limit} most recent (SETTLEMENT_MAX_SESSIONS)")
+        notes.append(
+            f"{len(ordered)} active sessions, swept the {limit} most recent (SETTLEMENT_MAX_SESSIONS)"
+        )
         log.warning(notes[-1])
     return Discovery(ordered[:limit], len(ordered) > limit, notes)
 
@@ -236,7 +248,9 @@ HandlerFactory = Callable[[App], Awaitable[tuple[Handler, Callable[[], Awaitable
 async def _coverage_handler(app: App) -> tuple[Handler, None]:
     from workers.coverage import CoverageHandler
 
-    handler = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock)
+    handler = CoverageHandler(
+        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
+    )
     return handler, None
 
 
@@ -250,7 +264,10 @@ async def _migrator_handler(app: App) -> tuple[Handler, Callable[[], Awaitable[o
 class StreamCare:
     """Stuck entries, dead consumers and dead letters of the input stream's groups."""
 
-    groups: dict[str, HandlerFactory] = {"coverage": _coverage_handler, "migrator": _migrator_handler}
+    groups: dict[str, HandlerFactory] = {
+        "coverage": _coverage_handler,
+        "migrator": _migrator_handler,
+    }
 
     def __init__(self, app: App, consumer: str) -> None:
         self.app = app
@@ -286,14 +303,19 @@ class StreamCare:
                 if (left := await self._idle_pending(group)) > 0:
                     report.stuck[group] = left
                     await self._alert_once(
-                        f"stuck:{group}", "stuck_entries",
+                        f"stuck:{group}",
+                        "stuck_entries",
                         f"{left} entries of group {group} pending longer than {self.settings.reclaim_idle_ms} ms "
-                        "and no live consumer", group=group, entries=left,
+                        "and no live consumer",
+                        group=group,
+                        entries=left,
                     )
         await self._dead_letters(report)
 
     async def _live(self, group: str, now: int) -> list[str]:
-        members = await self.redis.zrangebyscore(self.keys.heartbeats(group), now - HEARTBEAT_FRESH_MS, "+inf")
+        members = await self.redis.zrangebyscore(
+            self.keys.heartbeats(group), now - HEARTBEAT_FRESH_MS, "+inf"
+        )
         names = [as_text(m) for m in members]
         return [n for n in names if not n.startswith(SWEEPER_CONSUMER_PREFIX)]
 
@@ -311,7 +333,12 @@ class StreamCare:
 
     async def _idle_pending(self, group: str) -> int:
         rows = await self.redis.xpending_range(
-            self.keys.stream, group, min="-", max="+", count=1000, idle=self.settings.reclaim_idle_ms,
+            self.keys.stream,
+            group,
+            min="-",
+            max="+",
+            count=1000,
+            idle=self.settings.reclaim_idle_ms,
         )
         return len(rows)
 
@@ -335,9 +362,11 @@ class StreamCare:
         except Exception as exc:  # e.g. the migrator is not installed, PostgreSQL is down
             report.stuck[group] = await self._idle_pending(group)
             await self._alert_once(
-                f"nohandler:{group}", "stuck_entries",
+                f"nohandler:{group}",
+                "stuck_entries",
                 f"group {group} has entries waiting and no live consumer; the sweeper cannot take "
-                f"them: {one_line(exc)}", group=group,
+                f"them: {one_line(exc)}",
+                group=group,
             )
             return
         stop = asyncio.Event()
@@ -356,7 +385,10 @@ class StreamCare:
         report.taken_over[group] = stats.processed + stats.dead
         log.info(
             "no live %s consumer: the sweeper handled %d entries (%d dead-lettered)",
-            group, stats.processed, stats.dead, extra={"group": group},
+            group,
+            stats.processed,
+            stats.dead,
+            extra={"group": group},
         )
         await self._delconsumer(keys=[self.keys.stream], args=[group, self.consumer])
 
@@ -370,8 +402,10 @@ class StreamCare:
         if before is not None and int(length) > int(before):
             report.dead_growth = int(length) - int(before)
             await self.app.alert(
-                "dead_letters", f"{report.dead_growth} new dead letters in {self.keys.dead} ({length} in all)",
-                new=report.dead_growth, total=length,
+                "dead_letters",
+                f"{report.dead_growth} new dead letters in {self.keys.dead} ({length} in all)",
+                new=report.dead_growth,
+                total=length,
             )
         await self.redis.hset(self.keys.sweeper_state, "dead_len", int(length))
 
@@ -397,7 +431,12 @@ class Sweeper:
         self.redis = app.redis
         self.name = app.settings.consumer
         self.consumer = SWEEPER_CONSUMER_PREFIX + self.name
-        self.lease = Lease(app.redis, app.keys.sweeper_lease, self.name, lease_ttl_ms(app.settings.interval_seconds))
+        self.lease = Lease(
+            app.redis,
+            app.keys.sweeper_lease,
+            self.name,
+            lease_ttl_ms(app.settings.interval_seconds),
+        )
         self.cache = FiguresCache(app.settings.tier_hours)
         self.sessions = SessionSweep(app, self.cache, pair_concurrency=PAIR_CONCURRENCY)
         self.streams = StreamCare(app, self.consumer)
@@ -473,7 +512,9 @@ class Sweeper:
         if found is not None:
             report.discovered, report.truncated = len(found.sessions), found.truncated
             report.notes += found.notes
-            await self._phase(report, "sessions", self._sweep_sessions(found.sessions, book, report))
+            await self._phase(
+                report, "sessions", self._sweep_sessions(found.sessions, book, report)
+            )
             if book is not None and not found.truncated:
                 await self._phase(report, "unknown orders", self._unknown_orders(book, report))
             await self._phase(report, "open index", self._index_open(found.sessions))
@@ -486,9 +527,13 @@ class Sweeper:
         await self._phase(report, "state", self._record(report))
         log.info(
             "sweep: %d sessions, uncovered %d -> %d, covered %d, repriced %d, errors %d, %d ms",
-            len(report.sessions), report.total("uncovered_before"), report.total("uncovered_after"),
-            report.total("covered"), report.total("repriced"),
-            report.total("error_count") + len(report.errors), report.duration_ms,
+            len(report.sessions),
+            report.total("uncovered_before"),
+            report.total("uncovered_after"),
+            report.total("covered"),
+            report.total("repriced"),
+            report.total("error_count") + len(report.errors),
+            report.duration_ms,
         )
         return report
 
@@ -496,14 +541,21 @@ class Sweeper:
         """MM_STREAM_RETENTION_HOURS: trim the input stream, never past what every group acked."""
         result = await retention.trim(self.app)
         if result.removed:
-            report.notes.append(f"retention: trimmed {result.removed} entries below {result.min_id} ({result.reason})")
+            report.notes.append(
+                f"retention: trimmed {result.removed} entries below {result.min_id} ({result.reason})"
+            )
 
     async def _phase(self, report: SweepReport, name: str, work: Awaitable[Any]) -> Any:
         started = time.perf_counter()
         try:
             return await work
         except Exception as exc:  # the safety net keeps its other duties when one phase fails
-            log.warning("sweep phase %s failed: %s", name, one_line(exc), exc_info=not isinstance(exc, TRANSIENT_REDIS_ERRORS))
+            log.warning(
+                "sweep phase %s failed: %s",
+                name,
+                one_line(exc),
+                exc_info=not isinstance(exc, TRANSIENT_REDIS_ERRORS),
+            )
             report.errors.append(f"{name}: {type(exc).__name__}: {one_line(exc)}")
             return None
         finally:
@@ -513,13 +565,17 @@ class Sweeper:
         try:
             book = await open_book(self.app.exchange, self.app.clock)
         except ExchangeError as exc:
-            report.notes.append(f"exchange open orders unavailable, no reconciliation: {one_line(exc)}")
+            report.notes.append(
+                f"exchange open orders unavailable, no reconciliation: {one_line(exc)}"
+            )
             log.warning(report.notes[-1])
             return None
         report.open_orders = len(book.orders)
         return book
 
-    async def _sweep_sessions(self, sids: list[str], book: OpenBook | None, report: SweepReport) -> None:
+    async def _sweep_sessions(
+        self, sids: list[str], book: OpenBook | None, report: SweepReport
+    ) -> None:
         limit = asyncio.Semaphore(SESSION_CONCURRENCY)
 
         async def one(sid: str) -> SessionReport:
@@ -527,7 +583,12 @@ class Sweeper:
                 try:
                     return await self.sessions.run(sid, book)
                 except Exception as exc:
-                    log.warning("sweep of session %s failed: %s", sid, one_line(exc), extra={"session_id": sid})
+                    log.warning(
+                        "sweep of session %s failed: %s",
+                        sid,
+                        one_line(exc),
+                        extra={"session_id": sid},
+                    )
                     failed = SessionReport(sid, status=Status.FAILED)
                     failed.error(f"{type(exc).__name__}: {one_line(exc)}")
                     return failed
@@ -546,7 +607,9 @@ class Sweeper:
                 "unknown_order",
                 f"open order {order.id} ({order.symbol}, {order.remaining} @ {order.price}) carries our "
                 "client id prefix but no position knows it",
-                order_id=order.id, client_order_id=order.client_id or "", symbol=order.symbol,
+                order_id=order.id,
+                client_order_id=order.client_id or "",
+                symbol=order.symbol,
             )
 
     async def _index_open(self, sids: list[str]) -> None:
@@ -567,8 +630,12 @@ class Sweeper:
         """Sessions ended more than MIGRATION_OVERDUE_MINUTES ago and not in PostgreSQL."""
         now = self.app.clock.now_ms()
         cutoff = now - int(self.settings.migration_overdue_minutes * 60_000)
-        rows = await self.redis.zrangebyscore(self.keys.sessions_ended, "-inf", cutoff, withscores=True)
-        ended_at = {as_text(sid): int(score) for sid, score in cast(list[tuple[bytes, float]], rows)}
+        rows = await self.redis.zrangebyscore(
+            self.keys.sessions_ended, "-inf", cutoff, withscores=True
+        )
+        ended_at = {
+            as_text(sid): int(score) for sid, score in cast(list[tuple[bytes, float]], rows)
+        }
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in ended_at:
                 pipe.exists(self.keys.migration_completed(sid))
@@ -586,7 +653,8 @@ class Sweeper:
                 await self.app.alert(
                     "migration_overdue",
                     f"session {sid} ended {_age(now - ended_at[sid])} ago and is not migrated: {reason}",
-                    session_id=sid, reason=reason,
+                    session_id=sid,
+                    reason=reason,
                 )
 
     async def _migrate(self, sid: str) -> str | None:
@@ -602,7 +670,12 @@ class Sweeper:
                 self._migrator = await migrator.MigratorHandler.create(self.app)
             result = await migrator.migrate_session(self.app, self._migrator.pool, sid)
         except Exception as exc:
-            log.warning("migration of %s by the sweeper failed: %s", sid, one_line(exc), extra={"session_id": sid})
+            log.warning(
+                "migration of %s by the sweeper failed: %s",
+                sid,
+                one_line(exc),
+                extra={"session_id": sid},
+            )
             if self._migrator is not None and isinstance(exc, migrator.TRANSIENT_PG_ERRORS):
                 await self._migrator.close()
                 self._migrator = None
@@ -613,11 +686,16 @@ class Sweeper:
         return None
 
     async def _record(self, report: SweepReport) -> None:
-        await self.redis.hset(self.keys.sweeper_state, mapping={
-            "last_pass_at": iso(report.started_at), "last_pass_ms": report.duration_ms,
-            "last_pass_by": self.lease.token if self.lease.held else self.name,
-            "sessions": len(report.sessions), "uncovered": report.total("uncovered_after"),
-        })
+        await self.redis.hset(
+            self.keys.sweeper_state,
+            mapping={
+                "last_pass_at": iso(report.started_at),
+                "last_pass_ms": report.duration_ms,
+                "last_pass_by": self.lease.token if self.lease.held else self.name,
+                "sessions": len(report.sessions),
+                "uncovered": report.total("uncovered_after"),
+            },
+        )
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
@@ -633,8 +711,13 @@ def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
-
-
 __all__ = [
-    "Discovery", "Lease", "RecentSessions", "StreamCare", "SweepReport", "Sweeper", "discover", "lease_ttl_ms",
+    "Discovery",
+    "Lease",
+    "RecentSessions",
+    "StreamCare",
+    "SweepReport",
+    "Sweeper",
+    "discover",
+    "lease_ttl_ms",
 ]

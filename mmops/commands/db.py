@@ -12,7 +12,9 @@ from storage import postgres, schema
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    up = db_sub.add_parser("upgrade", help="apply pending migrations (idempotent, safe concurrently)")
+    up = db_sub.add_parser(
+        "upgrade", help="apply pending migrations (idempotent, safe concurrently)"
+    )
     up.set_defaults(func=lambda a: runner.run(_upgrade))
     version = db_sub.add_parser("version", help="print the schema version")
     version.set_defaults(func=lambda a: runner.run(_version))

@@ -33,10 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dead = sub.add_parser("dead", help="list, retry or purge dead letters (mm:dead)")
     actions = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
     ls = actions.add_parser("list", help="dead letters with their reasons, oldest first")
-    ls.add_argument("--limit", type=int, default=100, help="at most this many (default 100; 0 = all)")
-    ls.add_argument("--json", action="store_true", help="one JSON object per line, with the original fields")
+    ls.add_argument(
+        "--limit", type=int, default=100, help="at most this many (default 100; 0 = all)"
+    )
+    ls.add_argument(
+        "--json", action="store_true", help="one JSON object per line, with the original fields"
+    )
     ls.set_defaults(func=lambda a: _run(_list, a))
-    retry = actions.add_parser("retry", help="re-add the original entries to their stream, then remove them here")
+    retry = actions.add_parser(
+        "retry", help="re-add the original entries to their stream, then remove them here"
+    )
     retry.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (as listed)")
     retry.add_argument("--all", action="store_true", help="every dead letter")
     retry.set_defaults(func=lambda a: _run(_retry, a))
@@ -99,7 +105,16 @@ async def _list(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) -> 
         for dead_id, fields in letters:
             record = {name: as_text(fields.get(name.encode(), b"")) for name in RECORD_FIELDS}
             record["dead_id"] = dead_id
-            print(orjson.dumps({**record, "fields": {as_text(k): as_text(v) for k, v in original_fields(fields).items()}}).decode())
+            print(
+                orjson.dumps(
+                    {
+                        **record,
+                        "fields": {
+                            as_text(k): as_text(v) for k, v in original_fields(fields).items()
+                        },
+                    }
+                ).decode()
+            )
         return 0
     if not letters:
         print(f"no dead letters in {keys.dead}")
@@ -107,13 +122,22 @@ async def _list(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) -> 
     now = time.time_ns() // 1_000_000
     rows = [
         [
-            dead_id, fmt_ms(now - _ms(dead_id)), as_text(fields.get(b"group", b"")), as_text(fields.get(b"stream", b"")),
-            as_text(fields.get(b"id", b"")), int(fields.get(b"deliveries", b"0") or 0),
-            as_text(original_fields(fields).get(b"type", b"-")), as_text(fields.get(b"error", b""))[:100],
+            dead_id,
+            fmt_ms(now - _ms(dead_id)),
+            as_text(fields.get(b"group", b"")),
+            as_text(fields.get(b"stream", b"")),
+            as_text(fields.get(b"id", b"")),
+            int(fields.get(b"deliveries", b"0") or 0),
+            as_text(original_fields(fields).get(b"type", b"-")),
+            as_text(fields.get(b"error", b""))[:100],
         ]
         for dead_id, fields in letters
     ]
-    print(render_table(["DEAD ID", "AGE", "GROUP", "STREAM", "ENTRY", "DELIVERIES", "TYPE", "ERROR"], rows))
+    print(
+        render_table(
+            ["DEAD ID", "AGE", "GROUP", "STREAM", "ENTRY", "DELIVERIES", "TYPE", "ERROR"], rows
+        )
+    )
     shown = f"{len(letters)} of {total}" if len(letters) < total else str(total)
     print(f"\n{shown} dead letters in {keys.dead}")
     return 0
@@ -138,7 +162,9 @@ async def _retry(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) ->
     retried, skipped = await retry(redis, keys, letters)
     for dead_id, reason in skipped:
         print(f"skipped {dead_id}: {reason}", file=sys.stderr)
-    print(f"retried {len(retried)} dead letters: re-added to their stream and removed from {keys.dead}")
+    print(
+        f"retried {len(retried)} dead letters: re-added to their stream and removed from {keys.dead}"
+    )
     for dead_id, stream, new_id in retried:
         print(f"  {dead_id} -> {stream} {new_id}")
     missing = len(args.ids) - len(letters) if not args.all else 0
@@ -156,7 +182,9 @@ async def retry(
         original = original_fields(fields)
         stream = as_text(fields.get(b"stream", keys.stream.encode()))
         if not original:
-            skipped.append((dead_id, "the entry's payload is gone (trimmed before it was dead-lettered)"))
+            skipped.append(
+                (dead_id, "the entry's payload is gone (trimmed before it was dead-lettered)")
+            )
             continue
         if stream not in allowed:
             skipped.append((dead_id, f"it came from {stream!r}, not a stream of this deployment"))
@@ -186,7 +214,6 @@ async def _purge(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) ->
 def _check_id(entry_id: str) -> None:
     if not _ID.fullmatch(entry_id):
         raise UsageError(f"not a stream id: {entry_id[:40]!r} (expected MS-SEQ or MS)")
-
 
 
 def _ms(entry_id: str) -> int:

@@ -47,13 +47,16 @@ STOP_TIMEOUT_S = 35.0
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser(
-        "demo", help="run every worker and a simulated trader for a while, then report (make demo)",
+        "demo",
+        help="run every worker and a simulated trader for a while, then report (make demo)",
         description="Starts embedded Redis/PostgreSQL under .mmops/ when none answers, runs the "
         "workers and `mmops simulate` for --duration seconds, waits for the migrations and one "
         "sweep, and reports. Exit status 1 if a position is left uncovered.",
     )
     add_trader_arguments(cmd, volatility=0.5, note=": TPs fill within the demo")
-    cmd.add_argument("--schema", default="mmops_demo", help="PostgreSQL schema for the demo (default mmops_demo)")
+    cmd.add_argument(
+        "--schema", default="mmops_demo", help="PostgreSQL schema for the demo (default mmops_demo)"
+    )
     cmd.set_defaults(func=_demo)
 
 
@@ -61,13 +64,23 @@ def _demo(args: argparse.Namespace) -> int:
     from mmops.commands.simulate import config_from
 
     if not args.schema.replace("_", "").isalnum() or not args.schema[0].isalpha():
-        print(f"mmops demo: --schema: expected letters, digits and _, got {args.schema!r}", file=sys.stderr)
+        print(
+            f"mmops demo: --schema: expected letters, digits and _, got {args.schema!r}",
+            file=sys.stderr,
+        )
         return 2
     try:
-        config = config_from(argparse.Namespace(
-            sessions=args.sessions, pairs=args.pairs, rate=args.rate, duration=args.duration, seed=args.seed,
-            volatility=args.volatility, tag="",
-        ))
+        config = config_from(
+            argparse.Namespace(
+                sessions=args.sessions,
+                pairs=args.pairs,
+                rate=args.rate,
+                duration=args.duration,
+                seed=args.seed,
+                volatility=args.volatility,
+                tag="",
+            )
+        )
     except SimulationError as exc:
         print(f"mmops demo: {exc}", file=sys.stderr)
         return 2
@@ -87,7 +100,9 @@ def _demo(args: argparse.Namespace) -> int:
         if "LOG_LEVEL" not in os.environ:
             overrides["log_level"] = "WARN"  # the report and the progress line are the output
         embedded = {type(p).__name__ for p in servers.started}
-        return runner.run(lambda s: Demo(s, config, args.schema, embedded, log_file).run(), **overrides)
+        return runner.run(
+            lambda s: Demo(s, config, args.schema, embedded, log_file).run(), **overrides
+        )
     finally:
         log_file.close()
         servers.close()
@@ -117,7 +132,12 @@ class Outcome:
 
 class Demo:
     def __init__(
-        self, settings: Settings, config: SimConfig, schema_name: str, embedded: set[str], log_file: IO[bytes],
+        self,
+        settings: Settings,
+        config: SimConfig,
+        schema_name: str,
+        embedded: set[str],
+        log_file: IO[bytes],
     ) -> None:
         self.settings = settings
         self.config = config
@@ -149,17 +169,23 @@ class Demo:
                 self.outcome.workers_exit = await _stop(workers)
             await app.close()
         if self.outcome.workers_exit not in (0, None):
-            self.outcome.problems.append(f"the workers exited with status {self.outcome.workers_exit} (see {self.log_path})")
+            self.outcome.problems.append(
+                f"the workers exited with status {self.outcome.workers_exit} (see {self.log_path})"
+            )
         print(self.report())
         return 1 if self.outcome.uncovered or self.outcome.problems else 0
 
     def _say_servers(self) -> None:
         for name, url, kind in (
-            ("Redis", self.settings.redis_url, "RedisProcess"), ("PostgreSQL", self.settings.database_url, "PostgresProcess"),
+            ("Redis", self.settings.redis_url, "RedisProcess"),
+            ("PostgreSQL", self.settings.database_url, "PostgresProcess"),
         ):
             where = "embedded, data under .mmops/" if kind in self.embedded else "found"
             print(f"{name}: {redact_url(url)} ({where})", file=sys.stderr)
-        print(f"key prefix {self.keys.prefix!r}, schema {self.schema!r}; worker logs in {self.log_path}", file=sys.stderr)
+        print(
+            f"key prefix {self.keys.prefix!r}, schema {self.schema!r}; worker logs in {self.log_path}",
+            file=sys.stderr,
+        )
 
     # --- steps ---------------------------------------------------------------------
     async def _clean(self, app: App) -> None:
@@ -184,12 +210,21 @@ class Demo:
     async def _start_workers(self, log_file: IO[bytes]) -> asyncio.subprocess.Process:
         env = dict(os.environ)
         env.update(
-            REDIS_URL=self.settings.redis_url, DATABASE_URL=self.settings.database_url,
-            MM_KEY_PREFIX=self.settings.key_prefix, EXCHANGE="paper", PYTHONUNBUFFERED="1",
+            REDIS_URL=self.settings.redis_url,
+            DATABASE_URL=self.settings.database_url,
+            MM_KEY_PREFIX=self.settings.key_prefix,
+            EXCHANGE="paper",
+            PYTHONUNBUFFERED="1",
         )
         env.pop("METRICS_PORT", None)
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mmops", "up", env=env, stdout=log_file, stderr=log_file,
+            sys.executable,
+            "-m",
+            "mmops",
+            "up",
+            env=env,
+            stdout=log_file,
+            stderr=log_file,
             stdin=asyncio.subprocess.DEVNULL,
         )
 
@@ -197,7 +232,9 @@ class Demo:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if workers.returncode is not None:
-                raise DemoError(f"the workers exited at start with status {workers.returncode}: {self._log_tail()}")
+                raise DemoError(
+                    f"the workers exited at start with status {workers.returncode}: {self._log_tail()}"
+                )
             async with app.redis.pipeline(transaction=False) as pipe:
                 for group in ("coverage", "migrator"):
                     pipe.zcard(self.keys.heartbeats(group))
@@ -205,7 +242,9 @@ class Demo:
             if all(int(n) for n in counts):
                 return
             if time.monotonic() > deadline:
-                raise DemoError(f"the workers did not start within {READY_TIMEOUT_S:.0f} s: {self._log_tail()}")
+                raise DemoError(
+                    f"the workers did not start within {READY_TIMEOUT_S:.0f} s: {self._log_tail()}"
+                )
             self.line.show("demo: starting the workers ...")
             await asyncio.sleep(0.1)
 
@@ -231,11 +270,15 @@ class Demo:
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while True:
             if workers.returncode is not None:
-                raise DemoError(f"the workers exited with status {workers.returncode}: {self._log_tail()}")
+                raise DemoError(
+                    f"the workers exited with status {workers.returncode}: {self._log_tail()}"
+                )
             migrated = await self._migrated(app, sids)
             busy = await self._busy(app)
             tps, uncovered, _ = await self._live_figures(app, sids)
-            self.line.show(f"demo: settling  TPs {tps}  uncovered {uncovered}  migrated {migrated}/{len(sids)}  backlog {busy}")
+            self.line.show(
+                f"demo: settling  TPs {tps}  uncovered {uncovered}  migrated {migrated}/{len(sids)}  backlog {busy}"
+            )
             if migrated == len(sids) and busy == 0:
                 return
             if time.monotonic() > deadline:
@@ -323,12 +366,26 @@ class Demo:
                 f"seed {self.config.seed}"
             )
             lines.append("")
-            p50, p99, top = percentile(out.latencies, 50), percentile(out.latencies, 99), max(out.latencies, default=None)
+            p50, p99, top = (
+                percentile(out.latencies, 50),
+                percentile(out.latencies, 99),
+                max(out.latencies, default=None),
+            )
             figures = [
-                ("events", f"{stats.events} ({rate:.0f}/s): buy fills {stats.buys} in {stats.buy_orders} orders, TP fills {stats.sells}"),
+                (
+                    "events",
+                    f"{stats.events} ({rate:.0f}/s): buy fills {stats.buys} in {stats.buy_orders} orders, TP fills {stats.sells}",
+                ),
                 ("take-profits created", str(out.tps_created)),
-                ("coverage latency", f"p50 {_ms(p50)}, p99 {_ms(p99)}, max {_ms(top)} (fill event -> order acknowledged)"),
-                ("uncovered positions", f"{out.uncovered} (dust {out.dust})" + ("  <-- must be 0" if out.uncovered else "")),
+                (
+                    "coverage latency",
+                    f"p50 {_ms(p50)}, p99 {_ms(p99)}, max {_ms(top)} (fill event -> order acknowledged)",
+                ),
+                (
+                    "uncovered positions",
+                    f"{out.uncovered} (dust {out.dust})"
+                    + ("  <-- must be 0" if out.uncovered else ""),
+                ),
                 ("sessions migrated", f"{out.migrated}/{len(stats.session_ids)}"),
                 ("sweep", out.sweep or "-"),
             ]
@@ -336,7 +393,12 @@ class Demo:
             lines += [f"{name.ljust(width)}  {value}" for name, value in figures]
         if out.pnl_rows:
             lines += ["", "P&L per pair, from PostgreSQL (session_pairs):"]
-            lines.append(render_table(["PAIR", "SESSIONS", "ORDERS", "FILLS", "ROUND TRIPS", "FEES", "REALIZED P&L"], out.pnl_rows))
+            lines.append(
+                render_table(
+                    ["PAIR", "SESSIONS", "ORDERS", "FILLS", "ROUND TRIPS", "FEES", "REALIZED P&L"],
+                    out.pnl_rows,
+                )
+            )
         for problem in out.problems:
             lines.append(f"problem: {problem}")
         lines.append("")
@@ -375,15 +437,29 @@ async def _pnl(database_url: str) -> list[list[object]]:
     finally:
         await conn.close()
     table: list[list[object]] = [
-        [r["symbol"], r["sessions"], r["orders"], r["fills"], r["round_trips"], _money(r["fees"]), _money(r["pnl"])]
+        [
+            r["symbol"],
+            r["sessions"],
+            r["orders"],
+            r["fills"],
+            r["round_trips"],
+            _money(r["fees"]),
+            _money(r["pnl"]),
+        ]
         for r in rows
     ]
     if rows:
-        table.append([
-            "TOTAL", "", sum(r["orders"] for r in rows), sum(r["fills"] for r in rows),
-            sum(r["round_trips"] for r in rows), _money(sum((r["fees"] for r in rows), Decimal(0))),
-            _money(sum((r["pnl"] for r in rows), Decimal(0))),
-        ])
+        table.append(
+            [
+                "TOTAL",
+                "",
+                sum(r["orders"] for r in rows),
+                sum(r["fills"] for r in rows),
+                sum(r["round_trips"] for r in rows),
+                _money(sum((r["fees"] for r in rows), Decimal(0))),
+                _money(sum((r["pnl"] for r in rows), Decimal(0))),
+            ]
+        )
     return table
 
 
@@ -415,5 +491,3 @@ def _glob_escape(text: str) -> str:
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-

@@ -14,7 +14,8 @@ from storage.keys import Keys
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser(
-        "emit", help="validate one event and XADD it to the input stream",
+        "emit",
+        help="validate one event and XADD it to the input stream",
         description="Example: mmops emit type=fill session_id=s-42 fill_id=f-1 order_id=o-7 "
         "symbol=BTC/USD side=buy price=64000.5 quantity=0.010 fee=0.16 ts=1763700000000",
     )
@@ -39,7 +40,9 @@ def _emit(args: argparse.Namespace) -> int:
     async def send(settings: Settings) -> str:
         conn = await redis_store.connect(settings.redis_url)
         try:
-            entry_id = await conn.xadd(Keys(settings.key_prefix, settings.stream).stream, encode(event))  # type: ignore[arg-type]
+            entry_id = await conn.xadd(
+                Keys(settings.key_prefix, settings.stream).stream, encode(event)
+            )  # type: ignore[arg-type]
         finally:
             await conn.aclose()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

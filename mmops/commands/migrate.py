@@ -36,23 +36,41 @@ from workers.migrator import TRANSIENT_PG_ERRORS, MigrationResult, Status, migra
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser(
-        "migrate", help="persist ended sessions to PostgreSQL (idempotent)",
+        "migrate",
+        help="persist ended sessions to PostgreSQL (idempotent)",
         description="Persist ended sessions to PostgreSQL. Sessions already completed are skipped "
         "unless --force. Exit status 1 when a session could not be migrated.",
     )
     cmd.add_argument("--session", action="append", metavar="ID", help="this session (repeatable)")
-    cmd.add_argument("--lookback-hours", type=_hours, metavar="H",
-                     help="sessions ended within the last H hours (default MIGRATION_LOOKBACK_HOURS)")
-    cmd.add_argument("--batch-size", type=_positive, metavar="N",
-                     help="sessions migrated concurrently (default MIGRATION_BATCH_SIZE)")
+    cmd.add_argument(
+        "--lookback-hours",
+        type=_hours,
+        metavar="H",
+        help="sessions ended within the last H hours (default MIGRATION_LOOKBACK_HOURS)",
+    )
+    cmd.add_argument(
+        "--batch-size",
+        type=_positive,
+        metavar="N",
+        help="sessions migrated concurrently (default MIGRATION_BATCH_SIZE)",
+    )
     cmd.add_argument("--limit", type=_positive, metavar="N", help="at most N sessions")
-    cmd.add_argument("--dry-run", action="store_true",
-                     help="write nothing; print what would be written per session")
-    cmd.add_argument("--force", action="store_true",
-                     help="re-migrate completed sessions (nothing is inserted twice) and migrate "
-                     "sessions whose recorded fill count differs from the trader's")
-    cmd.add_argument("--stats", action="store_true",
-                     help="print per-session counts in Redis and PostgreSQL; migrate nothing")
+    cmd.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write nothing; print what would be written per session",
+    )
+    cmd.add_argument(
+        "--force",
+        action="store_true",
+        help="re-migrate completed sessions (nothing is inserted twice) and migrate "
+        "sessions whose recorded fill count differs from the trader's",
+    )
+    cmd.add_argument(
+        "--stats",
+        action="store_true",
+        help="print per-session counts in Redis and PostgreSQL; migrate nothing",
+    )
     cmd.set_defaults(func=_migrate)
 
 
@@ -148,14 +166,18 @@ async def migrate_all(
         except TRANSIENT_PG_ERRORS as exc:
             result = MigrationResult(sid, Status.FAILED, f"PostgreSQL unavailable: {one_line(exc)}")
         except Exception as exc:  # one bad session must not stop the others; reported in the table
-            result = MigrationResult(sid, Status.FAILED, f"{type(exc).__name__}: {one_line(exc)}",
-                                     duration_ms=int((time.perf_counter() - started) * 1000))
+            result = MigrationResult(
+                sid,
+                Status.FAILED,
+                f"{type(exc).__name__}: {one_line(exc)}",
+                duration_ms=int((time.perf_counter() - started) * 1000),
+            )
         progress.advance()
         return result
 
     try:
         for start in range(0, len(sids), batch):
-            results += await asyncio.gather(*(one(sid) for sid in sids[start:start + batch]))
+            results += await asyncio.gather(*(one(sid) for sid in sids[start : start + batch]))
     finally:
         progress.close()
     return results
@@ -166,18 +188,43 @@ def results_table(results: list[MigrationResult], *, dry_run: bool) -> str:
     for r in results:
         status = "skipped" if r.status is Status.ALREADY else str(r.status)
         counted = r.status in (Status.MIGRATED, Status.DRY_RUN)
-        rows.append([
-            r.session_id, status,
-            r.fills if counted else "", r.orders if counted else "", r.pairs if counted else "",
-            money(r.pnl) if counted else "", money(r.fees) if counted else "",
-            r.new_fills if r.status is Status.MIGRATED else "", r.duplicates if counted else "",
-            r.duration_ms if counted else "", r.reason,
-        ])
-    header = ["SESSION", "STATUS", "FILLS", "ORDERS", "PAIRS", "P&L", "FEES",
-              "NEW FILLS", "DUPLICATES", "MS", "NOTE"]
-    title = "dry run: nothing written; what each session would have in PostgreSQL" if dry_run else ""
-    counts = Counter("skipped (completed)" if r.status is Status.ALREADY else str(r.status) for r in results)
-    summary = f"{len(results)} sessions: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        rows.append(
+            [
+                r.session_id,
+                status,
+                r.fills if counted else "",
+                r.orders if counted else "",
+                r.pairs if counted else "",
+                money(r.pnl) if counted else "",
+                money(r.fees) if counted else "",
+                r.new_fills if r.status is Status.MIGRATED else "",
+                r.duplicates if counted else "",
+                r.duration_ms if counted else "",
+                r.reason,
+            ]
+        )
+    header = [
+        "SESSION",
+        "STATUS",
+        "FILLS",
+        "ORDERS",
+        "PAIRS",
+        "P&L",
+        "FEES",
+        "NEW FILLS",
+        "DUPLICATES",
+        "MS",
+        "NOTE",
+    ]
+    title = (
+        "dry run: nothing written; what each session would have in PostgreSQL" if dry_run else ""
+    )
+    counts = Counter(
+        "skipped (completed)" if r.status is Status.ALREADY else str(r.status) for r in results
+    )
+    summary = f"{len(results)} sessions: " + ", ".join(
+        f"{n} {status}" for status, n in sorted(counts.items())
+    )
     return "\n".join(filter(None, [title, render_table(header, rows, rule=True), summary]))
 
 
@@ -211,13 +258,33 @@ async def stats_table(parts: CliParts, pool: asyncpg.Pool, sids: list[str]) -> s
             verdict = "ok"
         else:
             verdict = "differs"
-        rows.append([
-            sid, "yes" if header.completed_at else "no", header.fills, pg_fills, dups,
-            header.tp_orders, pg_tp, row["orders"] if row is not None else 0, header.positions, verdict,
-        ])
+        rows.append(
+            [
+                sid,
+                "yes" if header.completed_at else "no",
+                header.fills,
+                pg_fills,
+                dups,
+                header.tp_orders,
+                pg_tp,
+                row["orders"] if row is not None else 0,
+                header.positions,
+                verdict,
+            ]
+        )
     return render_table(
-        ["SESSION", "COMPLETED", "REDIS FILLS", "PG FILLS", "DUPLICATES", "REDIS TP", "PG TP",
-         "PG ORDERS", "POSITIONS", "CHECK"],
-        rows, rule=True)
-
-
+        [
+            "SESSION",
+            "COMPLETED",
+            "REDIS FILLS",
+            "PG FILLS",
+            "DUPLICATES",
+            "REDIS TP",
+            "PG TP",
+            "PG ORDERS",
+            "POSITIONS",
+            "CHECK",
+        ],
+        rows,
+        rule=True,
+    )

@@ -44,16 +44,23 @@ _SETID = re.compile(r"\$|\d{1,20}(-\d{1,20})?")
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser(
-        "replay", help="re-run a range of the stream through a worker's handler (no ack, no claim)",
+        "replay",
+        help="re-run a range of the stream through a worker's handler (no ack, no claim)",
         description="Re-runs entries FROM..TO (inclusive; '-' and '+' are the ends, an id may be "
         "MS or MS-SEQ) through the coverage or migrator handler and reports the effects. "
         "--reset GROUP --to ID moves the group instead (XGROUP SETID) for a full reprocess.",
     )
     what = cmd.add_mutually_exclusive_group(required=True)
     what.add_argument("--group", choices=GROUPS, help="the worker whose handler re-runs the range")
-    what.add_argument("--reset", choices=GROUPS, metavar="GROUP", help="move this group to --to (XGROUP SETID)")
-    cmd.add_argument("--from", dest="start", metavar="ID", help="first entry id (required with --group)")
-    cmd.add_argument("--to", dest="end", metavar="ID", help="last entry id (default: the end of the stream)")
+    what.add_argument(
+        "--reset", choices=GROUPS, metavar="GROUP", help="move this group to --to (XGROUP SETID)"
+    )
+    cmd.add_argument(
+        "--from", dest="start", metavar="ID", help="first entry id (required with --group)"
+    )
+    cmd.add_argument(
+        "--to", dest="end", metavar="ID", help="last entry id (default: the end of the stream)"
+    )
     cmd.set_defaults(func=_replay)
 
 
@@ -115,13 +122,20 @@ class ReplayResult:
             f"effects: {self.total_effects} over {len(self.sessions)} sessions",
         ]
         rows = [[name, count] for name, count in self.effects.items()]
-        lines.append("\n".join("  " + row for row in render_table(["EFFECT", "NEW"], rows).splitlines()))
+        lines.append(
+            "\n".join("  " + row for row in render_table(["EFFECT", "NEW"], rows).splitlines())
+        )
         lines += [f"error: {error}" for error in self.errors[:5]]
         return "\n".join(lines)
 
 
 async def replay(
-    app: App, group: str, start: str, end: str = "+", *, progress: Callable[[str], None] | None = None,
+    app: App,
+    group: str,
+    start: str,
+    end: str = "+",
+    *,
+    progress: Callable[[str], None] | None = None,
 ) -> ReplayResult:
     """Re-run XRANGE start..end through the group's handler; count what changed."""
     handler, close, effects = await _handler(app, group)
@@ -171,7 +185,9 @@ async def _pages(app: App, start: str, end: str) -> AsyncIterator[list[Entry]]:
 
 async def _run_page(app: App, handler: Handler, entries: list[Entry], result: ReplayResult) -> None:
     """The page through the shared runtime's batch handling (lane order kept), acking nothing."""
-    runtime = Runtime(app.redis, app.keys, app.settings, handler, "replay", stop=app.stop, draining=True)
+    runtime = Runtime(
+        app.redis, app.keys, app.settings, handler, "replay", stop=app.stop, draining=True
+    )
     items: list[tuple[Entry, Event]] = []
     for entry in entries:
         result.entries += 1
@@ -198,11 +214,19 @@ class Effects(Protocol):
         ...
 
 
-async def _handler(app: App, group: str) -> tuple[Handler, Callable[[], Awaitable[object]] | None, Effects]:
+async def _handler(
+    app: App, group: str
+) -> tuple[Handler, Callable[[], Awaitable[object]] | None, Effects]:
     if group == "coverage":
         from workers.coverage import CoverageHandler
 
-        coverage = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock)
+        coverage = CoverageHandler(
+            ledger=app.ledger,
+            engine=app.engine,
+            exchange=app.exchange,
+            keys=app.keys,
+            clock=app.clock,
+        )
         return coverage, None, CoverageEffects(app)
     from workers.migrator import MigratorHandler  # type: ignore[attr-defined,unused-ignore]
 
@@ -253,7 +277,11 @@ class CoverageEffects:
         total = 0
         cursor = "(" + self.tp_mark
         while True:
-            page = entries_of(await self.app.redis.xrange(self.app.keys.takeprofits, min=cursor, max="+", count=1000))
+            page = entries_of(
+                await self.app.redis.xrange(
+                    self.app.keys.takeprofits, min=cursor, max="+", count=1000
+                )
+            )
             total += sum(1 for _, f in page if as_text(f.get(b"session_id", b"")) in self.sessions)
             if len(page) < 1000:
                 return total
@@ -263,7 +291,12 @@ class CoverageEffects:
 class MigratorEffects:
     """Rows of the replayed sessions in sessions, orders, fills and session_pairs."""
 
-    TABLES = (("sessions", "id"), ("orders", "session_id"), ("fills", "session_id"), ("session_pairs", "session_id"))
+    TABLES = (
+        ("sessions", "id"),
+        ("orders", "session_id"),
+        ("fills", "session_id"),
+        ("session_pairs", "session_id"),
+    )
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -312,7 +345,9 @@ async def reset(settings: Settings, group: str, to: str) -> int:
             return 1
         old = as_text(groups[group].get("last-delivered-id") or "0-0")
         await app.redis.xgroup_setid(stream, group, to)
-        print(f"group {group} on {stream} moved from {old} to {to}: entries after {to} will be delivered again")
+        print(
+            f"group {group} on {stream} moved from {old} to {to}: entries after {to} will be delivered again"
+        )
         return 0
     finally:
         await app.close()
@@ -327,5 +362,3 @@ def _session(entry: Entry) -> str | None:
 
 def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
-
-

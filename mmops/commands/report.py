@@ -36,12 +36,17 @@ MONEY = Decimal("0.0001")
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser(
-        "report", help="per-pair and portfolio profitability from the migrated sessions",
+        "report",
+        help="per-pair and portfolio profitability from the migrated sessions",
         description="Tables from PostgreSQL: per pair (round trips, win rate, realized P&L, fees, "
         "average spread) and portfolio (daily P&L, max drawdown, Sharpe of daily P&L x sqrt(365)).",
     )
-    cmd.add_argument("--since", type=_date, metavar="YYYY-MM-DD",
-                     help="only sessions that ended on or after this UTC day")
+    cmd.add_argument(
+        "--since",
+        type=_date,
+        metavar="YYYY-MM-DD",
+        help="only sessions that ended on or after this UTC day",
+    )
     cmd.add_argument("--session", metavar="ID", help="only this session")
     cmd.set_defaults(func=_report)
 
@@ -103,11 +108,23 @@ class Report:
 _SCOPE = "s.migrated_at IS NOT NULL AND ($1::timestamptz IS NULL OR s.ended_at >= $1) AND ($2::text IS NULL OR s.id = $2)"
 
 
-async def build(conn: asyncpg.Connection, *, since: dt.date | None = None, session: str | None = None) -> Report:
+async def build(
+    conn: asyncpg.Connection, *, since: dt.date | None = None, session: str | None = None
+) -> Report:
     start = dt.datetime.combine(since, dt.time(), tzinfo=dt.UTC) if since else None
-    sessions = await conn.fetchval(f"SELECT count(*) FROM sessions s WHERE {_SCOPE}", start, session)
+    sessions = await conn.fetchval(
+        f"SELECT count(*) FROM sessions s WHERE {_SCOPE}", start, session
+    )
     pairs = [
-        PairLine(r["symbol"], r["round_trips"], r["wins"], r["pnl"], r["fees"], r["avg_spread"], r["fills"])
+        PairLine(
+            r["symbol"],
+            r["round_trips"],
+            r["wins"],
+            r["pnl"],
+            r["fees"],
+            r["avg_spread"],
+            r["fills"],
+        )
         for r in await conn.fetch(
             f"""SELECT sp.symbol, sum(sp.round_trips)::int AS round_trips, sum(sp.wins)::int AS wins,
                        sum(sp.total_pnl) AS pnl, sum(sp.total_fees) AS fees,
@@ -117,7 +134,8 @@ async def build(conn: asyncpg.Connection, *, since: dt.date | None = None, sessi
                 WHERE {_SCOPE}
                 GROUP BY sp.symbol HAVING sum(sp.total_fills) > 0
                 ORDER BY sum(sp.total_pnl) DESC, sp.symbol""",
-            start, session,
+            start,
+            session,
         )
     ]
     daily = {
@@ -127,7 +145,8 @@ async def build(conn: asyncpg.Connection, *, since: dt.date | None = None, sessi
                 FROM fills f JOIN sessions s ON s.id = f.session_id
                 WHERE f.realized_pnl IS NOT NULL AND {_SCOPE}
                 GROUP BY 1 ORDER BY 1""",
-            start, session,
+            start,
+            session,
         )
     }
     days: list[tuple[dt.date, Decimal]] = []
@@ -136,7 +155,13 @@ async def build(conn: asyncpg.Connection, *, since: dt.date | None = None, sessi
         while day <= last:
             days.append((day, daily.get(day, ZERO)))
             day += dt.timedelta(days=1)
-    scope = f"session {session}" if session else f"sessions ended since {since}" if since else "all sessions"
+    scope = (
+        f"session {session}"
+        if session
+        else f"sessions ended since {since}"
+        if since
+        else "all sessions"
+    )
     return Report(scope, int(sessions), pairs, days)
 
 
@@ -184,20 +209,40 @@ def render(report: Report) -> str:
     plural = "" if report.sessions == 1 else "s"
     out = [f"mmops report: {report.scope} ({report.sessions} migrated session{plural})", ""]
     rows: list[list[object]] = [
-        [p.symbol, p.round_trips, percent(p.win_rate), money(p.pnl), money(p.fees), percent(p.avg_spread, 3), p.fills]
+        [
+            p.symbol,
+            p.round_trips,
+            percent(p.win_rate),
+            money(p.pnl),
+            money(p.fees),
+            percent(p.avg_spread, 3),
+            p.fills,
+        ]
         for p in report.pairs
     ]
     if report.pairs:
         trips = sum(p.round_trips for p in report.pairs)
         wins = sum(p.wins for p in report.pairs)
         spread_sum = sum(((p.avg_spread or ZERO) * p.round_trips for p in report.pairs), ZERO)
-        rows.append([
-            "TOTAL", trips, percent(Decimal(wins) / trips if trips else None),
-            money(sum((p.pnl for p in report.pairs), ZERO)), money(sum((p.fees for p in report.pairs), ZERO)),
-            percent(_EXACT.divide(spread_sum, trips) if trips else None, 3), sum(p.fills for p in report.pairs),
-        ])
+        rows.append(
+            [
+                "TOTAL",
+                trips,
+                percent(Decimal(wins) / trips if trips else None),
+                money(sum((p.pnl for p in report.pairs), ZERO)),
+                money(sum((p.fees for p in report.pairs), ZERO)),
+                percent(_EXACT.divide(spread_sum, trips) if trips else None, 3),
+                sum(p.fills for p in report.pairs),
+            ]
+        )
     out.append("Per pair")
-    out.append(render_table(["PAIR", "ROUND TRIPS", "WIN RATE", "REALIZED P&L", "FEES", "AVG SPREAD", "FILLS"], rows, rule=True))
+    out.append(
+        render_table(
+            ["PAIR", "ROUND TRIPS", "WIN RATE", "REALIZED P&L", "FEES", "AVG SPREAD", "FILLS"],
+            rows,
+            rule=True,
+        )
+    )
     out += ["", "Portfolio: daily P&L (UTC)"]
     cumulative = ZERO
     daily_rows: list[list[object]] = []

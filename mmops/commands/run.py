@@ -20,8 +20,11 @@ WORKERS = ("coverage", "migrator", "sweeper")
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up = sub.add_parser("up", help="run every worker (coverage, migrator, sweeper) in one process")
-    up.add_argument("--embedded", action="store_true",
-                    help="start embedded Redis/PostgreSQL when REDIS_URL/DATABASE_URL do not answer")
+    up.add_argument(
+        "--embedded",
+        action="store_true",
+        help="start embedded Redis/PostgreSQL when REDIS_URL/DATABASE_URL do not answer",
+    )
     up.set_defaults(func=lambda a: _run(WORKERS, embedded=a.embedded))
     for name, text in (
         ("coverage", "place a take-profit for every buy fill (consumer group 'coverage')"),
@@ -29,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ("sweeper", "the safety-net loop: coverage, repricing, reconciliation, loss limit"),
     ):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--drain", action="store_true", help="process what is in the stream, then exit")
+        cmd.add_argument(
+            "--drain", action="store_true", help="process what is in the stream, then exit"
+        )
         cmd.set_defaults(func=lambda a, n=name: _run((n,), until_drained=a.drain))
 
 
@@ -59,7 +64,12 @@ async def serve(settings: Settings, names: tuple[str, ...], *, until_drained: bo
     closers: list[Callable[[], Awaitable[object]]] = []
     try:
         tasks = await build(app, names, until_drained=until_drained, closers=closers)
-        log.info("started %s as %s", " ".join(names), settings.consumer, extra={"stream": app.keys.stream})
+        log.info(
+            "started %s as %s",
+            " ".join(names),
+            settings.consumer,
+            extra={"stream": app.keys.stream},
+        )
         await run_until_stopped(app, tasks)
     finally:
         for close in closers:
@@ -71,14 +81,23 @@ async def serve(settings: Settings, names: tuple[str, ...], *, until_drained: bo
 
 
 async def build(
-    app: App, names: tuple[str, ...], *, until_drained: bool = False,
+    app: App,
+    names: tuple[str, ...],
+    *,
+    until_drained: bool = False,
     closers: list[Callable[[], Awaitable[object]]],
 ) -> list[Callable[[], Awaitable[object]]]:
     """The loops of the named workers, sharing one App (connections, exchange, ledger)."""
     tasks: list[Callable[[], Awaitable[object]]] = []
     consumer = app.settings.consumer
     if "coverage" in names:
-        handler = CoverageHandler(ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock)
+        handler = CoverageHandler(
+            ledger=app.ledger,
+            engine=app.engine,
+            exchange=app.exchange,
+            keys=app.keys,
+            clock=app.clock,
+        )
         runtime = Runtime(app.redis, app.keys, app.settings, handler, consumer, stop=app.stop)
         tasks.append(lambda: runtime.run(until_drained=until_drained))
     if "migrator" in names:

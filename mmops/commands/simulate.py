@@ -21,33 +21,64 @@ from trading.paper import PaperExchange
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser(
-        "simulate", help="play a trader: sessions, buy fills, and sells when prices reach the TPs",
+        "simulate",
+        help="play a trader: sessions, buy fills, and sells when prices reach the TPs",
         description="Sends session_started, buy fills (some orders in several parts), sell fills of "
         "take-profits the random-walk price reaches (filled on the paper exchange) and session_ended "
         "to the input stream. The trader's own events are reproducible with --seed and --tag.",
     )
     add_trader_arguments(cmd, volatility=0.3)
-    cmd.add_argument("--tag", default="", help="id tag of the sessions (default: seed and start time; "
-                     "fix it for an identical stream)")
+    cmd.add_argument(
+        "--tag",
+        default="",
+        help="id tag of the sessions (default: seed and start time; "
+        "fix it for an identical stream)",
+    )
     cmd.set_defaults(func=_simulate)
 
 
-def add_trader_arguments(cmd: argparse.ArgumentParser, *, volatility: float, note: str = "") -> None:
+def add_trader_arguments(
+    cmd: argparse.ArgumentParser, *, volatility: float, note: str = ""
+) -> None:
     """The simulated trader's options, shared by `simulate` and `demo`."""
-    cmd.add_argument("--sessions", type=int, default=3, metavar="N", help="sessions, staggered (default 3)")
-    cmd.add_argument("--pairs", type=int, default=10, metavar="M", help="pairs per session (default 10)")
-    cmd.add_argument("--rate", type=float, default=20.0, metavar="FILLS_PER_S", help="buy fills per second (default 20)")
-    cmd.add_argument("--duration", type=float, default=30.0, metavar="S", help="seconds of trading (default 30)")
-    cmd.add_argument("--seed", type=int, default=None, metavar="X", help="random seed (default: random, printed)")
-    cmd.add_argument("--volatility", type=float, default=volatility, metavar="PCT",
-                     help=f"price volatility, percent per sqrt(second) (default {volatility}{note})")
+    cmd.add_argument(
+        "--sessions", type=int, default=3, metavar="N", help="sessions, staggered (default 3)"
+    )
+    cmd.add_argument(
+        "--pairs", type=int, default=10, metavar="M", help="pairs per session (default 10)"
+    )
+    cmd.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        metavar="FILLS_PER_S",
+        help="buy fills per second (default 20)",
+    )
+    cmd.add_argument(
+        "--duration", type=float, default=30.0, metavar="S", help="seconds of trading (default 30)"
+    )
+    cmd.add_argument(
+        "--seed", type=int, default=None, metavar="X", help="random seed (default: random, printed)"
+    )
+    cmd.add_argument(
+        "--volatility",
+        type=float,
+        default=volatility,
+        metavar="PCT",
+        help=f"price volatility, percent per sqrt(second) (default {volatility}{note})",
+    )
 
 
 def config_from(args: argparse.Namespace) -> SimConfig:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     config = SimConfig(
-        sessions=args.sessions, pairs=args.pairs, rate=args.rate, duration=args.duration, seed=seed,
-        volatility=args.volatility, tag=args.tag,
+        sessions=args.sessions,
+        pairs=args.pairs,
+        rate=args.rate,
+        duration=args.duration,
+        seed=seed,
+        volatility=args.volatility,
+        tag=args.tag,
     )
     config.validate()
     return config
@@ -70,10 +101,14 @@ def _simulate(args: argparse.Namespace) -> int:
     return runner.run(main)
 
 
-async def simulate(settings: Settings, config: SimConfig, *, on_progress: ProgressCallback | None = None) -> SimStats:
+async def simulate(
+    settings: Settings, config: SimConfig, *, on_progress: ProgressCallback | None = None
+) -> SimStats:
     """Run one simulation against the settings' Redis and paper exchange."""
     if settings.exchange != "paper":
-        raise SettingsError(f"EXCHANGE: mmops simulate needs the paper exchange, got {settings.exchange!r}")
+        raise SettingsError(
+            f"EXCHANGE: mmops simulate needs the paper exchange, got {settings.exchange!r}"
+        )
     conn = await redis_store.connect(settings.redis_url)
     try:
         keys = Keys(settings.key_prefix, settings.stream)

@@ -35,14 +35,20 @@ DEAD_SCAN = 1000  # newest dead letters counted per group
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser(
-        "status", help="consumer groups, pending entries, lag, dead letters, sweeper lease, risk halt",
+        "status",
+        help="consumer groups, pending entries, lag, dead letters, sweeper lease, risk halt",
         description="Exit status 1 (with the reasons) when unhealthy: an entry pending longer than "
         f"{STUCK_FACTOR} x RECLAIM_IDLE_MS, a group with work and no live consumer, risk:halt set, "
         "or a dead letter newer than --dead-window.",
     )
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
-    cmd.add_argument("--dead-window", type=float, default=60.0, metavar="MINUTES",
-                     help="dead letters newer than this make the status unhealthy (default 60)")
+    cmd.add_argument(
+        "--dead-window",
+        type=float,
+        default=60.0,
+        metavar="MINUTES",
+        help="dead letters newer than this make the status unhealthy (default 60)",
+    )
     cmd.set_defaults(func=_status)
 
 
@@ -52,7 +58,9 @@ def _status(args: argparse.Namespace) -> int:
     async def main(settings: Settings) -> int:
         conn = await redis_store.connect(settings.redis_url)
         try:
-            report = await collect(conn, Keys(settings.key_prefix, settings.stream), settings, thresholds)
+            report = await collect(
+                conn, Keys(settings.key_prefix, settings.stream), settings, thresholds
+            )
         finally:
             await conn.aclose()
         if args.json:
@@ -72,13 +80,18 @@ class Thresholds:
 
 
 # --- collecting ------------------------------------------------------------------------
-async def collect(redis: aioredis.Redis, keys: Keys, settings: Settings, thresholds: Thresholds | None = None) -> dict[str, Any]:
+async def collect(
+    redis: aioredis.Redis, keys: Keys, settings: Settings, thresholds: Thresholds | None = None
+) -> dict[str, Any]:
     """The whole status as a JSON-ready dict, with `healthy`, `problems` and `warnings`."""
     limits = thresholds or Thresholds()
     now = time.time_ns() // 1_000_000
     stuck_ms = limits.stuck_factor * settings.reclaim_idle_ms
     dead = await _dead_letters(redis, keys, now)
-    streams = [await _stream(redis, keys, name, now, stuck_ms, limits, dead["by_group"]) for name in (keys.stream, keys.alerts)]
+    streams = [
+        await _stream(redis, keys, name, now, stuck_ms, limits, dead["by_group"])
+        for name in (keys.stream, keys.alerts)
+    ]
     lease = await _lease(redis, keys)
     halt_raw = await redis.get(keys.risk_halt)
     halt = _json_or_text(halt_raw) if halt_raw is not None else None
@@ -98,7 +111,9 @@ async def collect(redis: aioredis.Redis, keys: Keys, settings: Settings, thresho
                 work = f"lag {group['lag'] if group['lag'] is not None else '?'}, {group['pending']} pending"
                 problems.append(f"{name}: no live consumer ({work})")
             if group["lag"] is None and group["behind"]:
-                warnings.append(f"{name}: lag unknown (entries were deleted or trimmed); the group is behind the stream")
+                warnings.append(
+                    f"{name}: lag unknown (entries were deleted or trimmed); the group is behind the stream"
+                )
     if halt is not None:
         problems.append(f"risk halt is set ({keys.risk_halt}): the trader stops opening positions")
     if dead["newest_age_ms"] is not None and dead["newest_age_ms"] < limits.dead_window_ms:
@@ -120,7 +135,12 @@ async def collect(redis: aioredis.Redis, keys: Keys, settings: Settings, thresho
 
 
 async def _stream(
-    redis: aioredis.Redis, keys: Keys, stream: str, now: int, stuck_ms: int, limits: Thresholds,
+    redis: aioredis.Redis,
+    keys: Keys,
+    stream: str,
+    now: int,
+    stuck_ms: int,
+    limits: Thresholds,
     dead_by_group: dict[str, int],
 ) -> dict[str, Any]:
     try:
@@ -139,21 +159,32 @@ async def _stream(
         stuck = await redis.xpending_range(stream, name, min="-", max="+", count=100, idle=stuck_ms)
         lag = g.get("lag")
         delivered = as_text(g.get("last-delivered-id") or "0-0")
-        out.append({
-            "group": name,
-            "consumers": consumers,
-            "live": sum(1 for c in consumers if c["live"]),
-            "pending": int(g.get("pending") or 0),
-            "oldest_pending_id": as_text(oldest[0]["message_id"]) if oldest else None,
-            "oldest_pending_age_ms": now - _ms(as_text(oldest[0]["message_id"])) if oldest else None,
-            "oldest_pending_idle_ms": int(oldest[0]["time_since_delivered"]) if oldest else None,
-            "stuck": len(stuck),
-            "lag": None if lag is None else int(lag),
-            "last_delivered_id": delivered,
-            "behind": _id_key(delivered) < _id_key(last_id),
-            "dead_letters": dead_by_group.get(name, 0),
-        })
-    return {"stream": stream, "length": int(info.get("length") or 0), "last_id": last_id, "groups": out}
+        out.append(
+            {
+                "group": name,
+                "consumers": consumers,
+                "live": sum(1 for c in consumers if c["live"]),
+                "pending": int(g.get("pending") or 0),
+                "oldest_pending_id": as_text(oldest[0]["message_id"]) if oldest else None,
+                "oldest_pending_age_ms": now - _ms(as_text(oldest[0]["message_id"]))
+                if oldest
+                else None,
+                "oldest_pending_idle_ms": int(oldest[0]["time_since_delivered"])
+                if oldest
+                else None,
+                "stuck": len(stuck),
+                "lag": None if lag is None else int(lag),
+                "last_delivered_id": delivered,
+                "behind": _id_key(delivered) < _id_key(last_id),
+                "dead_letters": dead_by_group.get(name, 0),
+            }
+        )
+    return {
+        "stream": stream,
+        "length": int(info.get("length") or 0),
+        "last_id": last_id,
+        "groups": out,
+    }
 
 
 async def _consumers(
@@ -167,13 +198,26 @@ async def _consumers(
         name = as_text(row["name"])
         beat = beats.pop(name, None)
         age = None if beat is None else max(0, now - beat)
-        out.append({
-            "name": name, "pending": int(row.get("pending") or 0), "idle_ms": int(row.get("idle") or 0),
-            "heartbeat_age_ms": age, "live": age is not None and age < limits.live_after_ms,
-        })
+        out.append(
+            {
+                "name": name,
+                "pending": int(row.get("pending") or 0),
+                "idle_ms": int(row.get("idle") or 0),
+                "heartbeat_age_ms": age,
+                "live": age is not None and age < limits.live_after_ms,
+            }
+        )
     for name, beat in beats.items():  # heartbeating but never read from this group yet
         age = max(0, now - beat)
-        out.append({"name": name, "pending": 0, "idle_ms": None, "heartbeat_age_ms": age, "live": age < limits.live_after_ms})
+        out.append(
+            {
+                "name": name,
+                "pending": 0,
+                "idle_ms": None,
+                "heartbeat_age_ms": age,
+                "live": age < limits.live_after_ms,
+            }
+        )
     out.sort(key=lambda c: (not c["live"], c["name"]))
     return out
 
@@ -210,29 +254,56 @@ def render(report: dict[str, Any]) -> str:
     lines: list[str] = []
     for stream in report["streams"]:
         last = stream["last_id"]
-        when = f", last {last} ({fmt_ms(report['ts'] - _ms(last))} ago)" if last and last != "0-0" else ""
+        when = (
+            f", last {last} ({fmt_ms(report['ts'] - _ms(last))} ago)"
+            if last and last != "0-0"
+            else ""
+        )
         lines.append(f"stream {stream['stream']}: {stream['length']} entries{when}")
         if not stream["groups"]:
             lines.append("  (no consumer groups)")
             continue
         rows = [
             [
-                g["group"], len(g["consumers"]), g["live"], g["pending"],
-                "-" if g["oldest_pending_age_ms"] is None
+                g["group"],
+                len(g["consumers"]),
+                g["live"],
+                g["pending"],
+                "-"
+                if g["oldest_pending_age_ms"] is None
                 else f"{fmt_ms(g['oldest_pending_age_ms'])} (idle {fmt_ms(g['oldest_pending_idle_ms'])})",
-                "?" if g["lag"] is None else g["lag"], g["dead_letters"],
+                "?" if g["lag"] is None else g["lag"],
+                g["dead_letters"],
             ]
             for g in stream["groups"]
         ]
-        lines.append(_indent(render_table(["GROUP", "CONSUMERS", "LIVE", "PENDING", "OLDEST PENDING", "LAG", "DEAD"], rows)))
+        lines.append(
+            _indent(
+                render_table(
+                    ["GROUP", "CONSUMERS", "LIVE", "PENDING", "OLDEST PENDING", "LAG", "DEAD"], rows
+                )
+            )
+        )
         consumers = [
-            [c["name"], g["group"], "-" if c["idle_ms"] is None else fmt_ms(c["idle_ms"]),
-             "-" if c["heartbeat_age_ms"] is None else fmt_ms(c["heartbeat_age_ms"]),
-             c["pending"], "live" if c["live"] else "gone"]
-            for g in stream["groups"] for c in g["consumers"]
+            [
+                c["name"],
+                g["group"],
+                "-" if c["idle_ms"] is None else fmt_ms(c["idle_ms"]),
+                "-" if c["heartbeat_age_ms"] is None else fmt_ms(c["heartbeat_age_ms"]),
+                c["pending"],
+                "live" if c["live"] else "gone",
+            ]
+            for g in stream["groups"]
+            for c in g["consumers"]
         ]
         if consumers:
-            lines.append(_indent(render_table(["CONSUMER", "GROUP", "IDLE", "HEARTBEAT", "PENDING", "STATE"], consumers)))
+            lines.append(
+                _indent(
+                    render_table(
+                        ["CONSUMER", "GROUP", "IDLE", "HEARTBEAT", "PENDING", "STATE"], consumers
+                    )
+                )
+            )
     lines.append("")
     lease = report["sweeper_lease"]
     if lease["holder"] is None:
@@ -241,9 +312,13 @@ def render(report: dict[str, Any]) -> str:
         expiry = "" if lease["ttl_ms"] is None else f" (expires in {fmt_ms(lease['ttl_ms'])})"
         lines.append(f"sweeper lease: {lease['holder']}{expiry}")
     halt = report["risk_halt"]
-    lines.append("risk halt: off" if halt is None else f"risk halt: ON {orjson.dumps(halt).decode()[:200]}")
+    lines.append(
+        "risk halt: off" if halt is None else f"risk halt: ON {orjson.dumps(halt).decode()[:200]}"
+    )
     dead = report["dead_letters"]
-    newest = "" if dead["newest_age_ms"] is None else f" (newest {fmt_ms(dead['newest_age_ms'])} ago)"
+    newest = (
+        "" if dead["newest_age_ms"] is None else f" (newest {fmt_ms(dead['newest_age_ms'])} ago)"
+    )
     lines.append(f"dead letters: {dead['total']}{newest}")
     lines.append("")
     for warning in report["warnings"]:
@@ -267,7 +342,6 @@ def _json_or_text(raw: bytes | str) -> Any:
         return as_text(raw)
 
 
-
 def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
@@ -275,4 +349,3 @@ def _ms(entry_id: str) -> int:
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-

@@ -32,7 +32,8 @@ ZERO = Decimal(0)
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sweep = sub.add_parser(
-        "sweep", help="the sweeper: one pass with --once (prints a table per session), else the loop",
+        "sweep",
+        help="the sweeper: one pass with --once (prints a table per session), else the loop",
     )
     sweep.add_argument("--once", action="store_true", help="run one pass, print its report, exit")
     sweep.add_argument("--json", action="store_true", help="with --once: the report as JSON")
@@ -69,16 +70,25 @@ async def sweep_once(settings: Settings, *, as_json: bool = False) -> int:
     finally:
         await sweeper.close()
         await app.close()
-    print(orjson.dumps(report_dict(report), default=str).decode() if as_json else render_sweep(report))
+    print(
+        orjson.dumps(report_dict(report), default=str).decode() if as_json else render_sweep(report)
+    )
     return 0 if report.ok else 1
 
 
 def report_dict(report: SweepReport) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "started_at": report.started_at, "by": report.by, "duration_ms": report.duration_ms,
-        "discovered": report.discovered, "truncated": report.truncated, "open_orders": report.open_orders,
-        "unknown_orders": report.unknown_orders, "migrations": report.migrations, "notes": report.notes,
-        "errors": report.errors, "stream": vars(report.stream),
+        "started_at": report.started_at,
+        "by": report.by,
+        "duration_ms": report.duration_ms,
+        "discovered": report.discovered,
+        "truncated": report.truncated,
+        "open_orders": report.open_orders,
+        "unknown_orders": report.unknown_orders,
+        "migrations": report.migrations,
+        "notes": report.notes,
+        "errors": report.errors,
+        "stream": vars(report.stream),
         "sessions": [{k: v for k, v in vars(s).items() if k != "actions"} for s in report.sessions],
         "risk": None,
     }
@@ -89,25 +99,65 @@ def report_dict(report: SweepReport) -> dict[str, Any]:
 
 def render_sweep(report: SweepReport) -> str:
     rows = [
-        [s.session_id, s.status, s.pairs, s.positions, s.uncovered_before, s.uncovered_after,
-         s.covered, s.repriced, s.dust, s.error_count, s.duration_ms]
+        [
+            s.session_id,
+            s.status,
+            s.pairs,
+            s.positions,
+            s.uncovered_before,
+            s.uncovered_after,
+            s.covered,
+            s.repriced,
+            s.dust,
+            s.error_count,
+            s.duration_ms,
+        ]
         for s in report.sessions
     ]
-    rows.append([
-        "total", "OK" if report.ok else "ERRORS", report.total("pairs"), report.total("positions"),
-        report.total("uncovered_before"), report.total("uncovered_after"), report.total("covered"),
-        report.total("repriced"), report.total("dust"), report.total("error_count") + len(report.errors),
-        report.duration_ms,
-    ])
-    lines = [render_table(
-        ["session", "status", "pairs", "positions", "uncov before", "uncov after", "covered now",
-         "repriced", "dust", "errors", "ms"], rows, rule=True)]
+    rows.append(
+        [
+            "total",
+            "OK" if report.ok else "ERRORS",
+            report.total("pairs"),
+            report.total("positions"),
+            report.total("uncovered_before"),
+            report.total("uncovered_after"),
+            report.total("covered"),
+            report.total("repriced"),
+            report.total("dust"),
+            report.total("error_count") + len(report.errors),
+            report.duration_ms,
+        ]
+    )
+    lines = [
+        render_table(
+            [
+                "session",
+                "status",
+                "pairs",
+                "positions",
+                "uncov before",
+                "uncov after",
+                "covered now",
+                "repriced",
+                "dust",
+                "errors",
+                "ms",
+            ],
+            rows,
+            rule=True,
+        )
+    ]
     stream = report.stream
     taken = ", ".join(f"{g} {n}" for g, n in stream.taken_over.items()) or "none"
     lines.append(
         f"stream: live consumers {stream.live or '{}'}; entries taken over: {taken}; "
         f"dead letters {stream.dead_len} (+{stream.dead_growth})"
-        + (f"; removed consumers {', '.join(stream.removed_consumers)}" if stream.removed_consumers else "")
+        + (
+            f"; removed consumers {', '.join(stream.removed_consumers)}"
+            if stream.removed_consumers
+            else ""
+        )
     )
     book = "unavailable" if report.open_orders is None else str(report.open_orders)
     lines.append(
@@ -115,16 +165,24 @@ def render_sweep(report: SweepReport) -> str:
         f"fill event {report.total('filled_unreported')}; unknown orders {len(report.unknown_orders)}"
     )
     if report.risk is not None and report.risk.limit is None:
-        lines.append("risk: PORTFOLIO_DAILY_LOSS_LIMIT not set" + (" (previous day's halt cleared)" if report.risk.cleared else ""))
+        lines.append(
+            "risk: PORTFOLIO_DAILY_LOSS_LIMIT not set"
+            + (" (previous day's halt cleared)" if report.risk.cleared else "")
+        )
     elif report.risk is not None:
         r = report.risk
         state = "HALT" if r.halted else "ok"
         lines.append(
             f"risk {r.day}: realized {r.realized:.2f} unrealized {r.unrealized:.2f} total {r.total:.2f} "
             f"limit {r.limit}: {state}"
-            + (" (set now)" if r.set_now else "") + (" (previous day's halt cleared)" if r.cleared else "")
+            + (" (set now)" if r.set_now else "")
+            + (" (previous day's halt cleared)" if r.cleared else "")
             + (f"; no bid for {', '.join(r.unpriced)}" if r.unpriced else "")
-            + (f"; emergency exits {r.exits}, TPs cancelled {r.cancelled}" if r.exits or r.cancelled else "")
+            + (
+                f"; emergency exits {r.exits}, TPs cancelled {r.cancelled}"
+                if r.exits or r.cancelled
+                else ""
+            )
         )
     lines += [f"migration {m}" for m in report.migrations]
     lines += [f"note: {n}" for n in report.notes]
@@ -145,7 +203,9 @@ class PairCoverage:
     dust: Decimal = ZERO
     uncovered: Decimal = ZERO
     uncovered_positions: int = 0
-    oldest_uncovered_ms: int | None = None  # age of the oldest uncovered position (since its last buy)
+    oldest_uncovered_ms: int | None = (
+        None  # age of the oldest uncovered position (since its last buy)
+    )
 
 
 async def coverage(app: App, sids: Sequence[str]) -> list[PairCoverage]:
@@ -185,12 +245,24 @@ async def verify(settings: Settings, *, as_json: bool = False) -> int:
         await recent.close()
         await app.close()
     limit_ms = int(settings.interval_seconds * 1000)
-    late = [r for r in rows if r.oldest_uncovered_ms is not None and r.oldest_uncovered_ms > limit_ms]
+    late = [
+        r for r in rows if r.oldest_uncovered_ms is not None and r.oldest_uncovered_ms > limit_ms
+    ]
     if as_json:
-        print(orjson.dumps({
-            "ok": not late, "interval_ms": limit_ms, "notes": found.notes,
-            "pairs": [{k: _num(v) if isinstance(v, Decimal) else v for k, v in vars(r).items()} for r in rows],
-        }, default=str).decode())
+        print(
+            orjson.dumps(
+                {
+                    "ok": not late,
+                    "interval_ms": limit_ms,
+                    "notes": found.notes,
+                    "pairs": [
+                        {k: _num(v) if isinstance(v, Decimal) else v for k, v in vars(r).items()}
+                        for r in rows
+                    ],
+                },
+                default=str,
+            ).decode()
+        )
     else:
         print(render_coverage(rows, found.notes, limit_ms, len(late)))
     return 1 if late else 0
@@ -198,14 +270,38 @@ async def verify(settings: Settings, *, as_json: bool = False) -> int:
 
 def render_coverage(rows: list[PairCoverage], notes: list[str], limit_ms: int, late: int) -> str:
     body = [
-        [r.session_id, r.symbol, r.positions, _num(r.filled), _num(r.covered), _num(r.dust),
-         _num(r.uncovered), _age(r.oldest_uncovered_ms)]
+        [
+            r.session_id,
+            r.symbol,
+            r.positions,
+            _num(r.filled),
+            _num(r.covered),
+            _num(r.dust),
+            _num(r.uncovered),
+            _age(r.oldest_uncovered_ms),
+        ]
         for r in rows
     ]
-    lines = [render_table(["session", "pair", "positions", "filled", "covered", "dust", "uncovered", "oldest uncovered"], body, rule=True)]
+    lines = [
+        render_table(
+            [
+                "session",
+                "pair",
+                "positions",
+                "filled",
+                "covered",
+                "dust",
+                "uncovered",
+                "oldest uncovered",
+            ],
+            body,
+            rule=True,
+        )
+    ]
     lines += [f"note: {n}" for n in notes]
     lines.append(
-        f"{late} pair(s) uncovered longer than {_age(limit_ms)}" if late
+        f"{late} pair(s) uncovered longer than {_age(limit_ms)}"
+        if late
         else f"ok: nothing uncovered longer than {_age(limit_ms)}"
     )
     return "\n".join(lines)
@@ -224,5 +320,3 @@ def _age(ms: int | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
-
-
