@@ -40,9 +40,8 @@ def _emit(args: argparse.Namespace) -> int:
     async def send(settings: Settings) -> str:
         conn = await redis_store.connect(settings.redis_url)
         try:
-            entry_id = await conn.xadd(
-                Keys(settings.key_prefix, settings.stream).stream, encode(event)
-            )  # type: ignore[arg-type]
+            stream = Keys(settings.key_prefix, settings.stream).stream
+            entry_id = await conn.xadd(stream, encode(event))  # type: ignore[arg-type]
         finally:
             await conn.aclose()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
