@@ -36,10 +36,10 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from base.clock import Clock, iso  # noqa: E402
+from base.settings import Settings  # noqa: E402
 from events.schema import Fill  # noqa: E402
-from mmops.clock import Clock, iso  # noqa: E402
 from mmops.reporting import render_table  # noqa: E402
-from mmops.settings import Settings  # noqa: E402
 from storage import postgres, schema  # noqa: E402
 from storage import session_reader as reader  # noqa: E402
 from storage.keys import Keys  # noqa: E402

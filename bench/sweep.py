@@ -37,8 +37,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from base.settings import Settings
 from mmops.app import App
-from mmops.settings import Settings
 from trading.client_ids import client_id
 from trading.paper import KRAKEN_USD_PAIRS, PaperExchange, split_symbol, to_units
 from trading.positions import Buy, Step, StepStatus, decode_position, encode_position, new_position

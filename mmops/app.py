@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from mmops import logs
-from mmops.clock import Clock, SystemClock
-from mmops.settings import Settings
+from base import logs
+from base.clock import Clock, SystemClock
+from base.settings import Settings
 from storage import redis as redis_store
 from storage.keys import Keys
 from storage.ledger import Ledger

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import asyncpg
 from redis.exceptions import RedisError
 
-from mmops.logs import one_line
-from mmops.settings import SettingsError
+from base.logs import one_line
+from base.settings import SettingsError
 from storage.redis import ServerUnreachable
 
 COMMAND_MODULES = (

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from mmops import logs
-from mmops.settings import Settings
+from base import logs
+from base.settings import Settings
 
 T = TypeVar("T")
 

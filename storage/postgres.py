@@ -7,8 +7,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from mmops.logs import one_line
-from mmops.settings import redact_url
+from base.logs import one_line
+from base.settings import redact_url
 from storage.redis import ServerUnreachable
 
 _CONNECT_ERRORS = (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError)

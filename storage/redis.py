@@ -7,8 +7,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mmops.logs import one_line
-from mmops.settings import redact_url
+from base.logs import one_line
+from base.settings import redact_url
 
 # Errors after which the same command may succeed later: the entry stays pending.
 TRANSIENT_REDIS_ERRORS: tuple[type[Exception], ...] = (

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from mmops.settings import Settings
+from base.settings import Settings
 from storage import schema
 from storage.keys import Keys
 from storage.servers import Servers, ensure_servers

@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from base.settings import Settings
 from mmops.app import App
-from mmops.settings import Settings
 from storage.keys import Keys
 from storage.servers import free_port
 from workers.alerts import GROUP, WebhookForwarder, alert_text, ensure_group, forwarder_tasks, where

@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 
+from base.clock import ManualClock
+from base.settings import Settings
 from mmops.app import App
-from mmops.clock import ManualClock
-from mmops.settings import Settings
 from tests.helpers import (
     drain_coverage,
     fill,
@@ -282,7 +282,7 @@ async def test_the_same_fill_id_in_two_sessions_is_two_fills(app: App) -> None:
 
 
 async def test_takeprofit_outcomes_are_counted_for_prometheus(app: App) -> None:
-    from workers.metrics import REGISTRY
+    from base.metrics import REGISTRY
 
     def count(kind: str) -> float:
         return REGISTRY.get_sample_value("mmops_takeprofits_total", {"type": kind}) or 0.0

@@ -10,9 +10,9 @@ from decimal import Decimal
 
 import pytest
 
+from base.faults import POINTS
+from base.settings import Settings
 from mmops.app import App
-from mmops.faults import POINTS
-from mmops.settings import Settings
 from tests.conftest import MMOPS, wait_for
 from tests.helpers import fill, orders_per_client_id, placed_by_position, takeprofit_entries
 

@@ -7,8 +7,8 @@ import json
 
 import redis.asyncio as aioredis
 
+from base.settings import Settings
 from mmops.app import App
-from mmops.settings import Settings
 from storage.keys import Keys
 from tests.conftest import MMOPS, ROOT
 from workers.coverage import CoverageHandler

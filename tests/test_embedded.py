@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from base.settings import Settings
 from events import Fill, encode
 from mmops.app import App
 from mmops.commands.run import build
-from mmops.settings import Settings
 from storage import schema
 from storage.keys import Keys
 from storage.servers import PostgresProcess, RedisProcess, Servers, ensure_servers, tcp_reachable

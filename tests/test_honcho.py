@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from base.settings import Settings
 from mmops.app import App
-from mmops.settings import Settings
 from storage.keys import Keys
 from tests.conftest import ROOT, wait_for
 from tests.helpers import fill, now_ms, orders_per_client_id

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from base.clock import ManualClock
+from base.settings import Settings
 from mmops.app import App
-from mmops.clock import ManualClock
-from mmops.settings import Settings
 from tests.conftest import MMOPS
 from workers.coverage import CoverageHandler
 from workers.runtime import Runtime

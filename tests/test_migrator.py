@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from base.clock import ManualClock
+from base.settings import Settings
 from mmops.app import App
-from mmops.clock import ManualClock
-from mmops.settings import Settings
 from storage import schema
 from storage.ledger import decode_fill
 from storage.postgres import create_pool

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from mmops.settings import Settings
+from base.settings import Settings
 from storage.keys import Keys
 from trading.exchange import (
     BadSymbol,

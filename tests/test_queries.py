@@ -13,10 +13,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from base.clock import ManualClock
+from base.settings import Settings
 from mmops.app import App
-from mmops.clock import ManualClock
 from mmops.commands import report
-from mmops.settings import Settings
 from workers.coverage import CoverageHandler
 from workers.migrator import MigratorHandler
 from workers.runtime import Runtime

@@ -10,10 +10,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from base.settings import Settings
 from events import encode
 from events.schema import Fill, SessionEnded, SessionStarted
 from mmops.app import App
-from mmops.settings import Settings
 from storage.keys import Keys
 from tests.conftest import MMOPS, ROOT
 from workers.coverage import CoverageHandler

@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
+from base.clock import ManualClock
+from base.settings import Settings
 from mmops.app import App
-from mmops.clock import ManualClock
-from mmops.settings import Settings
 from storage.keys import Keys
 from workers.retention import trim
 

@@ -10,9 +10,9 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from base.clock import ManualClock
+from base.settings import Settings
 from mmops.app import App
-from mmops.clock import ManualClock
-from mmops.settings import Settings
 from tests.helpers import drain_coverage, fill, orders_per_client_id, takeprofit_entries
 from trading.client_ids import client_id
 from trading.paper import PaperExchange

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from base.settings import Settings
 from events import Event, Fill, encode
-from mmops.settings import Settings
 from storage.keys import Keys
 from tests.conftest import wait_for
 from workers.runtime import TRANSIENT_RETRY_S, Entry, Retry, Runtime, Transient

@@ -14,8 +14,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from base.faults import POINTS
 from events import Fill, encode
-from mmops.faults import POINTS
 from storage.keys import Keys
 from storage.servers import RedisProcess, free_port
 from tests.conftest import MMOPS, wait_for

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from mmops.settings import Settings, SettingsError, redact_url
+from base.settings import Settings, SettingsError, redact_url
 from tests.conftest import MMOPS
 
 # field -> (environment variable, junk it must reject)

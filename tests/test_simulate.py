@@ -11,10 +11,10 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
+from base.clock import SystemClock
+from base.settings import Settings
 from events import Fill, SessionEnded, decode
 from mmops.app import App
-from mmops.clock import SystemClock
-from mmops.settings import Settings
 from mmops.simulator import SimConfig, SimulationError, Simulator
 from storage.keys import Keys
 from tests.conftest import MMOPS, ROOT

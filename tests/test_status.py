@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
+from base.settings import Settings
 from events import encode
 from events.schema import SessionStarted
 from mmops.app import App
 from mmops.commands.status import fmt_ms, render_table
-from mmops.settings import Settings
 from storage.keys import Keys
 from tests.conftest import MMOPS, ROOT, wait_for
 from workers.coverage import CoverageHandler

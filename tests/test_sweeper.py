@@ -16,9 +16,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from base.clock import ManualClock
+from base.settings import Settings
 from mmops.app import App
-from mmops.clock import ManualClock
-from mmops.settings import Settings
 from tests.conftest import MMOPS, wait_for
 from tests.helpers import drain_coverage, fill, now_ms, orders_per_client_id, takeprofit_entries
 from trading.client_ids import client_id

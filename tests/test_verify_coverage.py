@@ -10,9 +10,9 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from base.settings import Settings
 from mmops.app import App
 from mmops.commands.sweep import coverage
-from mmops.settings import Settings
 from tests.conftest import MMOPS
 from tests.helpers import drain_coverage, fill, now_ms
 from trading.positions import Buy, encode_position, new_position

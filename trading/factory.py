@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from mmops.clock import Clock
-from mmops.settings import Settings, parse_balances
+from base.clock import Clock
+from base.settings import Settings, parse_balances
 from storage.keys import Keys
 from trading.exchange import Exchange
 

@@ -16,10 +16,11 @@ import enum
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from mmops import logs
-from mmops.clock import Clock, iso
-from mmops.faults import crash_point
-from mmops.settings import Settings
+from base import logs
+from base.clock import Clock, iso
+from base.faults import crash_point
+from base.metrics import TAKEPROFITS
+from base.settings import Settings
 from storage.keys import Keys
 from storage.ledger import Committed, Conflict, Ledger, Op
 from trading.client_ids import client_id
@@ -37,7 +38,6 @@ from trading.exchange import (
 )
 from trading.positions import Position, Step, StepStatus
 from trading.pricing import Tiers, quote_take_profit, round_up
-from workers.metrics import TAKEPROFITS
 
 log = logs.get("mmops.takeprofit")
 

@@ -24,10 +24,10 @@ import aiohttp
 import orjson
 from redis.exceptions import ResponseError
 
-from mmops import logs
+from base import logs
+from base.clock import iso
+from base.logs import one_line
 from mmops.app import App
-from mmops.clock import iso
-from mmops.logs import one_line
 from storage.keys import Keys
 from storage.redis import as_text
 from workers.runtime import Entry, Runtime, Transient, jittered

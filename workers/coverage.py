@@ -14,10 +14,10 @@ from decimal import Decimal
 
 import msgspec
 
+from base import logs
+from base.clock import Clock
+from base.faults import crash_point
 from events import Event, Fill, Order, SessionEnded, SessionStarted
-from mmops import logs
-from mmops.clock import Clock
-from mmops.faults import crash_point
 from storage.keys import Keys
 from storage.ledger import Committed, Conflict, Duplicate, Ledger, Op
 from storage.redis import as_text

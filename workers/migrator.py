@@ -33,12 +33,12 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from base import logs
+from base.clock import Clock, iso
+from base.logs import one_line
+from base.settings import Settings
 from events import Event, SessionEnded, SessionStarted
 from events.codec import session_of
-from mmops import logs
-from mmops.clock import Clock, iso
-from mmops.logs import one_line
-from mmops.settings import Settings
 from storage import schema
 from storage import session_reader as reader
 from storage.keys import Keys

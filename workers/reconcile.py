@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mmops import logs
-from mmops.clock import Clock
+from base import logs
+from base.clock import Clock
 from trading.client_ids import is_ours
 from trading.exchange import Exchange, Order, OrderStatus
 from trading.positions import Position, Step

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import ResponseError
 
-from mmops import logs
+from base import logs
 from mmops.app import App
 from storage.redis import as_text
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from mmops import logs
+from base import logs
+from base.clock import iso, utc_day
+from base.logs import one_line
 from mmops.app import App
-from mmops.clock import iso, utc_day
-from mmops.logs import one_line
 from storage.ledger import Conflict
 from trading.client_ids import client_id
 from trading.exchange import CircuitOpen, DuplicateClientId, ExchangeError, Order, TransientError

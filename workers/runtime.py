@@ -20,15 +20,14 @@ from typing import Any, Protocol, cast
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from base import logs, metrics
+from base.faults import crash_point
+from base.logs import one_line
+from base.settings import Settings, redact_url
 from events import Event, EventError, decode
 from events.codec import session_of
-from mmops import logs
-from mmops.faults import crash_point
-from mmops.logs import one_line
-from mmops.settings import Settings, redact_url
 from storage.keys import Keys
 from storage.redis import TRANSIENT_REDIS_ERRORS, as_text
-from workers import metrics
 
 log = logs.get("mmops.runtime")
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from mmops import logs
+from base import logs
+from base.clock import iso
+from base.logs import one_line
 from mmops.app import App
-from mmops.clock import iso
-from mmops.logs import one_line
 from trading.exchange import ExchangeError
 from trading.positions import COVERING, Position, Step, StepStatus, decode_position
 from trading.pricing import MS_PER_HOUR

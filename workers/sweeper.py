@@ -32,10 +32,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from mmops import logs
+from base import logs
+from base.clock import iso
+from base.logs import one_line
 from mmops.app import App
-from mmops.clock import iso
-from mmops.logs import one_line
 from storage import postgres
 from storage.redis import TRANSIENT_REDIS_ERRORS, ServerUnreachable, as_text
 from trading.exchange import ExchangeError

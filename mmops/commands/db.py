@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from base.settings import Settings
 from mmops import runner
-from mmops.settings import Settings
 from storage import postgres, schema
 
 

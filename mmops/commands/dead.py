@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from base.settings import Settings
 from mmops import runner
 from mmops.reporting import fmt_ms, render_table
-from mmops.settings import Settings
 from storage import redis as redis_store
 from storage.keys import Keys
 from storage.redis import StreamEntry, as_text, entries_of

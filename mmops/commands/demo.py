@@ -26,11 +26,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from mmops import logs, runner
+from base import logs
+from base.settings import Settings, redact_url
+from mmops import runner
 from mmops.app import App
 from mmops.commands.simulate import StatusLine, add_trader_arguments
 from mmops.reporting import percentile, render_table
-from mmops.settings import Settings, redact_url
 from mmops.simulator import SimConfig, SimStats, SimulationError, Simulator
 from storage import postgres, schema
 from storage.keys import Keys

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from base.settings import Settings
 from events import EventError, decode, encode
 from mmops import runner
-from mmops.settings import Settings
 from storage import redis as redis_store
 from storage.keys import Keys
 

@@ -19,13 +19,13 @@ from decimal import Decimal, InvalidOperation
 import asyncpg
 import redis.asyncio as aioredis
 
+from base.clock import Clock, SystemClock
+from base.logs import one_line
+from base.settings import Settings
 from mmops import runner
-from mmops.clock import Clock, SystemClock
 from mmops.commands.report import money
-from mmops.logs import one_line
 from mmops.progress import Progress
 from mmops.reporting import render_table
-from mmops.settings import Settings
 from storage import redis as redis_store
 from storage import schema
 from storage import session_reader as reader

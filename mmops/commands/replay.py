@@ -25,12 +25,12 @@ from typing import Protocol
 import asyncpg
 from redis.exceptions import ResponseError
 
+from base.settings import Settings
 from events import Event, EventError
 from mmops import runner
 from mmops.app import App
 from mmops.commands.simulate import StatusLine
 from mmops.reporting import render_table
-from mmops.settings import Settings
 from storage import postgres
 from storage.redis import as_text, entries_of
 from workers.runtime import Entry, Handler, Runtime

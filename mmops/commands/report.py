@@ -24,9 +24,9 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 import asyncpg
 
+from base.settings import Settings
 from mmops import runner
 from mmops.reporting import render_table
-from mmops.settings import Settings
 from storage import postgres
 
 ZERO = Decimal(0)

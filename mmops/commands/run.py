@@ -6,10 +6,10 @@ import argparse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from mmops import logs, runner
+from base import logs, metrics
+from base.settings import Settings
+from mmops import runner
 from mmops.app import App, run_until_stopped
-from mmops.settings import Settings
-from workers import metrics
 from workers.alerts import forwarder_tasks
 from workers.coverage import CoverageHandler
 from workers.runtime import Runtime

@@ -8,10 +8,10 @@ import sys
 import time
 from typing import TextIO
 
+from base.clock import SystemClock
+from base.settings import Settings, SettingsError
 from mmops import runner
-from mmops.clock import SystemClock
 from mmops.reporting import render_table
-from mmops.settings import Settings, SettingsError
 from mmops.simulator import ProgressCallback, SimConfig, SimStats, SimulationError, Simulator
 from storage import redis as redis_store
 from storage.keys import Keys

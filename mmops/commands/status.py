@@ -21,9 +21,9 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from base.settings import Settings
 from mmops import runner
 from mmops.reporting import fmt_ms, render_table
-from mmops.settings import Settings
 from storage import redis as redis_store
 from storage.keys import Keys
 from storage.redis import as_text, entries_of

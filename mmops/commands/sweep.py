@@ -19,10 +19,10 @@ from typing import Any
 
 import orjson
 
+from base.settings import Settings
 from mmops import runner
 from mmops.app import App
 from mmops.reporting import render_table
-from mmops.settings import Settings
 from trading.positions import decode_position
 from workers.sweep_pass import figures_of
 from workers.sweeper import RecentSessions, Sweeper, SweepReport, discover
