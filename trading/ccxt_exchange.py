@@ -20,7 +20,7 @@ import decimal
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -43,6 +43,7 @@ from trading.exchange import (
     PermanentError,
     PostOnlyRejected,
     Quote,
+    SellRequest,
     TransientError,
 )
 
@@ -171,6 +172,26 @@ class CcxtExchange:
         parsed = self._to_market(symbol, raw)
         self._markets[symbol] = parsed
         return parsed
+
+    async def place_limit_sells(
+        self, requests: Sequence[SellRequest]
+    ) -> list[Order | ExchangeError]:
+        """One request after the other (a batched form is an optimisation of this)."""
+        out: list[Order | ExchangeError] = []
+        for r in requests:
+            try:
+                out.append(
+                    await self.place_limit_sell(
+                        symbol=r.symbol,
+                        amount=r.amount,
+                        price=r.price,
+                        client_id=r.client_id,
+                        post_only=r.post_only,
+                    )
+                )
+            except ExchangeError as exc:
+                out.append(exc)
+        return out
 
     async def place_limit_sell(
         self,

@@ -9,6 +9,7 @@ is recorded as the step's outcome.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
@@ -34,6 +35,17 @@ class Market:
 class Quote:
     bid: Decimal
     ask: Decimal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SellRequest:
+    """One limit sell of a batch (`Exchange.place_limit_sells`)."""
+
+    symbol: str
+    amount: Decimal
+    price: Decimal
+    client_id: str
+    post_only: bool = True
 
 
 class OrderStatus(enum.StrEnum):
@@ -121,6 +133,13 @@ class Exchange(Protocol):
         Raises PostOnlyRejected, InsufficientFunds, DuplicateClientId (an order with this
         client id is open), other PermanentError, or TransientError (outcome unknown).
         """
+        ...
+
+    async def place_limit_sells(
+        self, requests: Sequence[SellRequest]
+    ) -> list[Order | ExchangeError]:
+        """Place several limit sells at once; per request, the order or the error
+        `place_limit_sell` would have raised for it (same meaning, same order)."""
         ...
 
     async def cancel_order(self, *, symbol: str, order_id: str) -> Order:

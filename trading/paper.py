@@ -47,7 +47,7 @@ import base64
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_UP, Decimal, localcontext
 from typing import Any
@@ -62,6 +62,7 @@ from storage.redis import as_text
 from trading.exchange import (
     BadSymbol,
     DuplicateClientId,
+    ExchangeError,
     InsufficientFunds,
     Market,
     Order,
@@ -70,6 +71,7 @@ from trading.exchange import (
     PermanentError,
     PostOnlyRejected,
     Quote,
+    SellRequest,
     TransientError,
 )
 
@@ -588,6 +590,26 @@ class PaperExchange:
             # stale: another process filled or canceled it meanwhile; look again
 
     # --- orders --------------------------------------------------------------------
+    async def place_limit_sells(
+        self, requests: Sequence[SellRequest]
+    ) -> list[Order | ExchangeError]:
+        """One request after the other (a batched form is an optimisation of this)."""
+        out: list[Order | ExchangeError] = []
+        for r in requests:
+            try:
+                out.append(
+                    await self.place_limit_sell(
+                        symbol=r.symbol,
+                        amount=r.amount,
+                        price=r.price,
+                        client_id=r.client_id,
+                        post_only=r.post_only,
+                    )
+                )
+            except ExchangeError as exc:
+                out.append(exc)
+        return out
+
     async def place_limit_sell(
         self,
         *,
