@@ -44,7 +44,7 @@ from trading.paper import KRAKEN_USD_PAIRS, PaperExchange, split_symbol, to_unit
 from trading.positions import Buy, Step, StepStatus, decode_position, encode_position, new_position
 from trading.pricing import quote_take_profit
 from trading.takeprofit import tiers_from
-from workers.sweep_pass import figures_of
+from workers.session_view import figures_of
 from workers.sweeper import Sweeper, SweepReport
 
 D = Decimal

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from events.schema import EVENT_TYPES, Event, Fill, Order, SessionEnded, SessionStarted
+from events.schema import EVENT_TYPES, Event, Fill, Order, SessionEnded, SessionStarted, Side
 
 MAX_ENTRY_BYTES = 4096
 MAX_PAIRS = 500
@@ -49,10 +49,12 @@ def _symbol(name: str, raw: str) -> str:
     return raw
 
 
-def _side(name: str, raw: str) -> str:
-    if raw not in ("buy", "sell"):
-        raise EventError(name, f"expected 'buy' or 'sell', got {_show(raw)}")
-    return raw
+def _side(name: str, raw: str) -> Side:
+    if raw == "buy":
+        return "buy"
+    if raw == "sell":
+        return "sell"
+    raise EventError(name, f"expected 'buy' or 'sell', got {_show(raw)}")
 
 
 def _word(name: str, raw: str) -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Literal
 
 import msgspec
+
+Side = Literal["buy", "sell"]
 
 
 class SessionStarted(msgspec.Struct, frozen=True, kw_only=True, tag="session_started"):
@@ -18,7 +21,7 @@ class Fill(msgspec.Struct, frozen=True, kw_only=True, tag="fill"):
     fill_id: str
     order_id: str
     symbol: str
-    side: str  # "buy" | "sell"
+    side: Side
     price: Decimal
     quantity: Decimal
     fee: Decimal
@@ -39,7 +42,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True, tag="order"):
     session_id: str
     order_id: str
     symbol: str
-    side: str
+    side: Side
     order_type: str
     price: Decimal
     quantity: Decimal

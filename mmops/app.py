@@ -14,8 +14,10 @@ from base import logs
 from base.clock import Clock, SystemClock
 from base.settings import Settings
 from storage import redis as redis_store
+from storage.alerts import write_alert
 from storage.keys import Keys
 from storage.ledger import Ledger
+from trading.book import PositionBook
 from trading.exchange import Exchange
 from trading.takeprofit import TakeProfitEngine
 
@@ -29,7 +31,7 @@ class App:
     keys: Keys
     clock: Clock
     exchange: Exchange
-    ledger: Ledger
+    book: PositionBook
     engine: TakeProfitEngine
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -45,9 +47,9 @@ class App:
         clock = clock or SystemClock()
         if exchange is None:
             exchange = make_exchange(settings, conn, keys, clock)
-        ledger = Ledger(conn, keys)
+        book = PositionBook(Ledger(conn, keys))
         engine = TakeProfitEngine(
-            ledger=ledger, exchange=exchange, keys=keys, settings=settings, clock=clock
+            book=book, exchange=exchange, keys=keys, settings=settings, clock=clock
         )
         return cls(
             settings=settings,
@@ -55,15 +57,13 @@ class App:
             keys=keys,
             clock=clock,
             exchange=exchange,
-            ledger=ledger,
+            book=book,
             engine=engine,
         )
 
     async def alert(self, kind: str, message: str, **figures: object) -> None:
         """Append to mm:alerts (the webhook forwarder picks it up from there)."""
-        fields = {"kind": kind, "message": message, "ts": str(self.clock.now_ms())}
-        fields.update({k: str(v) for k, v in figures.items()})
-        await self.redis.xadd(self.keys.alerts, fields)  # type: ignore[arg-type]
+        await write_alert(self.redis, self.keys, self.clock.now_ms(), kind, message, **figures)
         log.warning("alert %s: %s", kind, message)
 
     async def close(self) -> None:

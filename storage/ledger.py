@@ -1,17 +1,19 @@
-"""Per-session state in Redis: fills seen, positions, TP records.
+"""The one write path: versioned documents in a session's hash, changed by compare-and-set.
 
-Every change to positions is an optimistic compare-and-set in one Lua script: the
-caller computes new positions (pure Python, Decimal) from the versions it read, and
-the script applies them only if no version moved — together with the once-per-fill
-guard (`fills:{sid}`) and any side effects (TP records, output streams, metrics), so
-a change and its effects are durable together or not at all.
+Every change to a session's positions is one Lua script: the caller computes the new
+documents (trading/book.py: pure Python, Decimal) from the versions it read, and the
+script applies them only if no stored version moved — together with the once-per-fill
+guard (`fills:{sid}`) and the change's side effects (`storage.ops`: TP records, output
+streams, metrics), so a change and its effects are durable together or not at all.
+
+A document is JSON whose first field is its version: `{"v":N,...}`. The script reads
+the version by that prefix and never decodes anything else.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 import orjson
@@ -19,12 +21,12 @@ import redis.asyncio as aioredis
 
 from events.schema import Fill
 from storage.keys import Keys
+from storage.ops import Op
 from storage.pipeliner import Pipeliner
 from storage.redis import as_text
-from trading.positions import Position, decode_position, encode_position
 
-# KEYS: positions hash, fills hash.
-# ARGV: fill_id ('' for none), fill payload, n, then n × (pid, expected version, json), then ops.
+# KEYS: documents hash, fills hash.
+# ARGV: fill_id ('' for none), fill payload, n, then n × (id, expected version, json), then ops.
 _COMMIT = """
 local fid = ARGV[1]
 local n = tonumber(ARGV[3])
@@ -47,21 +49,20 @@ for w = 1, n do
 end
 if fid ~= '' then redis.call('HSET', KEYS[2], fid, ARGV[2]) end
 for _, op in ipairs(cjson.decode(ARGV[i])) do
-  if op[1] == 'DECIMAL_INCRBY' then
+  local kind = table.remove(op, 1)
+  if kind == 'decimal_incrby' then
     -- an exact decimal counter: integer 1e-8 units in <field>_e8, the decimal text in <field>
-    local v = redis.call('HINCRBY', op[2], op[3] .. '_e8', op[4])
+    local v = redis.call('HINCRBY', op[1], op[2] .. '_e8', op[3])
     local sign = ''
     if v < 0 then sign = '-'; v = -v end
     local whole = math.floor(v / 100000000)
-    redis.call('HSET', op[2], op[3], string.format('%s%d.%08d', sign, whole, v - whole * 100000000))
+    redis.call('HSET', op[1], op[2], string.format('%s%d.%08d', sign, whole, v - whole * 100000000))
   else
     redis.call(unpack(op))
   end
 end
 return {'ok'}
 """
-
-Op = Sequence[str | int]
 
 _fill_encoder = msgspec.json.Encoder(decimal_format="string")
 _fill_decoder = msgspec.json.Decoder(Fill)
@@ -76,101 +77,76 @@ def decode_fill(raw: bytes) -> Fill:
 
 
 @dataclass(frozen=True, slots=True)
-class Committed:
-    positions: tuple[Position, ...]
+class Write:
+    """A document's next version: stored only if the stored version is still `expected`."""
+
+    id: str
+    expected: int  # 0: the document does not exist yet
+    payload: bytes  # JSON starting with {"v":<expected + 1>,
 
 
 @dataclass(frozen=True, slots=True)
-class Duplicate:
-    """The fill was recorded before; `current` is the first position's stored state."""
-
-    current: Position | None
+class Applied:
+    """Every write and op was applied (and the fill recorded)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Conflict:
-    position_id: str
-    current: Position | None
+class AlreadyRecorded:
+    """The guarding fill was recorded before: nothing changed. `current` is the first
+    written document as stored (None if it does not exist)."""
+
+    id: str
+    current: bytes | None
 
 
-CommitResult = Committed | Duplicate | Conflict
+@dataclass(frozen=True, slots=True)
+class VersionMoved:
+    """Document `id` is no longer at its expected version: nothing changed."""
+
+    id: str
+    current: bytes | None
+
+
+CommitReply = Applied | AlreadyRecorded | VersionMoved
 
 
 @dataclass
 class Ledger:
+    """Compare-and-set commits on the documents hash of a session (`keys.positions(sid)`)."""
+
     redis: aioredis.Redis
     keys: Keys
-    cache_size: int = 10_000  # recent positions; a miss costs one CAS round trip, not correctness
-    _cache: OrderedDict[tuple[str, str], Position] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self._commit = self.redis.register_script(_COMMIT)
         self._pipeliner = Pipeliner(self.redis)
 
-    # --- reads -----------------------------------------------------------------
-    async def position(self, sid: str, pid: str, *, fresh: bool = False) -> Position | None:
-        """The position, from this process' cache unless `fresh` (a CAS corrects stale reads)."""
-        if not fresh and (cached := self._cache.get((sid, pid))) is not None:
-            return cached
-        raw = await self.redis.hget(self.keys.positions(sid), pid)
-        position = decode_position(raw) if raw else None
-        self._remember(sid, pid, position)
-        return position
-
-    async def positions(self, sid: str) -> dict[str, Position]:
-        raw = await self.redis.hgetall(self.keys.positions(sid))
-        out = {as_text(k): decode_position(v) for k, v in raw.items()}
-        for pid, position in out.items():
-            self._remember(sid, pid, position)
-        return out
-
-    def cached(self, sid: str, pid: str) -> Position | None:
-        return self._cache.get((sid, pid))
-
-    # --- the one write path --------------------------------------------------
     async def commit(
         self,
         sid: str,
-        writes: Sequence[Position],
+        writes: Sequence[Write],
         *,
         fill: Fill | None = None,
         ops: Sequence[Op] = (),
-    ) -> CommitResult:
-        """Apply new versions of `writes` (each one version above what is stored) atomically.
-
-        With `fill`, the change happens only if that fill id was never recorded for the
-        session, and records it. `ops` are Redis commands run in the same script on success.
-        """
+    ) -> CommitReply:
+        """Apply `writes` and `ops` atomically if no version moved. With `fill`, only if
+        that fill id was never recorded for the session, and record it with the change."""
         args: list[str | bytes | int] = [
             fill.fill_id if fill else "",
             encode_fill(fill) if fill else b"",
             len(writes),
         ]
-        for position in writes:
-            args += [position.id, position.v - 1, encode_position(position)]
-        args.append(orjson.dumps([list(op) for op in ops]))
+        for write in writes:
+            args += [write.id, write.expected, write.payload]
+        args.append(orjson.dumps([op.wire() for op in ops]))
         reply = await self._pipeliner.run(
             self._commit, [self.keys.positions(sid), self.keys.fills(sid)], args
         )
-        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        status = as_text(reply[0])
         if status == "ok":
-            for position in writes:
-                self._remember(sid, position.id, position)
-            return Committed(tuple(writes))
-        pid = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-        current = decode_position(reply[2]) if reply[2] else None
-        if pid:
-            self._remember(sid, pid, current)
+            return Applied()
+        doc_id = as_text(reply[1])
+        current = bytes(reply[2]) if reply[2] else None
         if status == "dup":
-            return Duplicate(current)
-        return Conflict(pid, current)
-
-    def _remember(self, sid: str, pid: str, position: Position | None) -> None:
-        key = (sid, pid)
-        if position is None:
-            self._cache.pop(key, None)
-            return
-        self._cache[key] = position
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            return AlreadyRecorded(doc_id, current)
+        return VersionMoved(doc_id, current)

@@ -60,6 +60,12 @@ def as_text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def stream_id(text: str) -> tuple[int, int]:
+    """A stream entry id `ms-seq` as (ms, seq), ordered as Redis orders ids."""
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def entries_of(reply: object) -> list[StreamEntry]:
     """An XRANGE/XREVRANGE reply as (id, fields) pairs with text ids (a trimmed payload: {})."""
     out: list[StreamEntry] = []

@@ -20,7 +20,6 @@ from events.schema import Fill, Order
 from storage.keys import Keys
 from storage.ledger import decode_fill
 from storage.redis import as_text
-from trading.positions import Position, decode_position
 
 SCAN_COUNT = 1000  # HSCAN COUNT: entries per round trip (a hint; Redis may return more)
 
@@ -216,13 +215,6 @@ async def fills_by_id(
             ahead.cancel()
             with contextlib.suppress(BaseException):
                 await ahead
-
-
-async def positions(
-    redis: aioredis.Redis, keys: Keys, sid: str, count: int = SCAN_COUNT
-) -> AsyncIterator[list[Position]]:
-    async for chunk in scan_values(redis, keys.positions(sid), count):
-        yield [decode_position(raw) for raw in chunk]
 
 
 async def order_events(

@@ -43,9 +43,7 @@ def fill(
 
 
 def coverage_runtime(app: App, consumer: str = "test-consumer") -> Runtime:
-    handler = CoverageHandler(
-        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
-    )
+    handler = CoverageHandler(app)
     return Runtime(app.redis, app.keys, app.settings, handler, consumer, stop=app.stop)
 
 

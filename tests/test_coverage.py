@@ -84,7 +84,7 @@ async def test_partial_fills_cover_exactly_what_was_filled(app: App) -> None:
             ),
         )
     await drain_coverage(app)
-    position = await app.ledger.position("s-2", "o-9", fresh=True)
+    position = await app.book.position("s-2", "o-9", fresh=True)
     assert position is not None
     assert position.filled == Decimal("1.0")
     assert position.covered == Decimal("1.0")
@@ -104,7 +104,7 @@ async def test_dust_waits_until_more_fills_lift_it(app: App) -> None:
     skipped = await takeprofit_entries(app, "skipped")
     assert len(skipped) == 1 and skipped[0]["reason"].startswith("dust")
     assert await takeprofit_entries(app, "created") == []
-    position = await app.ledger.position("s-3", "o-1", fresh=True)
+    position = await app.book.position("s-3", "o-1", fresh=True)
     assert position is not None and position.dust == Decimal("0.00003")
 
     await app.redis.xadd(
@@ -138,7 +138,7 @@ async def test_tp_fill_closes_its_position_with_realized_pnl(app: App) -> None:
         ),
     )
     await drain_coverage(app)
-    position = await app.ledger.position("s-4", "o-1", fresh=True)
+    position = await app.book.position("s-4", "o-1", fresh=True)
     assert position is not None
     assert position.open_quantity == 0
     assert position.steps[0].status == "filled"
@@ -182,8 +182,8 @@ async def test_other_sells_close_oldest_positions_first(app: App) -> None:
         ),
     )
     await drain_coverage(app)
-    old = await app.ledger.position("s-5", "o-old", fresh=True)
-    new = await app.ledger.position("s-5", "o-new", fresh=True)
+    old = await app.book.position("s-5", "o-old", fresh=True)
+    new = await app.book.position("s-5", "o-new", fresh=True)
     assert old is not None and new is not None
     assert old.closed_other == Decimal(1) and new.closed_other == Decimal("0.5")
     assert old.realized_pnl == Decimal(20) and new.realized_pnl == Decimal("5.0")
@@ -203,7 +203,7 @@ async def test_no_balance_is_skipped_with_the_reason(app: App) -> None:
     await drain_coverage(app)
     [skipped] = await takeprofit_entries(app, "skipped")
     assert skipped["reason"].startswith("insufficient balance")
-    position = await app.ledger.position("s-6", "o-1", fresh=True)
+    position = await app.book.position("s-6", "o-1", fresh=True)
     assert position is not None and position.uncovered == Decimal("0.01")
 
 
@@ -235,7 +235,7 @@ async def test_concurrent_callers_on_one_position_place_one_order_per_step(
         position = position.with_buy(
             Buy("f-1", Decimal("64000.5"), Decimal("0.5"), Decimal(1), opened)
         )
-        await apps[0].ledger.commit("s-8", [position])
+        await apps[0].book.commit("s-8", [position])
         await apps[0].exchange.observe_fill(
             fill_id="f-1",
             order_id="o-1",
@@ -250,7 +250,7 @@ async def test_concurrent_callers_on_one_position_place_one_order_per_step(
         assert sum(1 for r in results if r.result.value == "created") == 1
         orders = await orders_per_client_id(apps[0])
         assert list(orders.values()) == [1]
-        position = await apps[0].ledger.position("s-8", "o-1", fresh=True)
+        position = await apps[0].book.position("s-8", "o-1", fresh=True)
         assert (
             position is not None and position.covered == Decimal("0.5") and position.uncovered == 0
         )

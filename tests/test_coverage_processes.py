@@ -74,7 +74,7 @@ async def test_sigkill_at_each_step_then_restart_covers_exactly_once(
     try:
 
         async def covered() -> bool:
-            position = await app.ledger.position(sid, "o-1", fresh=True)
+            position = await app.book.position(sid, "o-1", fresh=True)
             return (
                 position is not None
                 and position.uncovered == 0
@@ -120,7 +120,7 @@ async def test_three_consumers_and_a_concurrent_caller_place_one_order_per_step(
             recorded = await app.redis.hlen(app.keys.fills(sid))
             if recorded != sent or await pending(app):
                 return False
-            all_positions = await app.ledger.positions(sid)
+            all_positions = await app.book.positions(sid)
             return all(p.uncovered == 0 and p.pending is None for p in all_positions.values())
 
         await wait_for(done, timeout=60)

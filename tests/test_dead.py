@@ -45,9 +45,7 @@ async def dead_lettered(settings: Settings, redis: aioredis.Redis, keys: Keys) -
     """XADD the bad entries and let a coverage worker dead-letter them; their input ids."""
     ids = [(await redis.xadd(keys.stream, fields)).decode() for fields in BAD]  # type: ignore[arg-type]
     app = await App.open(settings)
-    handler = CoverageHandler(
-        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
-    )
+    handler = CoverageHandler(app)
     stats = await Runtime(app.redis, app.keys, settings, handler, "c1", stop=app.stop).run(
         until_drained=True
     )

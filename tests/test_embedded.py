@@ -116,8 +116,8 @@ class Recorder:
     def __init__(self) -> None:
         self.handled: list[str] = []
 
-    def lane(self, event: object) -> str:
-        return "one"
+    def lane(self, event: object) -> tuple[str, ...]:
+        return ("one",)
 
     async def handle(self, entry: Entry, event: object) -> None:
         self.handled.append(entry.id)

@@ -48,9 +48,7 @@ async def two_sessions(app: App) -> None:
                 fee="0.6",
                 ts=T + i,
             )
-    handler = CoverageHandler(
-        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
-    )
+    handler = CoverageHandler(app)
     await Runtime(app.redis, app.keys, app.settings, handler, "cov").run(until_drained=True)
     tp = (await app.redis.smembers(app.keys.tp_orders("s-a"))).pop().decode()
     record = await app.redis.hgetall(app.keys.tp_order("s-a", tp))

@@ -83,9 +83,7 @@ async def fill(
 
 
 def coverage_runtime(app: App, stop: asyncio.Event | None = None) -> Runtime:
-    handler = CoverageHandler(
-        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
-    )
+    handler = CoverageHandler(app)
     return Runtime(app.redis, app.keys, app.settings, handler, "cov", stop=stop or asyncio.Event())
 
 

@@ -83,13 +83,7 @@ async def migrated(
             )
 
         async def drain(of: App) -> None:
-            handler = CoverageHandler(
-                ledger=of.ledger,
-                engine=of.engine,
-                exchange=of.exchange,
-                keys=of.keys,
-                clock=of.clock,
-            )
+            handler = CoverageHandler(of)
             await Runtime(of.redis, of.keys, of.settings, handler, "cov").run(until_drained=True)
             await Runtime(app.redis, app.keys, app.settings, migrator, "mig").run(
                 until_drained=True

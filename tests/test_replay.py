@@ -58,9 +58,7 @@ async def add(redis: aioredis.Redis, keys: Keys, events: list[dict[str, str]]) -
 
 async def drain_coverage(settings: Settings) -> None:
     app = await App.open(settings)
-    handler = CoverageHandler(
-        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
-    )
+    handler = CoverageHandler(app)
     await Runtime(app.redis, app.keys, settings, handler, "c1", stop=app.stop).run(
         until_drained=True
     )

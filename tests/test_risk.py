@@ -18,7 +18,7 @@ from trading.client_ids import client_id
 from trading.paper import PaperExchange
 from trading.positions import Buy, Close, Step, new_position
 from workers.risk import EXIT_REASON, daily_pnl, day_bounds
-from workers.sweep_pass import SessionView, figures_of
+from workers.session_view import SessionView, figures_of
 from workers.sweeper import Sweeper
 
 D = Decimal
@@ -167,7 +167,7 @@ async def test_emergency_exit_cancels_the_tps_and_sells_at_the_bid_once(
                 and exit_order.status == "open"
             )
         assert {orders[tp1.client_id].status, orders[tp2.client_id].status} == {"canceled"}  # type: ignore[index]
-        position = await app.ledger.position("s-1", "o-1", fresh=True)
+        position = await app.book.position("s-1", "o-1", fresh=True)
         assert position is not None and position.uncovered == 0
         assert [(s.status, s.reason) for s in position.steps] == [
             ("cancelled", ""),

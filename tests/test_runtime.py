@@ -49,8 +49,8 @@ class Recorder:
         self.handled: list[tuple[str, str]] = []
         self.calls: list[tuple[str, int]] = []  # (entry id, deliveries) of every attempt
 
-    def lane(self, event: Event) -> str:
-        return event.session_id
+    def lane(self, event: Event) -> tuple[str, ...]:
+        return (event.session_id,)
 
     async def handle(self, entry: Entry, event: Event) -> None:
         self.calls.append((entry.id, entry.deliveries))
@@ -500,10 +500,10 @@ async def test_reclaim_takes_only_idle_entries_of_other_consumers(
 
 
 def test_lane_dependencies_order_only_what_conflicts() -> None:
-    from workers.runtime import LANE_SEP, dependencies
+    from workers.runtime import Lane, dependencies
 
-    def lane(*parts: str) -> str:
-        return LANE_SEP.join(parts)
+    def lane(*parts: str) -> Lane:
+        return parts
 
     lanes = [
         lane("s", "BTC", "o1"),  # 0 buy

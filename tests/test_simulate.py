@@ -44,9 +44,7 @@ async def entries(redis: aioredis.Redis, stream: str) -> list[dict[str, str]]:
 async def coverage(settings: Settings) -> AsyncIterator[App]:
     """A coverage worker running in this event loop while the test simulates."""
     app = await App.open(settings)
-    handler = CoverageHandler(
-        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
-    )
+    handler = CoverageHandler(app)
     runtime = Runtime(app.redis, app.keys, settings, handler, "sim-test", stop=app.stop)
     task = asyncio.ensure_future(runtime.run())
     yield app

@@ -37,9 +37,7 @@ async def mmops(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 @contextlib.asynccontextmanager
 async def live_coverage(settings: Settings) -> AsyncIterator[None]:
     app = await App.open(settings)
-    handler = CoverageHandler(
-        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
-    )
+    handler = CoverageHandler(app)
     runtime = Runtime(
         app.redis, app.keys, settings, handler, "worker-1", stop=app.stop, heartbeat_every_s=0.2
     )

@@ -230,7 +230,7 @@ async def test_supervisord_runs_the_workers(
     await wait_for(covered, timeout=30, interval=0.1)
     per_client = await orders_per_client_id(app)
     assert len(per_client) == 410 and set(per_client.values()) == {1}
-    for position in (await app.ledger.positions("sv-b")).values():
+    for position in (await app.book.positions("sv-b")).values():
         assert position.covered == position.filled and position.uncovered == 0
 
     # graceful stop: every worker exits 0 with nothing left pending

@@ -87,7 +87,7 @@ async def xadd_fills(app: App, sid: str, per_pair: int, *, ts: int | None = None
 
 
 async def uncovered(app: App, sid: str) -> dict[str, Decimal]:
-    positions = await app.ledger.positions(sid)
+    positions = await app.book.positions(sid)
     return {pid: p.uncovered for pid, p in positions.items() if p.uncovered > 0}
 
 
@@ -212,12 +212,12 @@ async def test_aging_reprices_exactly_once_per_tier_crossing(
     await drain_coverage(app)
     tiers = []
     for hours in (0.5, 1, 1.5, 4, 11.9, 12, 30):
-        clock.ms = (await app.ledger.position("s-age", "o-1", fresh=True)).opened_at + int(
+        clock.ms = (await app.book.position("s-age", "o-1", fresh=True)).opened_at + int(
             hours * HOUR
         )  # type: ignore[union-attr]
         await sweeper.run_once()
         await sweeper.run_once()  # a second pass at the same age changes nothing
-        position = await app.ledger.position("s-age", "o-1", fresh=True)
+        position = await app.book.position("s-age", "o-1", fresh=True)
         assert position is not None and position.uncovered == 0
         [live] = position.live
         tiers.append(live.tier)
@@ -242,7 +242,7 @@ async def test_a_tp_found_filled_when_repricing_is_recorded_not_replaced(
     sweep = SessionSweep(app)
     report = await sweep.run("s-f", None)  # no open book: the cancel is what finds it filled
     assert (report.filled_unreported, report.repriced, report.covered) == (1, 0, 0)
-    position = await app.ledger.position("s-f", "o-1", fresh=True)
+    position = await app.book.position("s-f", "o-1", fresh=True)
     assert position is not None and [s.status for s in position.steps] == ["filled"]
     assert await takeprofit_entries(app, "cancelled") == []
     assert len(await paper(app).orders()) == 1
@@ -279,10 +279,10 @@ async def test_reconciliation_with_the_exchange(app: App, sweeper: Sweeper) -> N
     assert (session.reconciled, session.filled_unreported, session.covered) == (2, 1, 2)
     assert session.uncovered_after == 0 and report.ok
     assert report.unknown_orders == [stranger.id]
-    position = await app.ledger.position("s-r", "o-1-0", fresh=True)
+    position = await app.book.position("s-r", "o-1-0", fresh=True)
     assert position is not None and [s.status for s in position.steps] == ["filled"]
     for pid in ("o-0-0", "o-2-0"):
-        position = await app.ledger.position("s-r", pid, fresh=True)
+        position = await app.book.position("s-r", pid, fresh=True)
         assert position is not None and [s.status for s in position.steps] == ["cancelled", "live"]
     alerts = await alerts_of(app, "unknown_order")
     assert [a["order_id"] for a in alerts] == [stranger.id]

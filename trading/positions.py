@@ -6,6 +6,7 @@ derived from what happened to it (buy fills, closes, TP steps), never stored twi
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import NamedTuple
@@ -35,7 +36,7 @@ class Close(msgspec.Struct, frozen=True, array_like=True):
     ts: int
 
 
-class StepStatus:
+class StepStatus(enum.StrEnum):
     PENDING = "pending"  # intent recorded, exchange outcome not known yet
     LIVE = "live"
     FILLED = "filled"
@@ -54,7 +55,7 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     qty: Decimal
     price: Decimal
     tier: int
-    status: str
+    status: StepStatus
     claimed_at: int
     order_id: str = ""
     cancelled: Decimal = ZERO  # the unfilled quantity a cancel took off the book

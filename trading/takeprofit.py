@@ -1,28 +1,34 @@
 """The take-profit engine: cover a position's uncovered quantity with one post-only sell.
 
-Shared by the coverage worker (on each fill) and the sweeper (safety net, repricing).
-The duplicate guard is layered:
+Shared by the coverage worker (on each fill), the sweeper (safety net, repricing) and
+the loss limit's emergency exit. The duplicate guard is layered:
 1. a step is *claimed* (status pending, deterministic client id) by a compare-and-set
    on the position before the exchange is called — two callers cannot claim one step;
 2. a pending step found later (crash, timeout, redelivery) is first looked up on the
    exchange by its client id; only if the exchange has no such order is it re-sent,
    with the same client id, which the exchange refuses while the first is open;
 3. `tp_attempt:{sid}:<position>` (1 h TTL) marks the attempt for dashboards and tools.
+
+The public steps — `claim`, `place`, `confirm`, `give_up` — are the only way a step
+changes; `cover` and `resolve_pending` compose them.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
+
+import msgspec
 
 from base import logs
-from base.clock import Clock, iso
+from base.clock import Clock
 from base.faults import crash_point
 from base.metrics import TAKEPROFITS
 from base.settings import Settings
 from storage.keys import Keys
-from storage.ledger import Committed, Conflict, Ledger, Op
+from storage.ops import Op
+from trading.book import CommitResult, Committed, Conflict, PositionBook
 from trading.client_ids import client_id
 from trading.exchange import (
     CircuitOpen,
@@ -34,15 +40,17 @@ from trading.exchange import (
     OrderStatus,
     PermanentError,
     PostOnlyRejected,
+    Quote,
     TransientError,
 )
 from trading.positions import Position, Step, StepStatus
 from trading.pricing import Tiers, quote_take_profit, round_up
+from trading.tp_records import Refusal, TpRecords
 
 log = logs.get("mmops.takeprofit")
 
-ATTEMPT_TTL_S = 3600
 MAX_CAS_TRIES = 16
+MAX_REASON = 300
 
 
 class Result(enum.StrEnum):
@@ -78,31 +86,26 @@ def tiers_from(settings: Settings) -> Tiers:
     return Tiers(hours=settings.tier_hours, targets=settings.tier_targets)
 
 
-def value_e8(value: Decimal) -> int:
-    """A quote amount in integer 1e-8 units (explicit rounding) for Redis counters."""
-    return int((value * 100_000_000).to_integral_value(rounding=ROUND_HALF_EVEN))
-
-
 class TakeProfitEngine:
     def __init__(
         self,
         *,
-        ledger: Ledger,
+        book: PositionBook,
         exchange: Exchange,
         keys: Keys,
         settings: Settings,
         clock: Clock,
         pending_settle_ms: int | None = None,
     ) -> None:
-        self.ledger = ledger
+        self.book = book
         self.exchange = exchange
         self.keys = keys
         self.settings = settings
         self.clock = clock
+        self.records = TpRecords(keys, clock)
         self.tiers = tiers_from(settings)
-        self.maker_fee = (
-            None if settings.tp_maker_fee_percent is None else settings.tp_maker_fee_percent / 100
-        )
+        fee = settings.tp_maker_fee_percent
+        self.maker_fee = None if fee is None else fee / 100
         self.pending_settle_ms = (
             settings.tp_pending_settle_ms if pending_settle_ms is None else pending_settle_ms
         )
@@ -114,20 +117,18 @@ class TakeProfitEngine:
         """Decide, without I/O, what covering `pos` takes: a claimed step, a dust mark, or nothing.
 
         The returned position (with its ops) is what to commit; a claimed step is then
-        placed with `place`. Pure, so the coverage worker can commit a fill and the claim
-        of its TP in one compare-and-set.
+        placed with `execute`. Pure, so the coverage worker can commit a fill and the
+        claim of its TP in one compare-and-set.
         """
-        sid = pos.session_id
         if pos.pending is not None:
             return Plan(pos, None, [], Outcome(Result.BUSY, pos, "a step is pending"))
         uncovered = pos.uncovered
         if uncovered <= 0:
             return Plan(pos, None, [], Outcome(Result.NOTHING, pos))
-        now = self.clock.now_ms()
         quote = quote_take_profit(
             buys=[(b.price, b.qty, b.fee) for b in pos.buys],
             uncovered=uncovered,
-            age_ms=now - pos.opened_at,
+            age_ms=self.clock.now_ms() - pos.opened_at,
             market=market,
             tiers=self.tiers,
             maker_fee=self.maker_fee,
@@ -140,61 +141,57 @@ class TakeProfitEngine:
                 f"dust: {uncovered} below the minimum order "
                 f"({market.min_amount} {market.base}, {market.min_cost} {market.quote})"
             )
-            return Plan(
-                changed,
-                None,
-                [
-                    self._tp_event(
-                        "skipped",
-                        changed,
-                        order_id="",
-                        client="",
-                        qty=uncovered,
-                        price=quote.price,
-                        tier=quote.tier,
-                        reason=reason,
-                    ),
-                    ("HINCRBY", self.keys.metrics_takeprofit(sid), "skipped", 1),
-                ],
-                Outcome(Result.DUST, changed, reason),
+            dust_ops = self.records.dust(
+                changed, qty=uncovered, price=quote.price, tier=quote.tier, reason=reason
             )
+            return Plan(changed, None, dust_ops, Outcome(Result.DUST, changed, reason))
         if self.settings.dry_run:
-            return Plan(
-                pos,
-                None,
-                [
-                    self._tp_event(
-                        "skipped",
-                        pos,
-                        order_id="",
-                        client="",
-                        qty=quote.amount,
-                        price=quote.price,
-                        tier=quote.tier,
-                        reason="dry_run",
-                    ),
-                ],
-                Outcome(Result.SKIPPED, pos, "dry_run"),
+            dry_ops = self.records.dry_run(
+                pos, qty=quote.amount, price=quote.price, tier=quote.tier
             )
-        last = pos.steps[-1] if pos.steps else None
-        n = last.n if last is not None and last.status == StepStatus.FAILED else pos.next_step
-        step = Step(
-            n=n,
-            client_id=client_id(sid, pos.id, n),
+            return Plan(pos, None, dry_ops, Outcome(Result.SKIPPED, pos, "dry_run"))
+        step = self.new_step(
+            pos,
             qty=quote.amount,
             price=quote.price,
             tier=quote.tier,
-            status=StepStatus.PENDING,
-            claimed_at=now,
             trigger_ms=trigger_ms,
             replaces=replaces,
         )
-        claimed = pos.with_step(step)
-        return Plan(
-            claimed,
-            step,
-            [("SET", self.keys.tp_attempt(sid, pos.id), step.client_id, "EX", ATTEMPT_TTL_S)],
-            None,
+        return Plan(pos.with_step(step), step, self.records.attempt(pos, step), None)
+
+    def new_step(
+        self,
+        pos: Position,
+        *,
+        qty: Decimal,
+        price: Decimal,
+        tier: int,
+        trigger_ms: int = 0,
+        replaces: str = "",
+        reason: str = "",
+    ) -> Step:
+        """The position's next step, pending. A refused last step's number (and client id)
+        is reused: the exchange holds no order for it."""
+        last = pos.steps[-1] if pos.steps else None
+        n = last.n if last is not None and last.status == StepStatus.FAILED else pos.next_step
+        return Step(
+            n=n,
+            client_id=client_id(pos.session_id, pos.id, n),
+            qty=qty,
+            price=price,
+            tier=tier,
+            status=StepStatus.PENDING,
+            claimed_at=self.clock.now_ms(),
+            trigger_ms=trigger_ms,
+            replaces=replaces,
+            reason=reason,
+        )
+
+    async def claim(self, pos: Position, step: Step) -> CommitResult:
+        """Record `step` as pending on `pos` (CAS): whoever commits it owns its placement."""
+        return await self.book.commit(
+            pos.session_id, [pos.with_step(step)], ops=self.records.attempt(pos, step)
         )
 
     async def cover(
@@ -209,9 +206,7 @@ class TakeProfitEngine:
         """Place or top up the TP for the position's uncovered quantity (at most one step)."""
         for _ in range(MAX_CAS_TRIES):
             pos = (
-                position
-                if position is not None
-                else await self.ledger.position(sid, pid, fresh=True)
+                position if position is not None else await self.book.position(sid, pid, fresh=True)
             )
             position = None
             if pos is None:
@@ -230,7 +225,7 @@ class TakeProfitEngine:
                 assert plan.outcome is not None
                 return plan.outcome
             writes = [] if plan.position is pos else [plan.position]
-            result = await self.ledger.commit(sid, writes, ops=plan.ops)
+            result = await self.book.commit(sid, writes, ops=plan.ops)
             if isinstance(result, Conflict):
                 position = result.current
                 continue
@@ -245,9 +240,10 @@ class TakeProfitEngine:
                 TAKEPROFITS.labels("skipped").inc()
             return plan.outcome
         crash_point("step_claimed")
-        return await self._place(plan.position, plan.step, market)
+        return await self.place(plan.position, plan.step, market)
 
-    async def _place(self, pos: Position, step: Step, market: Market) -> Outcome:
+    async def place(self, pos: Position, step: Step, market: Market) -> Outcome:
+        """Send a claimed step to the exchange and record what came of it."""
         price = step.price
         for attempt in (1, 2):
             try:
@@ -257,37 +253,36 @@ class TakeProfitEngine:
                 crash_point("order_placed")
                 if price != step.price:
                     step = _replace(step, price=price)
-                return await self._confirm(pos, step, order)
+                return await self.confirm(pos, step, order)
             except PostOnlyRejected as exc:
                 if attempt == 2:
-                    return await self._give_up(
+                    return await self.give_up(
                         pos, step, "failed", f"post-only rejected twice: {exc}"
                     )
                 quote = await self._quote_or_none(pos.symbol)
                 if quote is None:
-                    return await self._give_up(pos, step, "failed", f"post-only rejected: {exc}")
+                    return await self.give_up(pos, step, "failed", f"post-only rejected: {exc}")
                 price = max(quote.ask, round_up(quote.bid + market.tick, market.tick))
             except DuplicateClientId:
                 found = await self.exchange.fetch_order_by_client_id(
                     symbol=pos.symbol, client_id=step.client_id
                 )
                 if found is None:
-                    return Outcome(
-                        Result.PENDING, pos, "exchange reports the client id in use but no order"
-                    )
-                return await self._confirm(pos, step, found)
+                    why = "exchange reports the client id in use but no order"
+                    return Outcome(Result.PENDING, pos, why)
+                return await self.confirm(pos, step, found)
             except InsufficientFunds as exc:
-                return await self._give_up(pos, step, "skipped", f"insufficient balance: {exc}")
+                return await self.give_up(pos, step, "skipped", f"insufficient balance: {exc}")
             except CircuitOpen as exc:
-                return await self._give_up(pos, step, "failed", f"exchange unavailable: {exc}")
+                return await self.give_up(pos, step, "failed", f"exchange unavailable: {exc}")
             except PermanentError as exc:
-                return await self._give_up(pos, step, "failed", str(exc))
+                return await self.give_up(pos, step, "failed", str(exc))
             except TransientError as exc:
                 log.warning("TP %s outcome unknown, left pending: %s", step.client_id, exc)
                 return Outcome(Result.PENDING, pos, str(exc))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _quote_or_none(self, symbol: str):  # type: ignore[no-untyped-def]
+    async def _quote_or_none(self, symbol: str) -> Quote | None:
         try:
             return await self.exchange.quote(symbol)
         except (TransientError, PermanentError):
@@ -307,21 +302,20 @@ class TakeProfitEngine:
         except TransientError as exc:
             return Outcome(Result.PENDING, pos, f"exchange unreachable: {exc}")
         if order is not None:
-            outcome = await self._confirm(pos, step, order)
+            outcome = await self.confirm(pos, step, order)
             if outcome.result is Result.CREATED:
                 return Outcome(Result.NOTHING, outcome.position)
             return outcome
         if self.clock.now_ms() - step.claimed_at < self.pending_settle_ms:
             return Outcome(Result.BUSY, pos, "another caller is placing this step")
         market = await self.exchange.market(pos.symbol)
-        outcome = await self._place(pos, step, market)
+        outcome = await self.place(pos, step, market)
         if outcome.result is Result.CREATED:
             return Outcome(Result.NOTHING, outcome.position)
         return outcome
 
-    async def _confirm(self, pos: Position, step: Step, order: Order) -> Outcome:
+    async def confirm(self, pos: Position, step: Step, order: Order) -> Outcome:
         """Record the exchange's acknowledgement of a step, with its TP record and events."""
-        sid = pos.session_id
         now = self.clock.now_ms()
         for _ in range(MAX_CAS_TRIES):
             current = pos.step(step.n)
@@ -337,64 +331,17 @@ class TakeProfitEngine:
                 price=order.price,
                 qty=order.amount,
                 acked_at=now,
-                cancelled=order.amount - order.filled
-                if status == StepStatus.CANCELLED
-                else Decimal(0),
+                cancelled=order.remaining if status == StepStatus.CANCELLED else Decimal(0),
             )
             changed = pos.with_step(done)
-            latency = str(now - step.trigger_ms) if step.trigger_ms else ""
-            ops: list[Op] = [
-                (
-                    "HSET",
-                    self.keys.tp_order(sid, order.id),
-                    "session_id",
-                    sid,
-                    "position",
-                    pos.id,
-                    "symbol",
-                    pos.symbol,
-                    "price",
-                    str(order.price),
-                    "quantity",
-                    str(order.amount),
-                    "tier",
-                    done.tier,
-                    "client_id",
-                    done.client_id,
-                    "created_at",
-                    iso(now),
-                    "status",
-                    status,
-                    "step",
-                    done.n,
-                    "replaces",
-                    done.replaces,
-                ),
-                ("SADD", self.keys.tp_orders(sid), order.id),
-                self._tp_event(
-                    "created",
-                    changed,
-                    order_id=order.id,
-                    client=done.client_id,
-                    qty=order.amount,
-                    price=order.price,
-                    tier=done.tier,
-                    reason="",
-                    latency=latency,
-                    replaces=done.replaces,
-                ),
-                ("HINCRBY", self.keys.metrics_takeprofit(sid), "created", 1),
-                (
-                    "DECIMAL_INCRBY",
-                    self.keys.metrics_takeprofit(sid),
-                    "total_value",
-                    value_e8(order.amount * order.price),
-                ),
-            ]
-            result = await self.ledger.commit(sid, [changed], ops=ops)
+            result = await self.book.commit(
+                pos.session_id, [changed], ops=self.records.created(changed, done, order)
+            )
             if isinstance(result, Committed):
                 log.debug(
-                    "TP %s placed", order.id, extra={"session_id": sid, "position_id": pos.id}
+                    "TP %s placed",
+                    order.id,
+                    extra={"session_id": pos.session_id, "position_id": pos.id},
                 )
                 TAKEPROFITS.labels("created").inc()
                 return Outcome(Result.CREATED, changed)
@@ -404,50 +351,27 @@ class TakeProfitEngine:
             pos = result.current
         return Outcome(Result.PENDING, pos, "could not record the TP (CAS retries exhausted)")
 
-    async def _give_up(self, pos: Position, step: Step, kind: str, reason: str) -> Outcome:
+    async def give_up(self, pos: Position, step: Step, kind: Refusal, reason: str) -> Outcome:
         """The exchange placed nothing for this step: record why; the step covers nothing."""
-        sid = pos.session_id
+        reason = reason[:MAX_REASON]
         for _ in range(MAX_CAS_TRIES):
             current = pos.step(step.n)
             if current.status != StepStatus.PENDING or current.client_id != step.client_id:
                 return Outcome(Result.NOTHING, pos)
-            changed = pos.with_step(
-                _replace(current, status=StepStatus.FAILED, reason=reason[:300])
-            )
-            result = await self.ledger.commit(
-                sid,
-                [changed],
-                ops=[
-                    self._tp_event(
-                        kind,
-                        changed,
-                        order_id="",
-                        client=step.client_id,
-                        qty=step.qty,
-                        price=step.price,
-                        tier=step.tier,
-                        reason=reason[:300],
-                    ),
-                    (
-                        "HINCRBY",
-                        self.keys.metrics_takeprofit(sid),
-                        "failed" if kind == "failed" else "skipped",
-                        1,
-                    ),
-                ],
-            )
+            changed = pos.with_step(_replace(current, status=StepStatus.FAILED, reason=reason))
+            ops = self.records.refused(kind, changed, step, reason)
+            result = await self.book.commit(pos.session_id, [changed], ops=ops)
             if isinstance(result, Committed):
                 log.info(
                     "TP %s %s: %s",
                     step.client_id,
                     kind,
                     reason,
-                    extra={"session_id": sid, "position_id": pos.id},
+                    extra={"session_id": pos.session_id, "position_id": pos.id},
                 )
                 TAKEPROFITS.labels(kind).inc()
-                return Outcome(
-                    Result.SKIPPED if kind == "skipped" else Result.FAILED, changed, reason
-                )
+                result_kind = Result.SKIPPED if kind == "skipped" else Result.FAILED
+                return Outcome(result_kind, changed, reason)
             assert isinstance(result, Conflict)
             if result.current is None:
                 return Outcome(Result.NOTHING)
@@ -467,42 +391,27 @@ class TakeProfitEngine:
 
     async def record_order_state(self, pos: Position, step: Step, order: Order) -> Outcome:
         """Bring a live step in line with the exchange's final state of its order."""
-        sid = pos.session_id
         for _ in range(MAX_CAS_TRIES):
             current = pos.step(step.n)
             if current.status != StepStatus.LIVE or current.order_id != step.order_id:
                 return Outcome(Result.NOTHING, pos)
+            cancelled: Decimal | None
             if order.status == OrderStatus.CLOSED:
                 done = _replace(current, status=StepStatus.FILLED)
-                kind, qty = "", Decimal(0)
+                cancelled = None
             elif order.status in (OrderStatus.CANCELED, OrderStatus.REJECTED):
-                qty = order.amount - order.filled
-                done = _replace(current, status=StepStatus.CANCELLED, cancelled=qty)
-                kind = "cancelled"
+                cancelled = order.remaining
+                done = _replace(current, status=StepStatus.CANCELLED, cancelled=cancelled)
             else:
                 return Outcome(Result.NOTHING, pos)
             changed = pos.with_step(done)
-            ops: list[Op] = [
-                ("HSET", self.keys.tp_order(sid, step.order_id), "status", done.status)
-            ]
-            if kind:
-                ops.append(
-                    self._tp_event(
-                        kind,
-                        changed,
-                        order_id=step.order_id,
-                        client=step.client_id,
-                        qty=qty,
-                        price=step.price,
-                        tier=step.tier,
-                        reason="repriced or reconciled",
-                    )
-                )
-            result = await self.ledger.commit(sid, [changed], ops=ops)
+            ops = self.records.final_state(changed, done, cancelled=cancelled)
+            result = await self.book.commit(pos.session_id, [changed], ops=ops)
             if isinstance(result, Committed):
-                if kind:
-                    TAKEPROFITS.labels(kind).inc()
-                return Outcome(Result.CANCELLED if kind else Result.FILLED, changed)
+                if cancelled is not None:
+                    TAKEPROFITS.labels("cancelled").inc()
+                    return Outcome(Result.CANCELLED, changed)
+                return Outcome(Result.FILLED, changed)
             assert isinstance(result, Conflict)
             if result.current is None:
                 return Outcome(Result.NOTHING)
@@ -526,48 +435,6 @@ class TakeProfitEngine:
             )
         return outcomes
 
-    # --- stream records ------------------------------------------------------------
-    def _fields(
-        self,
-        kind: str,
-        pos: Position,
-        *,
-        order_id: str,
-        client: str,
-        qty: Decimal,
-        price: Decimal,
-        tier: int,
-        reason: str,
-        latency: str = "",
-        replaces: str = "",
-    ) -> dict[str, str]:
-        fields = {
-            "type": kind,
-            "session_id": pos.session_id,
-            "position_id": pos.id,
-            "symbol": pos.symbol,
-            "order_id": order_id,
-            "client_order_id": client,
-            "price": str(price),
-            "quantity": str(qty),
-            "tier": str(tier),
-            "reason": reason,
-            "latency_ms": latency,
-            "ts": str(self.clock.now_ms()),
-        }
-        if replaces:
-            fields["replaces"] = replaces
-        return fields
-
-    def _tp_event(self, kind: str, pos: Position, **kw: object) -> Op:
-        fields = self._fields(kind, pos, **kw)  # type: ignore[arg-type]
-        op: list[str | int] = ["XADD", self.keys.takeprofits, "*"]
-        for key, value in fields.items():
-            op += [key, value]
-        return op
-
 
 def _replace(step: Step, **changes: object) -> Step:
-    import msgspec
-
     return msgspec.structs.replace(step, **changes)

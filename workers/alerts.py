@@ -27,10 +27,10 @@ from redis.exceptions import ResponseError
 from base import logs
 from base.clock import iso
 from base.logs import one_line
-from mmops.app import App
 from storage.keys import Keys
 from storage.redis import as_text
-from workers.runtime import Entry, Runtime, Transient, jittered
+from workers.parts import TradingParts
+from workers.runtime import Entry, Lane, Runtime, Transient, jittered
 
 log = logs.get("mmops.alerts")
 
@@ -89,8 +89,8 @@ class WebhookForwarder:
     def decode(self, fields: Mapping[bytes, bytes]) -> dict[str, str]:
         return {as_text(k): as_text(v) for k, v in fields.items()}
 
-    def lane(self, event: Any) -> str:
-        return GROUP  # one lane: alerts arrive in the order they were raised
+    def lane(self, event: Any) -> Lane:
+        return (GROUP,)  # one lane: alerts arrive in the order they were raised
 
     async def handle(self, entry: Entry, event: Any) -> None:
         alert: dict[str, str] = event
@@ -155,7 +155,7 @@ class WebhookForwarder:
             self._session = None
 
 
-async def ensure_group(app: App) -> None:
+async def ensure_group(app: TradingParts) -> None:
     """Create the webhook group at the end of mm:alerts (old alerts are not sent)."""
     try:
         await app.redis.xgroup_create(app.keys.alerts, GROUP, id="$", mkstream=True)
@@ -165,7 +165,7 @@ async def ensure_group(app: App) -> None:
 
 
 def forwarder_tasks(
-    app: App,
+    app: TradingParts,
     *,
     until_drained: bool = False,
     closers: list[Callable[[], Awaitable[object]]],

@@ -18,13 +18,17 @@ from base import logs
 from base.clock import Clock
 from base.faults import crash_point
 from events import Event, Fill, Order, SessionEnded, SessionStarted
+from storage import ops
 from storage.keys import Keys
-from storage.ledger import Committed, Conflict, Duplicate, Ledger, Op
+from storage.ops import Op
 from storage.redis import as_text
+from trading.book import Committed, Conflict, Duplicate, PositionBook
 from trading.exchange import Exchange, ExchangeError, Market
+from trading.fees import held_and_fee
 from trading.positions import Buy, Close, Position, StepStatus, fifo_allocate, new_position
 from trading.takeprofit import Outcome, Result, TakeProfitEngine
-from workers.runtime import LANE_SEP, Entry, Retry
+from workers.parts import TradingParts
+from workers.runtime import Entry, Lane, Retry
 
 log = logs.get("mmops.coverage")
 
@@ -36,33 +40,22 @@ _order_encoder = msgspec.json.Encoder(decimal_format="string")
 class CoverageHandler:
     group = GROUP
 
-    def __init__(
-        self,
-        *,
-        ledger: Ledger,
-        engine: TakeProfitEngine,
-        exchange: Exchange,
-        keys: Keys,
-        clock: Clock,
-    ) -> None:
-        self.ledger = ledger
-        self.engine = engine
-        self.exchange = exchange
-        self.keys = keys
-        self.clock = clock
-        self.redis = ledger.redis
+    def __init__(self, parts: TradingParts) -> None:
+        self.book: PositionBook = parts.book
+        self.engine: TakeProfitEngine = parts.engine
+        self.exchange: Exchange = parts.exchange
+        self.keys: Keys = parts.keys
+        self.clock: Clock = parts.clock
+        self.redis = parts.redis
 
-    def lane(self, event: Event) -> str:
+    def lane(self, event: Event) -> Lane:
         """Buys of different orders run side by side; other sells wait for the pair's
         earlier buys (FIFO); session events wait for everything of their session."""
         if isinstance(event, Fill | Order):
-            pair = f"{event.session_id}{LANE_SEP}{event.symbol}"
-            return (
-                pair
-                if event.side == "sell" and isinstance(event, Fill)
-                else f"{pair}{LANE_SEP}{event.order_id}"
-            )
-        return event.session_id
+            if event.side == "sell" and isinstance(event, Fill):
+                return (event.session_id, event.symbol)
+            return (event.session_id, event.symbol, event.order_id)
+        return (event.session_id,)
 
     async def handle(self, entry: Entry, event: Event) -> None:
         match event:
@@ -71,75 +64,62 @@ class CoverageHandler:
             case Fill():
                 await self.on_sell(entry, event)
             case SessionStarted():
+                sid = event.session_id
                 await self._session_ops(
-                    event.session_id,
+                    sid,
                     [
-                        (
-                            "HSET",
-                            self.keys.session(event.session_id),
-                            "started_at",
-                            event.ts,
-                            "pairs",
-                            ",".join(event.pairs),
+                        ops.hset(
+                            self.keys.session(sid),
+                            {"started_at": event.ts, "pairs": ",".join(event.pairs)},
                         ),
-                        *(
-                            ("SADD", self.keys.pairs(event.session_id), pair)
-                            for pair in event.pairs
-                        ),
+                        ops.sadd(self.keys.pairs(sid), *event.pairs),
                     ],
                 )
             case Order():
+                sid = event.session_id
                 await self._session_ops(
-                    event.session_id,
+                    sid,
                     [
-                        (
-                            "HSET",
-                            self.keys.orders(event.session_id),
-                            event.order_id,
-                            _order_encoder.encode(event).decode(),
+                        ops.hset(
+                            self.keys.orders(sid),
+                            {event.order_id: _order_encoder.encode(event).decode()},
                         ),
-                        ("SADD", self.keys.pairs(event.session_id), event.symbol),
+                        ops.sadd(self.keys.pairs(sid), event.symbol),
                     ],
                 )
             case SessionEnded():
-                fields: list[str | int] = [
-                    "HSET",
-                    self.keys.session(event.session_id),
-                    "ended_at",
-                    event.ts,
-                    "end_id",
-                    entry.id,
-                ]
+                sid = event.session_id
+                fields: dict[str, str | int] = {"ended_at": event.ts, "end_id": entry.id}
                 if event.fills is not None:
-                    fields += ["fills_expected", event.fills]
+                    fields["fills_expected"] = event.fills
                 if event.reason:
-                    fields += ["end_reason", event.reason]
+                    fields["end_reason"] = event.reason
                 await self._session_ops(
-                    event.session_id,
+                    sid,
                     [
-                        fields,
-                        ("ZADD", self.keys.sessions_ended, "NX", event.ts, event.session_id),
+                        ops.hset(self.keys.session(sid), fields),
+                        ops.zadd(self.keys.sessions_ended, event.ts, sid, only_new=True),
                     ],
                 )
 
-    async def _session_ops(self, sid: str, ops: list[Op]) -> None:
+    async def _session_ops(self, sid: str, changes: list[Op]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            for op in ops:
-                pipe.execute_command(*op)
+            for op in changes:
+                pipe.execute_command(*op.command())
             pipe.zadd(self.keys.sessions, {sid: self.clock.now_ms()})
             await pipe.execute()
 
     def _fill_ops(self, fill: Fill) -> list[Op]:
         return [
-            ("ZADD", self.keys.sessions, self.clock.now_ms(), fill.session_id),
-            ("SADD", self.keys.pairs(fill.session_id), fill.symbol),
+            ops.zadd(self.keys.sessions, self.clock.now_ms(), fill.session_id),
+            ops.sadd(self.keys.pairs(fill.session_id), fill.symbol),
         ]
 
     # --- buys ----------------------------------------------------------------------
     async def on_buy(self, entry: Entry, fill: Fill) -> Outcome:
         """Record the fill and claim its TP step in one compare-and-set, then place the TP."""
         sid, pid = fill.session_id, fill.order_id
-        quantity, fee = _net_of_base_fee(fill)
+        quantity, fee = held_and_fee(fill)
         buy = Buy(fill.fill_id, fill.price, quantity, fee, fill.ts)
         observed = asyncio.ensure_future(self._observe(fill))
         try:
@@ -149,7 +129,7 @@ class CoverageHandler:
                 "no market rules for %s (%s): fill recorded, covering deferred", fill.symbol, exc
             )
             market = None
-        pos = self.ledger.cached(sid, pid) or new_position(
+        pos = self.book.cached(sid, pid) or new_position(
             session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts
         )
         for _ in range(MAX_TRIES):
@@ -160,7 +140,7 @@ class CoverageHandler:
                     plan, position=msgspec.structs.replace(plan.position, v=bought.v)
                 )
             writes = [plan.position if plan is not None else bought]
-            result = await self.ledger.commit(
+            result = await self.book.commit(
                 sid, writes, fill=fill, ops=[*self._fill_ops(fill), *(plan.ops if plan else [])]
             )
             if isinstance(result, Committed):
@@ -206,26 +186,26 @@ class CoverageHandler:
     async def on_sell(self, entry: Entry, fill: Fill) -> None:
         sid = fill.session_id
         await self._observe(fill)
-        quantity, fee = _net_of_base_fee(fill)
+        quantity, fee = held_and_fee(fill)
         close = Close(fill.fill_id, quantity, fill.price, fee, fill.ts)
         owner = await self.redis.hget(self.keys.tp_order(sid, fill.order_id), "position")
         for _ in range(MAX_TRIES):
             writes: list[Position]
             if owner:
-                pos = await self.ledger.position(sid, as_text(owner), fresh=True)
+                pos = await self.book.position(sid, as_text(owner), fresh=True)
                 changed = _with_tp_fill(pos, fill.order_id, close) if pos is not None else None
                 writes = [changed] if changed is not None else []
-                ops = [*self._fill_ops(fill), *self._tp_status_ops(sid, writes, fill.order_id)]
+                changes = [*self._fill_ops(fill), *self._tp_status_ops(sid, writes, fill.order_id)]
             else:
-                positions = await self.ledger.positions(sid)
+                positions = await self.book.positions(sid)
                 writes = [
                     position.with_close(
                         Close(fill.fill_id, qty, fill.price, fee * qty / quantity, fill.ts)
                     )
                     for position, qty in fifo_allocate(positions.values(), fill.symbol, quantity)
                 ]
-                ops = self._fill_ops(fill)
-            result = await self.ledger.commit(sid, writes, fill=fill, ops=ops)
+                changes = self._fill_ops(fill)
+            result = await self.book.commit(sid, writes, fill=fill, ops=changes)
             if not isinstance(result, Conflict):
                 return
         raise RuntimeError(f"positions of {sid} kept changing; will retry")
@@ -235,16 +215,8 @@ class CoverageHandler:
             step = pos.step_for_order(order_id)
             if step is not None:
                 status = "filled" if step.status == StepStatus.FILLED else "partially_filled"
-                return [
-                    (
-                        "HSET",
-                        self.keys.tp_order(sid, order_id),
-                        "status",
-                        status,
-                        "filled",
-                        str(step.filled),
-                    )
-                ]
+                key = self.keys.tp_order(sid, order_id)
+                return [ops.hset(key, {"status": status, "filled": str(step.filled)})]
         return []
 
 
@@ -260,11 +232,3 @@ def _with_tp_fill(pos: Position, order_id: str, close: Close) -> Position | None
         else step.status
     )
     return pos.with_step(msgspec.structs.replace(step, fills=fills, status=status))
-
-
-def _net_of_base_fee(fill: Fill) -> tuple[Decimal, Decimal]:
-    """(quantity held, fee in quote): a fee charged in the base asset reduces the quantity."""
-    if fill.fee_currency and fill.fee_currency == fill.base:
-        held = fill.quantity - fill.fee if fill.side == "buy" else fill.quantity
-        return held, fill.fee * fill.price
-    return fill.quantity, fill.fee

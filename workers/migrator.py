@@ -65,7 +65,7 @@ from storage.session_writer import (
     upsert_started,
 )
 from trading.positions import COVERING, StepStatus
-from workers.runtime import Entry, Retry, Transient
+from workers.runtime import Entry, Lane, Retry, Transient
 
 log = logs.get("mmops.migrator")
 
@@ -301,8 +301,8 @@ class MigratorHandler:
         if self.pool is not None:
             await self.pool.close()
 
-    def lane(self, event: Event) -> str:
-        return event.session_id
+    def lane(self, event: Event) -> Lane:
+        return (event.session_id,)
 
     async def handle(self, entry: Entry, event: Event) -> None:
         try:

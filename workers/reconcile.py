@@ -22,7 +22,7 @@ from trading.positions import Position, Step
 from trading.takeprofit import Outcome, Result, TakeProfitEngine
 
 if TYPE_CHECKING:
-    from workers.sweep_pass import SessionView
+    from workers.session_view import SessionView
 
 log = logs.get("mmops.reconcile")
 

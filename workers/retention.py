@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from redis.exceptions import ResponseError
 
 from base import logs
-from mmops.app import App
 from storage.redis import as_text
+from workers.parts import Parts
 
 log = logs.get("mmops.retention")
 
@@ -30,7 +30,7 @@ class TrimResult:
     reason: str  # what set the bound, or why there was no trim
 
 
-async def trim(app: App, *, approximate: bool = True) -> TrimResult:
+async def trim(app: Parts, *, approximate: bool = True) -> TrimResult:
     """Trim the input stream (`~` MINID by default: cheap, may keep a few older entries)."""
     stream = app.keys.stream
     hours = app.settings.stream_retention_hours
@@ -57,7 +57,7 @@ async def trim(app: App, *, approximate: bool = True) -> TrimResult:
     return TrimResult(stream, removed, bound, reason)
 
 
-async def acked_floor(app: App, group: str, last_delivered: str) -> str:
+async def acked_floor(app: Parts, group: str, last_delivered: str) -> str:
     """The lowest id the group may still need: its smallest pending id, else last-delivered + 1."""
     summary = await app.redis.xpending(app.keys.stream, group)
     if int(summary.get("pending") or 0) and summary.get("min") is not None:

@@ -23,14 +23,13 @@ import orjson
 from base import logs
 from base.clock import iso, utc_day
 from base.logs import one_line
-from mmops.app import App
-from storage.ledger import Conflict
-from trading.client_ids import client_id
+from trading.book import Committed, Conflict
 from trading.exchange import CircuitOpen, DuplicateClientId, ExchangeError, Order, TransientError
-from trading.positions import Position, Step, StepStatus
+from trading.positions import Position, Step
 from trading.pricing import is_dust, tp_amount
-from trading.takeprofit import ATTEMPT_TTL_S, MAX_CAS_TRIES, Outcome, Result
-from workers.sweep_pass import SessionView
+from trading.takeprofit import MAX_CAS_TRIES, Outcome, Result
+from workers.parts import TradingParts
+from workers.session_view import SessionView
 
 log = logs.get("mmops.risk")
 
@@ -94,7 +93,7 @@ def daily_pnl(
 
 
 class RiskGuard:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: TradingParts) -> None:
         self.app = app
         self.settings = app.settings
         self.keys = app.keys
@@ -185,7 +184,7 @@ class RiskGuard:
     async def exit_position(self, sid: str, pid: str, bid: Decimal, report: RiskReport) -> Outcome:
         """Cancel the position's live TPs, then sell what is uncovered at the best bid."""
         engine = self.app.engine
-        pos = await self.app.ledger.position(sid, pid, fresh=True)
+        pos = await self.app.book.position(sid, pid, fresh=True)
         if pos is None:
             return Outcome(Result.NOTHING)
         if pos.pending is not None:
@@ -214,32 +213,10 @@ class RiskGuard:
             amount = tp_amount(pos.uncovered, market.lot)
             if is_dust(amount, bid, market):
                 return Outcome(Result.DUST, pos)
-            last = pos.steps[-1] if pos.steps else None
-            n = last.n if last is not None and last.status == StepStatus.FAILED else pos.next_step
-            step = Step(
-                n=n,
-                client_id=client_id(pos.session_id, pos.id, n),
-                qty=amount,
-                price=bid,
-                tier=len(self.settings.tier_hours),
-                status=StepStatus.PENDING,
-                claimed_at=self.app.clock.now_ms(),
-                reason=EXIT_REASON,
+            step = engine.new_step(
+                pos, qty=amount, price=bid, tier=len(self.settings.tier_hours), reason=EXIT_REASON
             )
-            claimed = pos.with_step(step)
-            result = await self.app.ledger.commit(
-                pos.session_id,
-                [claimed],
-                ops=[
-                    (
-                        "SET",
-                        self.keys.tp_attempt(pos.session_id, pos.id),
-                        step.client_id,
-                        "EX",
-                        ATTEMPT_TTL_S,
-                    ),
-                ],
-            )
+            result = await engine.claim(pos, step)
             if isinstance(result, Conflict):
                 if result.current is None:
                     return Outcome(Result.NOTHING)
@@ -247,12 +224,15 @@ class RiskGuard:
                 if pos.pending is not None:
                     return Outcome(Result.PENDING, pos, "another caller is placing a step")
                 continue
+            if not isinstance(result, Committed):
+                return Outcome(Result.NOTHING)
+            claimed = result.positions[0]
             order = await self._place(claimed, step)
             if order is None:
                 return Outcome(Result.PENDING, claimed, "exit outcome unknown")
             if isinstance(order, str):
-                return await engine._give_up(claimed, step, "failed", order)
-            return await engine._confirm(claimed, step, order)
+                return await engine.give_up(claimed, step, "failed", order)
+            return await engine.confirm(claimed, step, order)
         return Outcome(Result.PENDING, pos, "position kept changing (CAS retries exhausted)")
 
     async def _place(self, pos: Position, step: Step) -> Order | str | None:

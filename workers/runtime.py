@@ -27,9 +27,38 @@ from base.settings import Settings, redact_url
 from events import Event, EventError, decode
 from events.codec import session_of
 from storage.keys import Keys
-from storage.redis import TRANSIENT_REDIS_ERRORS, as_text
+from storage.redis import TRANSIENT_REDIS_ERRORS, as_text, stream_id
 
 log = logs.get("mmops.runtime")
+
+
+Lane = tuple[str, ...]
+"""A path, e.g. (session,), (session, symbol), (session, symbol, order): see `dependencies`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerConfig:
+    """How one consumer group reads and handles its stream (each group has its own)."""
+
+    batch_size: int  # COUNT of each XREADGROUP
+    concurrency: int  # lanes handled at once
+    block_ms: int
+    max_deliveries: int
+    reclaim_idle_ms: int
+    max_entry_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: int) -> ConsumerConfig:
+        values = {
+            "batch_size": settings.batch_size,
+            "concurrency": settings.concurrency,
+            "block_ms": settings.block_ms,
+            "max_deliveries": settings.max_deliveries,
+            "reclaim_idle_ms": settings.reclaim_idle_ms,
+            "max_entry_bytes": settings.max_entry_bytes,
+        }
+        values.update(overrides)
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +70,7 @@ class Entry:
     @property
     def ms(self) -> int:
         """The entry's XADD time (epoch ms), from its id."""
-        return int(self.id.split("-", 1)[0])
+        return stream_id(self.id)[0]
 
 
 class Retry(Exception):
@@ -69,7 +98,7 @@ class Handler(Protocol):
 
     group: str
 
-    def lane(self, event: Event) -> str:
+    def lane(self, event: Event) -> Lane:
         """Entries of one lane (and its ancestor and descendant lanes, see `dependencies`)
         are handled in stream order; other lanes run concurrently."""
         ...
@@ -114,12 +143,14 @@ class Runtime:
     _deferred: dict[str, tuple[float, Entry]] = field(default_factory=dict)
     _transient_tries: dict[str, int] = field(default_factory=dict)
     draining: bool = False  # one pass: transient failures are left pending, not retried in-process
+    config: ConsumerConfig | None = None  # default: from settings (CONSUMER_* settings)
     _in_flight: int = 0
 
     def __post_init__(self) -> None:
+        self.cfg: ConsumerConfig = self.config or ConsumerConfig.from_settings(self.settings)
         self.stream: str = getattr(self.handler, "stream", None) or self.keys.stream
         self.decode: Callable[..., Any] = getattr(self.handler, "decode", None) or (
-            lambda fields: decode(fields, max_bytes=self.settings.max_entry_bytes)
+            lambda fields: decode(fields, max_bytes=self.cfg.max_entry_bytes)
         )
 
     @property
@@ -207,8 +238,8 @@ class Runtime:
             self.group,
             self.consumer,
             {self.stream: after},
-            count=self.settings.batch_size,
-            block=self.settings.block_ms if block else None,
+            count=self.cfg.batch_size,
+            block=self.cfg.block_ms if block else None,
         )
         metrics.HEALTH.beat(self.group)
         if not reply:
@@ -240,9 +271,9 @@ class Runtime:
             self.stream,
             self.group,
             self.consumer,
-            min_idle_time=self.settings.reclaim_idle_ms,
+            min_idle_time=self.cfg.reclaim_idle_ms,
             start_id=self._claim_cursor,
-            count=self.settings.batch_size,
+            count=self.cfg.batch_size,
         )
         start, self._claim_cursor = self._claim_cursor, as_text(reply[0])
         claimed = [
@@ -275,7 +306,7 @@ class Runtime:
             self.group,
             min=start,
             max="+" if cursor == "0-0" else f"({cursor}",
-            count=self.settings.batch_size + len(self._deferred) + 100,
+            count=self.cfg.batch_size + len(self._deferred) + 100,
             consumername=self.consumer,
         )
         candidates = [
@@ -354,11 +385,11 @@ class Runtime:
             if entry.fields is None:
                 dead.append((entry, "entry payload is missing (trimmed from the stream)"))
                 continue
-            if entry.deliveries > self.settings.max_deliveries:
+            if entry.deliveries > self.cfg.max_deliveries:
                 dead.append(
                     (
                         entry,
-                        f"delivered {entry.deliveries} times (MAX_DELIVERIES={self.settings.max_deliveries})",
+                        f"delivered {entry.deliveries} times (MAX_DELIVERIES={self.cfg.max_deliveries})",
                     )
                 )
                 continue
@@ -385,7 +416,7 @@ class Runtime:
         waits = dependencies([self.handler.lane(event) for _, event in items])
         loop = asyncio.get_running_loop()
         finished: list[asyncio.Future[float | None]] = [loop.create_future() for _ in items]
-        limit = asyncio.Semaphore(self.settings.concurrency)
+        limit = asyncio.Semaphore(self.cfg.concurrency)
         done: list[str] = []
         await asyncio.gather(
             *(self._run_entry(i, items, waits[i], finished, limit, done) for i in range(len(items)))
@@ -512,24 +543,22 @@ class Runtime:
             log.warning("dead-lettered %s: %s", entry.id, reason, extra={"group": self.group})
 
 
-LANE_SEP = "\x00"
 LEFT_PENDING = -1.0  # an entry failed: it and the entries behind it wait for a reclaim
 
 
-def dependencies(lanes: Sequence[str]) -> list[list[int]]:
+def dependencies(lanes: Sequence[Lane]) -> list[list[int]]:
     """For each entry, the earlier entries it must wait for.
 
-    Lanes are paths ("session", "session/BTC-USD", "session/BTC-USD/order-7", joined by
-    LANE_SEP). An entry waits for the latest earlier entry of its own lane, of each
-    ancestor lane, and of each descendant lane: a pair's sell waits for the pair's buys
-    before it, buys of different orders run side by side.
+    A lane is a path: (session,), (session, symbol), (session, symbol, order). An entry
+    waits for the latest earlier entry of its own lane, of each ancestor lane (a prefix)
+    and of each descendant lane: a pair's sell waits for the pair's buys before it, buys
+    of different orders run side by side.
     """
-    last: dict[str, int] = {}
-    below: dict[str, set[str]] = {}
+    last: dict[Lane, int] = {}
+    below: dict[Lane, set[Lane]] = {}
     waits: list[list[int]] = []
     for index, lane in enumerate(lanes):
-        parts = lane.split(LANE_SEP)
-        ancestors = [LANE_SEP.join(parts[:k]) for k in range(1, len(parts))]
+        ancestors = [lane[:k] for k in range(1, len(lane))]
         found = {last[a] for a in ancestors if a in last}
         if lane in last:
             found.add(last[lane])

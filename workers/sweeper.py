@@ -35,15 +35,16 @@ from redis.exceptions import ResponseError
 from base import logs
 from base.clock import iso
 from base.logs import one_line
-from mmops.app import App
 from storage import postgres
 from storage.redis import TRANSIENT_REDIS_ERRORS, ServerUnreachable, as_text
 from trading.exchange import ExchangeError
 from workers import retention
+from workers.parts import TradingParts
 from workers.reconcile import OpenBook, open_book, unknown_orders
 from workers.risk import RiskGuard, RiskReport
 from workers.runtime import Handler, Runtime
-from workers.sweep_pass import FiguresCache, SessionReport, SessionSweep, Status
+from workers.session_view import FiguresCache
+from workers.sweep_pass import SessionReport, SessionSweep, Status
 
 if TYPE_CHECKING:
     from workers.migrator import MigratorHandler
@@ -199,7 +200,7 @@ class Discovery:
     notes: list[str]
 
 
-async def discover(app: App, recent: RecentSessions | None) -> Discovery:
+async def discover(app: TradingParts, recent: RecentSessions | None) -> Discovery:
     """Active sessions, most recent activity first, at most SETTLEMENT_MAX_SESSIONS.
 
     Redis: recent activity (`keys.sessions` within the lookback), ended but not migrated
@@ -242,19 +243,21 @@ async def discover(app: App, recent: RecentSessions | None) -> Discovery:
 
 
 # --- stream care ---------------------------------------------------------------------
-HandlerFactory = Callable[[App], Awaitable[tuple[Handler, Callable[[], Awaitable[object]] | None]]]
+HandlerFactory = Callable[
+    [TradingParts], Awaitable[tuple[Handler, Callable[[], Awaitable[object]] | None]]
+]
 
 
-async def _coverage_handler(app: App) -> tuple[Handler, None]:
+async def _coverage_handler(app: TradingParts) -> tuple[Handler, None]:
     from workers.coverage import CoverageHandler
 
-    handler = CoverageHandler(
-        ledger=app.ledger, engine=app.engine, exchange=app.exchange, keys=app.keys, clock=app.clock
-    )
+    handler = CoverageHandler(app)
     return handler, None
 
 
-async def _migrator_handler(app: App) -> tuple[Handler, Callable[[], Awaitable[object]] | None]:
+async def _migrator_handler(
+    app: TradingParts,
+) -> tuple[Handler, Callable[[], Awaitable[object]] | None]:
     from workers.migrator import MigratorHandler
 
     handler = await MigratorHandler.create(app)
@@ -269,7 +272,7 @@ class StreamCare:
         "migrator": _migrator_handler,
     }
 
-    def __init__(self, app: App, consumer: str) -> None:
+    def __init__(self, app: TradingParts, consumer: str) -> None:
         self.app = app
         self.redis = app.redis
         self.keys = app.keys
@@ -424,7 +427,7 @@ async def _mirror(source: asyncio.Event, target: asyncio.Event) -> None:
 class Sweeper:
     """`run()` until app.stop (lease-guarded loop), `run_once()` for one pass, `close()`."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: TradingParts) -> None:
         self.app = app
         self.settings = app.settings
         self.keys = app.keys
@@ -446,7 +449,7 @@ class Sweeper:
         self._migrator: MigratorHandler | None = None  # its pool serves the migration safety net
 
     @classmethod
-    async def create(cls, app: App) -> Sweeper:
+    async def create(cls, app: TradingParts) -> Sweeper:
         return cls(app)
 
     async def close(self) -> None:

@@ -321,7 +321,7 @@ class Demo:
             counts = await pipe.execute()
         created = sum(int(n or 0) for n in counts)
         for sid in sids:
-            for position in (await app.ledger.positions(sid)).values():
+            for position in (await app.book.positions(sid)).values():
                 if position.uncovered > 0:
                     if position.uncovered == position.dust:
                         dust += 1

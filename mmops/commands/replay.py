@@ -220,13 +220,7 @@ async def _handler(
     if group == "coverage":
         from workers.coverage import CoverageHandler
 
-        coverage = CoverageHandler(
-            ledger=app.ledger,
-            engine=app.engine,
-            exchange=app.exchange,
-            keys=app.keys,
-            clock=app.clock,
-        )
+        coverage = CoverageHandler(app)
         return coverage, None, CoverageEffects(app)
     from workers.migrator import MigratorHandler  # type: ignore[attr-defined,unused-ignore]
 

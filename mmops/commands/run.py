@@ -91,13 +91,7 @@ async def build(
     tasks: list[Callable[[], Awaitable[object]]] = []
     consumer = app.settings.consumer
     if "coverage" in names:
-        handler = CoverageHandler(
-            ledger=app.ledger,
-            engine=app.engine,
-            exchange=app.exchange,
-            keys=app.keys,
-            clock=app.clock,
-        )
+        handler = CoverageHandler(app)
         runtime = Runtime(app.redis, app.keys, app.settings, handler, consumer, stop=app.stop)
         tasks.append(lambda: runtime.run(until_drained=until_drained))
     if "migrator" in names:

@@ -24,7 +24,7 @@ from mmops import runner
 from mmops.app import App
 from mmops.reporting import render_table
 from trading.positions import decode_position
-from workers.sweep_pass import figures_of
+from workers.session_view import figures_of
 from workers.sweeper import RecentSessions, Sweeper, SweepReport, discover
 
 ZERO = Decimal(0)
