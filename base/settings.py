@@ -73,6 +73,7 @@ class Settings:
     paper_balances: str = ""
     # migration
     migration_batch_size: int = 10
+    migration_pool_size: int = 8  # PostgreSQL connections of the migrator = its lanes at once
     migration_lookback_hours: Decimal = Decimal(48)
     migration_overdue_minutes: Decimal = Decimal(15)
     # risk
@@ -266,6 +267,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "tp_maker_fee_percent": _non_negative_decimal,
     "tp_pending_settle_ms": _bounded(_int, 0, ">= 0"),
     "migration_batch_size": _positive_int,
+    "migration_pool_size": _positive_int,
     "migration_lookback_hours": _positive_decimal,
     "migration_overdue_minutes": _positive_decimal,
     "portfolio_daily_loss_limit": _positive_decimal,

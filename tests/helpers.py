@@ -8,8 +8,8 @@ from decimal import Decimal
 
 from mmops.app import App
 from trading.paper import PaperExchange
-from workers.coverage import CoverageHandler
-from workers.runtime import RunStats, Runtime
+from workers.groups import runtime_for
+from workers.runtime import RunStats
 
 
 def now_ms() -> int:
@@ -42,13 +42,18 @@ def fill(
     }
 
 
-def coverage_runtime(app: App, consumer: str = "test-consumer") -> Runtime:
-    handler = CoverageHandler(app)
-    return Runtime(app.redis, app.keys, app.settings, handler, consumer, stop=app.stop)
+async def drain(app: App, group: str, consumer: str = "test-consumer") -> RunStats:
+    """Run `group` (from the registry, with its own configuration) until nothing is left."""
+    runtime, close = await runtime_for(group, app, consumer)
+    try:
+        return await runtime.run(until_drained=True)
+    finally:
+        if close is not None:
+            await close()
 
 
 async def drain_coverage(app: App, consumer: str = "test-consumer") -> RunStats:
-    return await coverage_runtime(app, consumer).run(until_drained=True)
+    return await drain(app, "coverage", consumer)
 
 
 async def takeprofit_entries(app: App, kind: str | None = None) -> list[dict[str, str]]:

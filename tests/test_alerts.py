@@ -15,7 +15,8 @@ from base.settings import Settings
 from mmops.app import App
 from storage.keys import Keys
 from storage.servers import free_port
-from workers.alerts import GROUP, WebhookForwarder, alert_text, ensure_group, forwarder_tasks, where
+from workers.alerts import GROUP, WebhookForwarder, alert_text, ensure_group, where
+from workers.groups import GROUPS, runtime_for
 from workers.runtime import Runtime
 
 
@@ -156,20 +157,18 @@ async def test_old_alerts_and_own_dead_letters_are_not_sent(
     ]
 
 
-async def test_forwarder_tasks_wiring(settings: Settings, hook: tuple[Hook, str]) -> None:
+async def test_webhook_group_wiring(settings: Settings, hook: tuple[Hook, str]) -> None:
+    """The registry runs the webhook group only with ALERT_WEBHOOK_URL, and it forwards."""
     endpoint, url = hook
-    plain = await App.open(settings)
-    closers: list[Callable[[], Awaitable[object]]] = []
-    assert forwarder_tasks(plain, closers=closers) == [] and closers == []
-    await plain.close()
+    assert not GROUPS["webhook"].enabled(settings)
     app = await App.open(dataclasses.replace(settings, alert_webhook_url=url))
+    assert GROUPS["webhook"].enabled(app.settings)
     try:
-        tasks = forwarder_tasks(app, until_drained=True, closers=closers)
-        await ensure_group(app)
+        runtime, close = await runtime_for("webhook", app, app.settings.consumer)
         await app.alert("risk_halt", "halted")
-        await asyncio.gather(*(task() for task in tasks))
+        await runtime.run(until_drained=True)
     finally:
-        for close in closers:
+        if close is not None:
             await close()
         await app.close()
     assert [b["content"].splitlines()[0] for b in endpoint.received] == [

@@ -28,6 +28,7 @@ NUMERIC_AND_BOOL: dict[str, tuple[str, tuple[str, ...]]] = {
     "max_entry_bytes": ("MAX_ENTRY_BYTES", POSITIVE_INT),
     "settlement_max_sessions": ("SETTLEMENT_MAX_SESSIONS", POSITIVE_INT),
     "migration_batch_size": ("MIGRATION_BATCH_SIZE", POSITIVE_INT),
+    "migration_pool_size": ("MIGRATION_POOL_SIZE", POSITIVE_INT),
     "tp_pending_settle_ms": ("TP_PENDING_SETTLE_MS", ("abc", "0.5", "-1")),
     "metrics_port": ("METRICS_PORT", ("abc", "70000", "-1", "80.5")),
     "settlement_interval_minutes": ("SETTLEMENT_INTERVAL_MINUTES", POSITIVE_DECIMAL),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,7 +30,7 @@ from base.logs import one_line
 from storage.keys import Keys
 from storage.redis import as_text
 from workers.parts import TradingParts
-from workers.runtime import Entry, Lane, Runtime, Transient, jittered
+from workers.runtime import Entry, Lane, Transient, jittered
 
 log = logs.get("mmops.alerts")
 
@@ -162,30 +162,6 @@ async def ensure_group(app: TradingParts) -> None:
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
-
-
-def forwarder_tasks(
-    app: TradingParts,
-    *,
-    until_drained: bool = False,
-    closers: list[Callable[[], Awaitable[object]]],
-) -> list[Callable[[], Awaitable[object]]]:
-    """The forwarder's loop when ALERT_WEBHOOK_URL is set (else nothing), for run.build()."""
-    url = app.settings.alert_webhook_url
-    if not url:
-        return []
-    forwarder = WebhookForwarder(url=url, keys=app.keys, stop=app.stop)
-    closers.append(forwarder.close)
-    runtime = Runtime(
-        app.redis, app.keys, app.settings, forwarder, app.settings.consumer, stop=app.stop
-    )
-
-    async def run() -> object:
-        await ensure_group(app)
-        log.info("forwarding alerts to %s", where(url))
-        return await runtime.run(until_drained=until_drained)
-
-    return [run]
 
 
 def _seconds(raw: str | None) -> float | None:

@@ -288,7 +288,9 @@ class MigratorHandler:
         """Open the pool and upgrade the schema (not in DRY_RUN: no database writes then)."""
         if parts.settings.dry_run:
             return cls(parts, None)
-        pool = await create_pool(parts.settings.database_url)
+        pool = await create_pool(
+            parts.settings.database_url, max_size=parts.settings.migration_pool_size
+        )
         try:
             async with pool.acquire() as conn:
                 await schema.upgrade(conn)

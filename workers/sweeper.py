@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -39,10 +39,10 @@ from storage import postgres
 from storage.redis import TRANSIENT_REDIS_ERRORS, ServerUnreachable, as_text
 from trading.exchange import ExchangeError
 from workers import retention
+from workers.groups import INPUT_GROUPS, runtime_for
 from workers.parts import TradingParts
 from workers.reconcile import OpenBook, open_book, unknown_orders
 from workers.risk import RiskGuard, RiskReport
-from workers.runtime import Handler, Runtime
 from workers.session_view import FiguresCache
 from workers.sweep_pass import SessionReport, SessionSweep, Status
 
@@ -243,34 +243,10 @@ async def discover(app: TradingParts, recent: RecentSessions | None) -> Discover
 
 
 # --- stream care ---------------------------------------------------------------------
-HandlerFactory = Callable[
-    [TradingParts], Awaitable[tuple[Handler, Callable[[], Awaitable[object]] | None]]
-]
-
-
-async def _coverage_handler(app: TradingParts) -> tuple[Handler, None]:
-    from workers.coverage import CoverageHandler
-
-    handler = CoverageHandler(app)
-    return handler, None
-
-
-async def _migrator_handler(
-    app: TradingParts,
-) -> tuple[Handler, Callable[[], Awaitable[object]] | None]:
-    from workers.migrator import MigratorHandler
-
-    handler = await MigratorHandler.create(app)
-    return handler, handler.close
-
-
 class StreamCare:
     """Stuck entries, dead consumers and dead letters of the input stream's groups."""
 
-    groups: dict[str, HandlerFactory] = {
-        "coverage": _coverage_handler,
-        "migrator": _migrator_handler,
-    }
+    groups: tuple[str, ...] = INPUT_GROUPS
 
     def __init__(self, app: TradingParts, consumer: str) -> None:
         self.app = app
@@ -360,8 +336,9 @@ class StreamCare:
 
     async def _take_over(self, group: str, report: StreamReport) -> None:
         """Handle the group's entries as one of its consumers, within a time budget."""
+        stop = asyncio.Event()
         try:
-            handler, close = await self.groups[group](self.app)
+            runtime, close = await runtime_for(group, self.app, self.consumer, stop=stop)
         except Exception as exc:  # e.g. the migrator is not installed, PostgreSQL is down
             report.stuck[group] = await self._idle_pending(group)
             await self._alert_once(
@@ -372,12 +349,10 @@ class StreamCare:
                 group=group,
             )
             return
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         budget = min(60.0, max(5.0, self.settings.interval_seconds / 2))
         timer = loop.call_later(budget, stop.set)
         mirror = asyncio.ensure_future(_mirror(self.app.stop, stop))
-        runtime = Runtime(self.redis, self.keys, self.settings, handler, self.consumer, stop=stop)
         try:
             stats = await runtime.run(until_drained=True)
         finally:

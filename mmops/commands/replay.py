@@ -18,7 +18,7 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,10 +32,11 @@ from mmops.app import App
 from mmops.commands.simulate import StatusLine
 from mmops.reporting import render_table
 from storage import postgres
-from storage.redis import as_text, entries_of
-from workers.runtime import Entry, Handler, Runtime
+from storage.redis import as_text, entries_of, stream_id
+from workers.groups import INPUT_GROUPS, runtime_for
+from workers.runtime import Entry, Runtime
 
-GROUPS = ("coverage", "migrator")
+GROUPS = INPUT_GROUPS
 PAGE = 200
 _START = re.compile(r"-|\d{1,20}(-\d{1,20})?")
 _END = re.compile(r"\+|\d{1,20}(-\d{1,20})?")
@@ -138,7 +139,8 @@ async def replay(
     progress: Callable[[str], None] | None = None,
 ) -> ReplayResult:
     """Re-run XRANGE start..end through the group's handler; count what changed."""
-    handler, close, effects = await _handler(app, group)
+    runtime, close = await runtime_for(group, app, "replay", draining=True)
+    effects = _effects(app, group)
     result = ReplayResult(app.keys.stream, group)
     started = time.monotonic()
     try:
@@ -152,7 +154,7 @@ async def replay(
             if new:
                 await effects.add_sessions(new)  # counted before their entries are re-run
                 result.sessions |= new
-            await _run_page(app, handler, page, result)
+            await _run_page(runtime, page, result)
             if progress is not None and last is not None and time.monotonic() - started > 1.0:
                 span = max(1, _ms(last) - _ms(result.first))
                 share = min(1.0, (_ms(result.last) - _ms(result.first)) / span)
@@ -183,11 +185,10 @@ async def _pages(app: App, start: str, end: str) -> AsyncIterator[list[Entry]]:
         cursor = "(" + page[-1][0]
 
 
-async def _run_page(app: App, handler: Handler, entries: list[Entry], result: ReplayResult) -> None:
+async def _run_page(runtime: Runtime, entries: list[Entry], result: ReplayResult) -> None:
     """The page through the shared runtime's batch handling (lane order kept), acking nothing."""
-    runtime = Runtime(
-        app.redis, app.keys, app.settings, handler, "replay", stop=app.stop, draining=True
-    )
+    failed_before = runtime.stats.failed
+    runtime.stats.errors.clear()  # this page's failures and deferrals only
     items: list[tuple[Entry, Event]] = []
     for entry in entries:
         result.entries += 1
@@ -197,9 +198,10 @@ async def _run_page(app: App, handler: Handler, entries: list[Entry], result: Re
             result.invalid += 1
     done = await runtime.handle_batch(items)
     result.handled += len(done)
-    result.failed += runtime.stats.failed
+    failed = runtime.stats.failed - failed_before
+    result.failed += failed
     # not ready: deferred by the handler, or waiting behind an entry that was
-    result.deferred += len(items) - len(done) - runtime.stats.failed
+    result.deferred += len(items) - len(done) - failed
     result.errors += runtime.stats.errors
 
 
@@ -214,18 +216,8 @@ class Effects(Protocol):
         ...
 
 
-async def _handler(
-    app: App, group: str
-) -> tuple[Handler, Callable[[], Awaitable[object]] | None, Effects]:
-    if group == "coverage":
-        from workers.coverage import CoverageHandler
-
-        coverage = CoverageHandler(app)
-        return coverage, None, CoverageEffects(app)
-    from workers.migrator import MigratorHandler  # type: ignore[attr-defined,unused-ignore]
-
-    migrator = await MigratorHandler.create(app)
-    return migrator, migrator.close, MigratorEffects(app)
+def _effects(app: App, group: str) -> Effects:
+    return CoverageEffects(app) if group == "coverage" else MigratorEffects(app)
 
 
 class CoverageEffects:
@@ -355,4 +347,4 @@ def _session(entry: Entry) -> str | None:
 
 
 def _ms(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
+    return stream_id(entry_id)[0]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 from base import logs, metrics
 from base.settings import Settings
 from mmops import runner
 from mmops.app import App, run_until_stopped
-from workers.alerts import forwarder_tasks
-from workers.coverage import CoverageHandler
-from workers.runtime import Runtime
+from workers.groups import GROUPS, runtime_for
 
 log = logs.get("mmops.run")
 WORKERS = ("coverage", "migrator", "sweeper")
@@ -87,25 +86,23 @@ async def build(
     until_drained: bool = False,
     closers: list[Callable[[], Awaitable[object]]],
 ) -> list[Callable[[], Awaitable[object]]]:
-    """The loops of the named workers, sharing one App (connections, exchange, ledger)."""
-    tasks: list[Callable[[], Awaitable[object]]] = []
-    consumer = app.settings.consumer
-    if "coverage" in names:
-        handler = CoverageHandler(app)
-        runtime = Runtime(app.redis, app.keys, app.settings, handler, consumer, stop=app.stop)
-        tasks.append(lambda: runtime.run(until_drained=until_drained))
-    if "migrator" in names:
-        from workers.migrator import MigratorHandler
+    """The loops of the named workers, sharing one App (connections, exchange, positions).
 
-        migrator = await MigratorHandler.create(app)
-        closers.append(migrator.close)
-        m_runtime = Runtime(app.redis, app.keys, app.settings, migrator, consumer, stop=app.stop)
-        tasks.append(lambda: m_runtime.run(until_drained=until_drained))
+    The stream workers come from the registry of consumer groups (workers/groups.py),
+    each with its own configuration; the sweeper brings the alerts webhook group along."""
+    groups: list[str] = [name for name in ("coverage", "migrator") if name in names]
+    if "sweeper" in names and GROUPS["webhook"].enabled(app.settings):
+        groups.append("webhook")
+    tasks: list[Callable[[], Awaitable[object]]] = []
+    for name in groups:
+        runtime, close = await runtime_for(name, app, app.settings.consumer)
+        if close is not None:
+            closers.append(close)
+        tasks.append(partial(runtime.run, until_drained=until_drained))
     if "sweeper" in names:
         from workers.sweeper import Sweeper
 
         sweeper = await Sweeper.create(app)
         closers.append(sweeper.close)
         tasks.append(sweeper.run_once if until_drained else sweeper.run)
-        tasks += forwarder_tasks(app, until_drained=until_drained, closers=closers)
     return tasks
