@@ -76,6 +76,13 @@ class Settings:
     migration_pool_size: int = 8  # PostgreSQL connections of the migrator = its lanes at once
     migration_lookback_hours: Decimal = Decimal(48)
     migration_overdue_minutes: Decimal = Decimal(15)
+    migration_grace_minutes: Decimal = Decimal(10)  # wait this long for fills the end counted
+    migration_sync_seconds: Decimal = Decimal(5)  # later changes reach PostgreSQL within this
+    # retention (docs/contract.md §3 Retention)
+    session_retention_days: Decimal = Decimal(7)
+    takeprofits_maxlen: int = 100_000
+    alerts_maxlen: int = 10_000
+    dead_maxlen: int = 10_000
     # risk
     portfolio_daily_loss_limit: Decimal | None = None
     emergency_exit: bool = False
@@ -270,6 +277,12 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "migration_pool_size": _positive_int,
     "migration_lookback_hours": _positive_decimal,
     "migration_overdue_minutes": _positive_decimal,
+    "migration_grace_minutes": _non_negative_decimal,
+    "migration_sync_seconds": _positive_decimal,
+    "session_retention_days": _non_negative_decimal,
+    "takeprofits_maxlen": _positive_int,
+    "alerts_maxlen": _positive_int,
+    "dead_maxlen": _positive_int,
     "portfolio_daily_loss_limit": _positive_decimal,
     "metrics_port": _port,
     "stream_retention_hours": _positive_decimal,

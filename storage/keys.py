@@ -101,6 +101,14 @@ class Keys:
         """zset sid -> ended_at (epoch ms) of sessions not migrated yet."""
         return self.prefix + "mm:sessions:ended"
 
+    def dead_marker(self, stream: str, entry_id: str) -> str:
+        """set once an entry of `stream` is dead-lettered; in `mm:dead`'s hash slot."""
+        return f"{{{self.dead}}}:seen:{stream}:{entry_id}"
+
+    def failures(self, group: str, stream: str) -> str:
+        """hash entry id -> times `group`'s handler raised on it (poison detection)."""
+        return f"{self.prefix}mm:failures:{group}:{stream}"
+
     def heartbeats(self, group: str) -> str:
         """zset consumer -> last heartbeat (epoch ms) of live consumers of a group."""
         return f"{self.prefix}mm:heartbeat:{group}"

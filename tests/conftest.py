@@ -9,8 +9,10 @@ each other's data.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +28,13 @@ from storage.keys import Keys
 from storage.servers import Servers, ensure_servers
 
 ROOT = Path(__file__).resolve().parent.parent
+# Each checkout gets its own pytest temp root: pytest keeps only the 3 newest run directories
+# under a root, so concurrent runs from several checkouts would delete each other's.
+os.environ.setdefault(
+    "PYTEST_DEBUG_TEMPROOT",
+    str(Path(tempfile.gettempdir()) / f"mmops-pytest-{hashlib.sha1(bytes(ROOT)).hexdigest()[:8]}"),
+)
+Path(os.environ["PYTEST_DEBUG_TEMPROOT"]).mkdir(exist_ok=True)
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -29,6 +29,7 @@ from base.clock import iso
 from base.logs import one_line
 from storage.keys import Keys
 from storage.redis import as_text
+from storage.streams import Pairs
 from workers.parts import TradingParts
 from workers.runtime import Entry, Lane, Transient, jittered
 
@@ -86,8 +87,8 @@ class WebhookForwarder:
         self.refused = 0
         self._session: aiohttp.ClientSession | None = None
 
-    def decode(self, fields: Mapping[bytes, bytes]) -> dict[str, str]:
-        return {as_text(k): as_text(v) for k, v in fields.items()}
+    def decode(self, fields: Pairs) -> dict[str, str]:
+        return {as_text(k): as_text(v) for k, v in fields}
 
     def lane(self, event: Any) -> Lane:
         return (GROUP,)  # one lane: alerts arrive in the order they were raised
