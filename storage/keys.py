@@ -86,6 +86,14 @@ class Keys:
         """set of the symbols the session traded (learned from its fills)."""
         return f"{self.prefix}pairs:{{{sid}}}"
 
+    def tp_clients(self, sid: str) -> str:
+        """hash client id -> position id of every step claimed (a TP fill may name only it)."""
+        return f"{self.prefix}tp_clients:{{{sid}}}"
+
+    def tp_inflight(self, sid: str) -> str:
+        """hash client id -> symbol of the steps claimed and not yet confirmed or refused."""
+        return f"{self.prefix}tp_inflight:{{{sid}}}"
+
     def tp_orders(self, sid: str) -> str:
         """set of the session's TP order ids (index of the tp_order:{sid}:* hashes)."""
         return f"{self.prefix}tp_orders:{{{sid}}}"

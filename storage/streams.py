@@ -8,7 +8,7 @@ pairs. That client shares the connection pool of the one it is made from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,3 +106,42 @@ async def autoclaim(
     entries = [Entry(as_text(mid), fields) for mid, fields in reply[1] if mid is not None]
     deleted = [as_text(mid) for mid in reply[2]] if len(reply) > 2 and reply[2] else []
     return Claimed(as_text(reply[0]), entries, len(reply[1]) - len(entries), deleted)
+
+
+Wanted = Callable[[dict[bytes, bytes] | None], bool]
+
+
+async def pending_before(
+    redis: aioredis.Redis,
+    stream: str,
+    group: str,
+    upto: str,
+    wanted: Wanted,
+    *,
+    skip: Container[str] = (),
+    page: int = 200,
+    pages: int = 10,
+) -> str | None:
+    """Why `group` has not processed everything `wanted` before entry `upto` (exclusive):
+    the first such entry still pending (delivered, not acked) — or None once it has.
+
+    Entries before `upto` were all delivered when `upto` was; pending ones are looked up
+    to see what they are (a payload that is gone counts as wanted). `skip`: ids the caller
+    knows are done (handled, not acked yet)."""
+    start = "-"
+    for _ in range(pages):
+        rows = await redis.xpending_range(stream, group, min=start, max=f"({upto}", count=page)
+        ids = [as_text(row["message_id"]) for row in rows]
+        check = [mid for mid in ids if mid not in skip]
+        if check:
+            async with redis.pipeline(transaction=False) as pipe:
+                for mid in check:
+                    pipe.xrange(stream, mid, mid, count=1)
+                found = await pipe.execute()
+            for mid, entries in zip(check, found, strict=True):
+                if wanted(entries[0][1] if entries else None):
+                    return f"{group} has entry {mid} before {upto} pending"
+        if len(rows) < page:
+            return None
+        start = "(" + ids[-1]
+    return f"{group} has more than {page * pages} entries pending before {upto}"

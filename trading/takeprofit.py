@@ -244,6 +244,8 @@ class TakeProfitEngine:
 
     async def place(self, pos: Position, step: Step, market: Market) -> Outcome:
         """Send a claimed step to the exchange and record what came of it."""
+        if self.settings.dry_run:  # DRY_RUN holds on every path, re-sends included
+            return await self.give_up(pos, step, "skipped", "dry_run")
         price = step.price
         for attempt in (1, 2):
             try:
@@ -324,8 +326,10 @@ class TakeProfitEngine:
             status = StepStatus.FILLED if order.status == OrderStatus.CLOSED else StepStatus.LIVE
             if order.status == OrderStatus.CANCELED:
                 status = StepStatus.CANCELLED
+            if status == StepStatus.LIVE and current.filled >= order.amount:
+                status = StepStatus.FILLED  # its fills arrived before its confirmation
             done = _replace(
-                step,
+                current,  # not `step`: fills recorded meanwhile are kept
                 status=status,
                 order_id=order.id,
                 price=order.price,
@@ -384,12 +388,16 @@ class TakeProfitEngine:
         tier = self.tiers.tier(self.clock.now_ms() - pos.opened_at)
         return [s for s in pos.live if s.tier < tier]
 
-    async def cancel_step(self, pos: Position, step: Step) -> Outcome:
+    async def cancel_step(self, pos: Position, step: Step, *, reason: str = "") -> Outcome:
         """Cancel a live TP; a TP the exchange reports filled is recorded as filled instead."""
+        if self.settings.dry_run:
+            return Outcome(Result.NOTHING, pos, "dry_run: not cancelled")
         order = await self.exchange.cancel_order(symbol=pos.symbol, order_id=step.order_id)
-        return await self.record_order_state(pos, step, order)
+        return await self.record_order_state(pos, step, order, reason=reason)
 
-    async def record_order_state(self, pos: Position, step: Step, order: Order) -> Outcome:
+    async def record_order_state(
+        self, pos: Position, step: Step, order: Order, *, reason: str = ""
+    ) -> Outcome:
         """Bring a live step in line with the exchange's final state of its order."""
         for _ in range(MAX_CAS_TRIES):
             current = pos.step(step.n)
@@ -405,7 +413,9 @@ class TakeProfitEngine:
             else:
                 return Outcome(Result.NOTHING, pos)
             changed = pos.with_step(done)
-            ops = self.records.final_state(changed, done, cancelled=cancelled)
+            ops = self.records.final_state(
+                changed, done, cancelled=cancelled, reason=reason or "repriced or reconciled"
+            )
             result = await self.book.commit(pos.session_id, [changed], ops=ops)
             if isinstance(result, Committed):
                 if cancelled is not None:
@@ -417,6 +427,22 @@ class TakeProfitEngine:
                 return Outcome(Result.NOTHING)
             pos = result.current
         return Outcome(Result.PENDING, pos, "CAS retries exhausted")
+
+    async def trim(self, pos: Position) -> list[Outcome]:
+        """A FIFO sell closed quantity a TP still offers: cancel the TPs that offer more than
+        is held, then cover what is still held (docs/contract.md §3 Closing)."""
+        outcomes: list[Outcome] = []
+        for step in sorted(pos.live, key=lambda s: s.n, reverse=True):
+            if pos.over_covered <= 0:
+                break
+            outcome = await self.cancel_step(pos, step, reason="closed by another sell")
+            outcomes.append(outcome)
+            if outcome.result is Result.NOTHING and outcome.position is pos:
+                return outcomes  # dry run, or the step changed meanwhile: nothing more now
+            pos = outcome.position or pos
+        if pos.uncovered > 0 and not self.settings.dry_run:
+            outcomes.append(await self.cover(pos.session_id, pos.id, position=pos))
+        return outcomes
 
     async def reprice(self, pos: Position) -> list[Outcome]:
         """Cancel stale-tier TPs and cover their quantity again at the current tier's price."""

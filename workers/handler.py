@@ -31,7 +31,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Transient, *TRANSIENT_REDIS
 
 class Handler(Protocol):
     """A worker's logic. Optional attributes: `stream` (a stream other than the input
-    stream, e.g. mm:alerts) and `decode(fields)` (another payload format)."""
+    stream, e.g. mm:alerts), `decode(fields)` (another payload format) and
+    `attach(runtime)` (called once with the runtime that consumes for it)."""
 
     group: str
 

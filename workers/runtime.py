@@ -80,6 +80,7 @@ class Runtime:
     _deferred: dict[str, Deferred] = field(default_factory=dict)
     _transient_tries: dict[str, int] = field(default_factory=dict)
     _failed_ids: set[str] = field(default_factory=set)  # failures this process recorded
+    handled: set[str] = field(default_factory=set)  # done in the batch at hand, not acked yet
 
     def __post_init__(self) -> None:
         self.cfg: ConsumerConfig = self.config or ConsumerConfig.from_settings(self.settings)
@@ -92,6 +93,9 @@ class Runtime:
             self.redis, self.keys, self.cfg.max_entry_bytes, self.cfg.dead_maxlen
         )
         self.failures_key = self.keys.failures(self.group, self.stream)
+        attach = getattr(self.handler, "attach", None)
+        if attach is not None:  # a handler that needs to know its stream and group
+            attach(self)
 
     @property
     def group(self) -> str:
@@ -341,6 +345,7 @@ class Runtime:
                     pipe.hdel(self.failures_key, *forget)
                 await pipe.execute()
             self._failed_ids.difference_update(forget)
+            self.handled.difference_update(done)
             self.stats.processed += len(done)
             metrics.PROCESSED.labels(self.group).inc(len(done))
 
@@ -401,6 +406,7 @@ class Runtime:
                 outcome = await self._handle(entry, event, lane)
             if outcome is None:
                 done.append(entry.id)
+                self.handled.add(entry.id)
         finally:
             finished[index].set_result(outcome)
 
