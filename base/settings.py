@@ -71,6 +71,8 @@ class Settings:
     tp_maker_fee_percent: Decimal | None = None
     tp_pending_settle_ms: int = 5_000
     paper_balances: str = ""
+    paper_faults: tuple[tuple[str, float], ...] = ()  # (kind, probability), chaos runs only
+    paper_faults_seed: int | None = None
     # migration
     migration_batch_size: int = 10
     migration_pool_size: int = 8  # PostgreSQL connections of the migrator = its lanes at once
@@ -156,6 +158,9 @@ class Settings:
         ):
             raise SettingsError("TP_MAKER_FEE_PERCENT: expected a percentage from 0 to 100")
         parse_balances("PAPER_BALANCES", self.paper_balances)
+        check_paper_faults("PAPER_FAULTS", self.paper_faults)
+        if self.paper_faults and self.exchange != "paper":
+            raise SettingsError(f"PAPER_FAULTS: only with EXCHANGE=paper, not {self.exchange}")
 
     @property
     def consumer(self) -> str:
@@ -193,6 +198,50 @@ def parse_balances(name: str, raw: str) -> dict[str, Decimal]:
             )
         out[asset.strip()] = value
     return out
+
+
+# PAPER_FAULTS kinds by the paper exchange calls they hit (trading/paper/faults.py). One
+# draw per call picks at most one kind, so the kinds of one call add up to at most 1.
+PAPER_FAULT_CALLS: Mapping[str, tuple[str, ...]] = {
+    "place": ("rate_limit", "place_5xx", "place_timeout", "post_only", "lost_response"),
+    "cancel": ("rate_limit", "cancel_5xx"),
+    "fetch": ("rate_limit", "fetch_5xx"),
+}
+PAPER_FAULT_KINDS = tuple(dict.fromkeys(k for kinds in PAPER_FAULT_CALLS.values() for k in kinds))
+
+
+def parse_paper_faults(name: str, raw: str) -> tuple[tuple[str, float], ...]:
+    """'place_5xx=0.02,post_only=0.01' -> (('place_5xx', 0.02), ('post_only', 0.01))."""
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        kind, sep, text = (part.strip() for part in item.partition("="))
+        try:
+            value = Decimal(text) if sep else None
+        except InvalidOperation:
+            value = None
+        if value is not None and not value.is_finite():
+            value = None
+        if kind not in PAPER_FAULT_KINDS or value is None or not Decimal(0) <= value <= 1:
+            raise SettingsError(
+                f"{name}: expected KIND=PROBABILITY,... with probabilities from 0 to 1 and kinds "
+                f"{' '.join(PAPER_FAULT_KINDS)}, got {item[:60]!r}"
+            )
+        out[kind] = float(value)
+    faults = tuple(out.items())
+    check_paper_faults(name, faults)
+    return faults
+
+
+def check_paper_faults(name: str, faults: tuple[tuple[str, float], ...]) -> None:
+    table = dict(faults)
+    for kind, value in table.items():
+        if kind not in PAPER_FAULT_KINDS or not 0 <= value <= 1:
+            raise SettingsError(f"{name}: {kind}={value} is not a known kind with 0 <= p <= 1")
+    for call, kinds in PAPER_FAULT_CALLS.items():
+        if sum(table.get(kind, 0.0) for kind in kinds) > 1:
+            raise SettingsError(
+                f"{name}: the kinds of one {call} call ({' + '.join(kinds)}) add up to more than 1"
+            )
 
 
 def _str(name: str, raw: str) -> str:
@@ -286,6 +335,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "portfolio_daily_loss_limit": _positive_decimal,
     "metrics_port": _port,
     "stream_retention_hours": _positive_decimal,
+    "paper_faults": parse_paper_faults,
+    "paper_faults_seed": _int,
 }
 
 _ENV_NAMES = {

@@ -141,5 +141,8 @@ class Keys:
 
     # --- paper exchange --------------------------------------------------------
     def paper(self, name: str) -> str:
-        """paper exchange state: orders, clients, balances, locked, prices, seen_fills."""
-        return f"{self.prefix}paper:{name}"
+        """paper exchange state: orders, clients, balances, locked, prices, seen_fills.
+
+        Every key of the paper account carries the one hash tag {paper}, so all of them
+        share a Redis Cluster slot and each script touches one slot (trading/paper)."""
+        return f"{self.prefix}paper:{{paper}}:{name}"

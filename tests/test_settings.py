@@ -51,6 +51,7 @@ NUMERIC_AND_BOOL: dict[str, tuple[str, tuple[str, ...]]] = {
     "tp_tier_3_target_percent": ("TP_TIER_3_TARGET_PERCENT", ANY_DECIMAL),
     "tp_tier_4_target_percent": ("TP_TIER_4_TARGET_PERCENT", ANY_DECIMAL),
     "tp_maker_fee_percent": ("TP_MAKER_FEE_PERCENT", ("abc", "NaN", "-0.1", "100")),
+    "paper_faults_seed": ("PAPER_FAULTS_SEED", ("abc", "1.5", "1e3")),
 }
 
 
@@ -107,6 +108,15 @@ def test_each_variable_is_read(field: str, name: str) -> None:
         ({"PAPER_BALANCES": "USD=lots"}, "PAPER_BALANCES"),
         ({"PAPER_BALANCES": "USD=-5"}, "PAPER_BALANCES"),
         ({"TP_AGING_TIER_1_HOURS": "5"}, "TP_AGING_TIER_1_HOURS"),
+        ({"PAPER_FAULTS": "place_5xx=0.5,meteor=0.1"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=1.5"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=-0.1"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=NaN"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=often"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=0.6,post_only=0.5"}, "PAPER_FAULTS"),  # one call > 1
+        ({"PAPER_FAULTS": "rate_limit=0.5,fetch_5xx=0.6"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=0.1", "EXCHANGE": "kraken", "DRY_RUN": "1"}, "PAPER_FAULTS"),
     ],
 )
 def test_other_settings_are_checked(env: dict[str, str], name: str) -> None:
@@ -136,6 +146,29 @@ def test_defaults_match_the_design() -> None:
     assert s.portfolio_daily_loss_limit is None
     assert s.metrics_port is None
     assert s.interval_seconds == 180.0
+
+
+def test_paper_faults_are_parsed_into_kinds_and_probabilities() -> None:
+    s = Settings.from_env(
+        {
+            "PAPER_FAULTS": " place_5xx=0.02, place_timeout=0.01,rate_limit=0.01,post_only=0.02,"
+            "lost_response=0.01,cancel_5xx=0.02,fetch_5xx=0.99 ",
+            "PAPER_FAULTS_SEED": "42",
+        }
+    )
+    assert dict(s.paper_faults) == {
+        "place_5xx": 0.02,
+        "place_timeout": 0.01,
+        "rate_limit": 0.01,
+        "post_only": 0.02,
+        "lost_response": 0.01,
+        "cancel_5xx": 0.02,
+        "fetch_5xx": 0.99,
+    }
+    assert s.paper_faults_seed == 42
+    assert Settings.from_env({}).paper_faults == ()  # the default: no faults
+    assert Settings.from_env({}).paper_faults_seed is None
+    assert Settings.from_env({"PAPER_FAULTS": ""}).paper_faults == ()
 
 
 def test_log_levels_and_empty_values() -> None:
@@ -237,6 +270,15 @@ def test_coverage_with_a_bad_setting_exits_with_one_line(env: dict[str, str]) ->
     assert len(lines) == 1, done.stderr
     assert "DRY_RUN" in lines[0] and "'maybe'" in lines[0]
     assert done.stdout == ""
+
+
+def test_coverage_with_bad_paper_faults_exits_with_one_line(env: dict[str, str]) -> None:
+    done = _run({**env, "PAPER_FAULTS": "place_5xx=2"}, "coverage", "--drain")
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "PAPER_FAULTS: " in lines[0], lines[0]
+    assert "'place_5xx=2'" in lines[0]
 
 
 def test_coverage_with_an_unreachable_redis_names_the_url_only(env: dict[str, str]) -> None:

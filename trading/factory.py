@@ -17,14 +17,20 @@ def make_exchange(settings: Settings, redis: aioredis.Redis, keys: Keys, clock: 
     if settings.exchange == "paper":
         from decimal import Decimal
 
-        from trading.paper import PaperExchange
+        from trading.paper import PaperExchange, PaperFaults
 
+        faults = (
+            PaperFaults(dict(settings.paper_faults), seed=settings.paper_faults_seed)
+            if settings.paper_faults
+            else None  # the default: no draw at all on the hot path
+        )
         return PaperExchange(
             redis=redis,
             keys=keys,
             maker_fee=maker_fee if maker_fee is not None else Decimal("0.0025"),
             starting_balances=parse_balances("PAPER_BALANCES", settings.paper_balances),
             clock_ms=clock.now_ms,
+            faults=faults,
         )
     from trading.breaker import CircuitBreaker
     from trading.ccxt_exchange import CcxtExchange
