@@ -25,6 +25,8 @@ from storage import schema
 from storage.keys import Keys
 from storage.servers import Servers, ensure_servers
 
+pytest_plugins = ("tests.cluster",)  # the local Redis Cluster fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
