@@ -18,8 +18,8 @@ from storage.local_cluster import (
     LocalCluster,
     _bindable,
     cluster_port,
-    embedded_server_binary,
     each_master_client,
+    embedded_server_binary,
 )
 
 
