@@ -8,6 +8,8 @@
 - `cluster_redis`: a RedisCluster client from `storage.redis.connect`; the test's keys are
   deleted from every master afterwards.
 - `cluster_env`: `env` for a subprocess that should use the cluster.
+- `any_redis`: parametrized, the test runs twice: on the single Redis (`redis`) and on
+  the cluster (`cluster_redis`); both clean up the test's keys.
 - `replicated_cluster`: a cluster of its own, 3 masters with one replica each, for a test
   that kills nodes (`fail_over()` / `await fail_over_async()`); stopped after the test.
 """
@@ -23,6 +25,7 @@ from redis.asyncio.cluster import RedisCluster
 from base.settings import Settings
 from storage import redis as redis_store
 from storage.local_cluster import LocalCluster, each_master_client
+from storage.redis import AnyRedis
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +53,14 @@ async def cluster_redis(
 @pytest.fixture
 def cluster_env(env: dict[str, str], cluster_settings: Settings) -> dict[str, str]:
     return {**env, "REDIS_URL": cluster_settings.redis_url, "REDIS_CLUSTER": "true"}
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis(request: pytest.FixtureRequest) -> AnyRedis:
+    """The test's single-Redis client, then a RedisCluster client on the local cluster."""
+    name = "redis" if request.param == "single" else "cluster_redis"
+    client: AnyRedis = request.getfixturevalue(name)
+    return client
 
 
 @pytest.fixture

@@ -29,11 +29,9 @@ def counting_script() -> scripts.Script:
     return scripts.Script(COUNT.format(token=uuid.uuid4().hex))
 
 
-@pytest.fixture(params=["single", "cluster"])
-def client(request: pytest.FixtureRequest) -> AnyRedis:
-    """The test's single-Redis client, or a RedisCluster on the local cluster."""
-    name = "redis" if request.param == "single" else "cluster_redis"
-    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+@pytest.fixture
+def client(any_redis: AnyRedis) -> AnyRedis:
+    return any_redis
 
 
 @pytest.fixture
