@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import zlib
 
@@ -67,17 +68,17 @@ def test_stream_names() -> None:
     assert Keys.of(settings) == Keys("x:", "ev", 3)
 
 
-def emit(env: dict[str, str], sid: str) -> str:
+def mmops(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [*MMOPS, "emit", "type=session_started", f"session_id={sid}", "pairs=BTC/USD", "ts=1"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [*MMOPS, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    return done
+
+
+def emit(env: dict[str, str], sid: str) -> str:
+    args = ("emit", "type=session_started", f"session_id={sid}", "pairs=BTC/USD", "ts=1")
+    return mmops(env, *args).stdout.strip()
 
 
 async def stream_sessions(client: AnyRedis, stream: str) -> list[str]:
@@ -114,6 +115,11 @@ async def test_emit_on_the_cluster(
         ["s-42"],
         ["A"],
     ]
+    done = mmops({**cluster_env, "MM_STREAM_SHARDS": "4"}, "status", "--json")
+    shards = json.loads(done.stdout)["shards"]
+    assert [(s["stream"], s["length"]) for s in shards] == list(
+        zip(sharded.streams, [0, 1, 1, 1], strict=True)
+    )
 
 
 async def test_simulate_routes_every_event_to_its_session_shard(
