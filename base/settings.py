@@ -41,6 +41,8 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     stream: str = "mm:events"
+    stream_shards: int = 1  # MM_STREAM_SHARDS: the input stream as N streams (contract §6)
+    redis_cluster: bool = False  # REDIS_CLUSTER: REDIS_URL names any node of a Redis Cluster
     key_prefix: str = ""
     exchange: str = "paper"
     exchange_api_key: str | None = field(default=None, repr=False)
@@ -139,6 +141,12 @@ class Settings:
                 urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
             except ValueError as exc:
                 raise SettingsError(f"{name}: {exc} in {redact_url(url)!r}") from None
+        if self.redis_cluster:
+            _check_cluster_url(self.redis_url)
+        if self.stream_shards < 1:
+            raise SettingsError(
+                f"MM_STREAM_SHARDS: expected a number >= 1, got {self.stream_shards}"
+            )
         tiers = (self.tp_aging_tier_1_hours, self.tp_aging_tier_2_hours, self.tp_aging_tier_3_hours)
         if not tiers[0] < tiers[1] < tiers[2]:
             raise SettingsError(
@@ -184,6 +192,21 @@ class Settings:
     @property
     def interval_seconds(self) -> float:
         return float(self.settlement_interval_minutes * 60)
+
+
+def _check_cluster_url(url: str) -> None:
+    """A cluster node is a TCP address with database 0 (a cluster has no other)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        raise SettingsError(
+            "REDIS_URL: a Redis Cluster node needs redis:// or rediss:// (REDIS_CLUSTER=true), "
+            f"got {redact_url(url)!r}"
+        )
+    database = parts.path.strip("/")
+    if database not in ("", "0"):
+        raise SettingsError(
+            f"REDIS_URL: a Redis Cluster has only database 0 (REDIS_CLUSTER=true), got {redact_url(url)!r}"
+        )
 
 
 def parse_balances(name: str, raw: str) -> dict[str, Decimal]:
@@ -301,6 +324,8 @@ _positive_decimal = _bounded(_decimal, 0, "> 0")
 _non_negative_decimal = _bounded(_decimal, 0, ">= 0")
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "stream_shards": _positive_int,
+    "redis_cluster": _bool,
     "dry_run": _bool,
     "emergency_exit": _bool,
     "log_level": _level,
@@ -341,6 +366,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
 
 _ENV_NAMES = {
     "stream": "MM_STREAM",
+    "stream_shards": "MM_STREAM_SHARDS",
     "key_prefix": "MM_KEY_PREFIX",
     "batch_size": "CONSUMER_BATCH_SIZE",
     "block_ms": "CONSUMER_BLOCK_MS",

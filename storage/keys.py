@@ -4,22 +4,52 @@ Names are the wire contract (DESIGN §2). The braces are literal Redis Cluster h
 tags: every key of a session lives in one slot, so Lua scripts may touch them
 together. `prefix` (setting MM_KEY_PREFIX, default empty) namespaces a whole
 deployment; tests use it to share one Redis without seeing each other.
+
+The input stream is `shards` streams (setting MM_STREAM_SHARDS, contract §6): with one,
+it is `mm:events` (the MM_STREAM value); with N > 1, `mm:events:{0}` .. `mm:events:{N-1}`,
+each its own hash slot, and a session's events all go to shard crc32(sid) mod N.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from base.settings import Settings
+from events.shards import shard_of
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = ""
     events: str = "mm:events"
+    shards: int = 1
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keys:
+        return cls(settings.key_prefix, settings.stream, settings.stream_shards)
 
     # --- streams -------------------------------------------------------------
     @property
     def stream(self) -> str:
+        """The unsharded input stream (with MM_STREAM_SHARDS > 1 use shard_stream/streams)."""
         return self.prefix + self.events
+
+    def shard_stream(self, shard: int) -> str:
+        """Input stream of one shard: `mm:events` when unsharded, else `mm:events:{n}`."""
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard {shard} is not in 0..{self.shards - 1}")
+        if self.shards == 1:
+            return self.stream
+        return f"{self.prefix}{self.events}:{{{shard}}}"
+
+    @property
+    def streams(self) -> list[str]:
+        """Every shard's input stream, shard 0 first."""
+        return [self.shard_stream(n) for n in range(self.shards)]
+
+    def stream_for(self, sid: str) -> str:
+        """The input stream that carries session `sid`'s events."""
+        return self.shard_stream(shard_of(sid, self.shards))
 
     @property
     def takeprofits(self) -> str:

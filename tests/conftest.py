@@ -27,6 +27,8 @@ from storage import schema
 from storage.keys import Keys
 from storage.servers import Servers, ensure_servers
 
+pytest_plugins = ("tests.cluster",)  # the local Redis Cluster fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
 # Each checkout gets its own pytest temp root: pytest keeps only the 3 newest run directories
 # under a root, so concurrent runs from several checkouts would delete each other's.

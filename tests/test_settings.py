@@ -19,6 +19,8 @@ ANY_DECIMAL = ("abc", "NaN", "-Infinity", "1.2.3")
 BOOL = ("maybe", "2", "enabled")
 NUMERIC_AND_BOOL: dict[str, tuple[str, tuple[str, ...]]] = {
     "dry_run": ("DRY_RUN", BOOL),
+    "redis_cluster": ("REDIS_CLUSTER", BOOL),
+    "stream_shards": ("MM_STREAM_SHARDS", POSITIVE_INT),
     "emergency_exit": ("EMERGENCY_EXIT", BOOL),
     "batch_size": ("CONSUMER_BATCH_SIZE", POSITIVE_INT),
     "block_ms": ("CONSUMER_BLOCK_MS", POSITIVE_INT),
@@ -81,6 +83,7 @@ def test_each_variable_is_read(field: str, name: str) -> None:
     """The same variables accept a good value (so the rejections above are not accidental)."""
     good = {
         "dry_run": "true",
+        "redis_cluster": "true",
         "emergency_exit": "yes",
         "metrics_port": "9100",
         "tp_maker_fee_percent": "0.16",

@@ -8,6 +8,9 @@ Exit status 1 when unhealthy, with the reasons:
 - `risk:halt` is set;
 - a dead letter newer than --dead-window minutes.
 A missing sweeper lease or an unknown lag is only a warning.
+
+With MM_STREAM_SHARDS > 1 every shard's stream is reported (and judged) on its own, after
+a table of one row per shard: length, groups, pending entries, the largest lag.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from base.settings import Settings
@@ -26,7 +28,7 @@ from mmops import runner
 from mmops.reporting import fmt_ms, render_table
 from storage import redis as redis_store
 from storage.keys import Keys
-from storage.redis import as_text, entries_of
+from storage.redis import AnyRedis, as_text, entries_of
 
 STUCK_FACTOR = 3
 LIVE_AFTER_S = 15.0
@@ -56,11 +58,9 @@ def _status(args: argparse.Namespace) -> int:
     thresholds = Thresholds(dead_window_ms=int(args.dead_window * 60_000))
 
     async def main(settings: Settings) -> int:
-        conn = await redis_store.connect(settings.redis_url)
+        conn = await redis_store.connect(settings.redis_url, cluster=settings.redis_cluster)
         try:
-            report = await collect(
-                conn, Keys(settings.key_prefix, settings.stream), settings, thresholds
-            )
+            report = await collect(conn, Keys.of(settings), settings, thresholds)
         finally:
             await conn.aclose()
         if args.json:
@@ -81,7 +81,7 @@ class Thresholds:
 
 # --- collecting ------------------------------------------------------------------------
 async def collect(
-    redis: aioredis.Redis, keys: Keys, settings: Settings, thresholds: Thresholds | None = None
+    redis: AnyRedis, keys: Keys, settings: Settings, thresholds: Thresholds | None = None
 ) -> dict[str, Any]:
     """The whole status as a JSON-ready dict, with `healthy`, `problems` and `warnings`."""
     limits = thresholds or Thresholds()
@@ -90,8 +90,9 @@ async def collect(
     dead = await _dead_letters(redis, keys, now)
     streams = [
         await _stream(redis, keys, name, now, stuck_ms, limits, dead["by_group"])
-        for name in (keys.stream, keys.alerts)
+        for name in (*keys.streams, keys.alerts)
     ]
+    shards = [_shard_row(n, stream) for n, stream in enumerate(streams[: keys.shards])]
     lease = await _lease(redis, keys)
     halt_raw = await redis.get(keys.risk_halt)
     halt = _json_or_text(halt_raw) if halt_raw is not None else None
@@ -127,6 +128,7 @@ async def collect(
         "healthy": not problems,
         "problems": problems,
         "warnings": warnings,
+        "shards": shards,
         "streams": streams,
         "dead_letters": {k: v for k, v in dead.items() if k != "by_group"},
         "sweeper_lease": lease,
@@ -134,8 +136,22 @@ async def collect(
     }
 
 
+def _shard_row(shard: int, stream: dict[str, Any]) -> dict[str, Any]:
+    """One shard of the input stream: length, groups, pending over its groups, largest lag."""
+    groups = stream["groups"]
+    lags = [g["lag"] for g in groups]
+    return {
+        "shard": shard,
+        "stream": stream["stream"],
+        "length": stream["length"],
+        "groups": len(groups),
+        "pending": sum(g["pending"] for g in groups),
+        "lag": None if None in lags else max(lags, default=0),
+    }
+
+
 async def _stream(
-    redis: aioredis.Redis,
+    redis: AnyRedis,
     keys: Keys,
     stream: str,
     now: int,
@@ -188,7 +204,7 @@ async def _stream(
 
 
 async def _consumers(
-    redis: aioredis.Redis, keys: Keys, stream: str, group: str, now: int, limits: Thresholds
+    redis: AnyRedis, keys: Keys, stream: str, group: str, now: int, limits: Thresholds
 ) -> list[dict[str, Any]]:
     rows = await redis.xinfo_consumers(stream, group)
     scored: Any = await redis.zrange(keys.heartbeats(group), 0, -1, withscores=True)
@@ -222,7 +238,7 @@ async def _consumers(
     return out
 
 
-async def _dead_letters(redis: aioredis.Redis, keys: Keys, now: int) -> dict[str, Any]:
+async def _dead_letters(redis: AnyRedis, keys: Keys, now: int) -> dict[str, Any]:
     total = int(await redis.xlen(keys.dead))
     newest = entries_of(await redis.xrevrange(keys.dead, count=DEAD_SCAN))
     by_group: dict[str, int] = {}
@@ -238,7 +254,7 @@ async def _dead_letters(redis: aioredis.Redis, keys: Keys, now: int) -> dict[str
     }
 
 
-async def _lease(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+async def _lease(redis: AnyRedis, keys: Keys) -> dict[str, Any]:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.get(keys.sweeper_lease)
         pipe.pttl(keys.sweeper_lease)
@@ -252,6 +268,22 @@ async def _lease(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
 # --- rendering ---------------------------------------------------------------------------
 def render(report: dict[str, Any]) -> str:
     lines: list[str] = []
+    shards = report.get("shards", [])
+    if len(shards) > 1:
+        rows = [
+            [
+                s["shard"],
+                s["stream"],
+                s["length"],
+                s["groups"],
+                s["pending"],
+                "?" if s["lag"] is None else s["lag"],
+            ]
+            for s in shards
+        ]
+        lines.append(f"input stream: {len(shards)} shards")
+        table = render_table(["SHARD", "STREAM", "LENGTH", "GROUPS", "PENDING", "LAG"], rows)
+        lines += [_indent(table), ""]
     for stream in report["streams"]:
         last = stream["last_id"]
         when = (
