@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,6 +23,7 @@ from pathlib import Path
 from base import logs
 from base.clock import iso
 from base.logs import one_line
+from storage.locks import TokenLock
 from trading.exchange import ExchangeError
 from trading.positions import Position, Step, StepStatus, decode_position
 from trading.takeprofit import Outcome, Result
@@ -34,14 +34,8 @@ from workers.session_view import FiguresCache, SessionView, figures_of
 log = logs.get("mmops.sweeper")
 
 ZERO = Decimal(0)
-LOCK_TTL_S = 300
+LOCK_TTL_MS = 300_000  # lock:settlement:{sid}: 5 min (docs/contract.md)
 MAX_ERRORS_KEPT = 20
-
-# KEYS: lock   ARGV: token — delete only our own lock
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class Status:
@@ -89,15 +83,13 @@ class SessionSweep:
         self.redis = app.redis
         self.cache = cache if cache is not None else FiguresCache(app.settings.tier_hours)
         self.pairs_limit = asyncio.Semaphore(pair_concurrency)
-        self._release = self.redis.register_script(_RELEASE)
 
     async def run(self, sid: str, book: OpenBook | None) -> SessionReport:
         """One sweep of the session; LOCKED (figures only, no action) if another sweep holds it."""
         started = time.perf_counter()
         report = SessionReport(sid)
-        token = secrets.token_hex(8)
-        lock = self.keys.settlement_lock(sid)
-        locked = bool(await self.redis.set(lock, token, nx=True, ex=LOCK_TTL_S))
+        lock = TokenLock(self.redis, self.keys.settlement_lock(sid), LOCK_TTL_MS)
+        locked = await lock.acquire()
         try:
             await self._sweep(sid, book, report, locked=locked)
         except BaseException:
@@ -108,8 +100,7 @@ class SessionSweep:
             raise
         finally:
             report.duration_ms = int((time.perf_counter() - started) * 1000)
-            if locked:
-                await self._release(keys=[lock], args=[token])
+            await lock.release()  # only if still ours
         if locked:
             await self._record(sid, report)
         return report

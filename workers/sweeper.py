@@ -1,8 +1,8 @@
 """The sweeper: the safety net that replaces the 3-minute cron.
 
 Every SETTLEMENT_INTERVAL_MINUTES exactly one sweeper across all processes — the holder of
-the lease `keys.sweeper_lease` (SET NX PX with a token, renewed by compare-and-renew) —
-runs one pass:
+the lease `keys.sweeper_lease` (storage/locks.py: SET NX PX with a token, compare-and-renew)
+— runs one pass:
 
 1. stream care: entries stuck in the `coverage`/`migrator` groups, dead consumers, growth
    of the dead-letter stream; with no live coverage consumer the sweeper drains the
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -29,13 +28,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from base import logs
 from base.clock import iso
 from base.logs import one_line
 from storage import postgres
+from storage.locks import Lease
 from storage.redis import TRANSIENT_REDIS_ERRORS, ServerUnreachable, as_text
 from trading.exchange import ExchangeError
 from workers import retention
@@ -58,15 +57,6 @@ DEAD_CONSUMER_IDLE_FACTOR = 10  # x RECLAIM_IDLE_MS without activity and nothing
 PG_TIMEOUT_S = 3.0
 SWEEPER_CONSUMER_PREFIX = "sweeper-"
 
-# KEYS: lease   ARGV: token, ttl ms — extend only our own lease
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 # KEYS: stream   ARGV: group, consumer — XGROUP DELCONSUMER only if nothing is pending
 # (DELCONSUMER drops a consumer's pending entries; checked and done atomically)
 _DELCONSUMER_IF_IDLE = """
@@ -86,33 +76,6 @@ return 0
 def lease_ttl_ms(interval_s: float) -> int:
     """A few intervals, between 1 s and 30 s: a crashed sweeper is replaced within that."""
     return int(min(30_000, max(1_000, 3 * interval_s * 1000)))
-
-
-class Lease:
-    """One holder across processes: SET NX PX to take it, compare-and-renew to keep it."""
-
-    def __init__(self, redis: aioredis.Redis, key: str, holder: str, ttl_ms: int) -> None:
-        self.redis = redis
-        self.key = key
-        self.token = f"{holder}/{secrets.token_hex(6)}"
-        self.ttl_ms = ttl_ms
-        self.held = False
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
-
-    async def refresh(self) -> bool:
-        """Renew the lease if it is ours, take it if it is free; whether we hold it now."""
-        if self.held and await self._renew(keys=[self.key], args=[self.token, self.ttl_ms]):
-            return True
-        self.held = bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
-        if not self.held:  # ours after all (a renewal whose reply was lost)?
-            self.held = await self.redis.get(self.key) == self.token.encode()
-        return self.held
-
-    async def release(self) -> None:
-        if self.held:
-            self.held = False
-            await self._release(keys=[self.key], args=[self.token])
 
 
 # --- reports -------------------------------------------------------------------------
