@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -38,7 +39,9 @@ LOCK_TTL_MS = 300_000  # lock:settlement:{sid}: 5 min (docs/contract.md)
 MAX_ERRORS_KEPT = 20
 
 
-class Status:
+class SweepStatus(enum.StrEnum):
+    """A session's sweep; the first three are `settlement:status:{sid}` (docs/contract.md)."""
+
     IN_PROGRESS = "IN_PROGRESS"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
@@ -48,7 +51,7 @@ class Status:
 @dataclass
 class SessionReport:
     session_id: str
-    status: str = Status.COMPLETED
+    status: SweepStatus = SweepStatus.COMPLETED
     pairs: int = 0
     positions: int = 0
     open_positions: int = 0
@@ -94,9 +97,9 @@ class SessionSweep:
             await self._sweep(sid, book, report, locked=locked)
         except BaseException:
             if locked:
-                report.status = Status.FAILED
+                report.status = SweepStatus.FAILED
                 with contextlib.suppress(Exception):
-                    await self.redis.set(self.keys.settlement_status(sid), Status.FAILED)
+                    await self.redis.set(self.keys.settlement_status(sid), SweepStatus.FAILED)
             raise
         finally:
             report.duration_ms = int((time.perf_counter() - started) * 1000)
@@ -110,7 +113,7 @@ class SessionSweep:
     ) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             if locked:
-                pipe.set(self.keys.settlement_status(sid), Status.IN_PROGRESS)
+                pipe.set(self.keys.settlement_status(sid), SweepStatus.IN_PROGRESS)
             pipe.hgetall(self.keys.positions(sid))
             pipe.smembers(self.keys.pairs(sid))
             pipe.hget(self.keys.session(sid), "pairs")
@@ -136,9 +139,9 @@ class SessionSweep:
                 after = await self.redis.hmget(self.keys.positions(sid), touched)
                 for pid, value in zip(touched, after, strict=True):
                     view.put(pid, figures_of(decode_position(value)) if value else None)
-            report.status = Status.FAILED if report.error_count else Status.COMPLETED
+            report.status = SweepStatus.FAILED if report.error_count else SweepStatus.COMPLETED
         else:
-            report.status = Status.LOCKED
+            report.status = SweepStatus.LOCKED
         report.uncovered_after, report.dust, report.open_positions = (
             view.uncovered,
             view.dust,

@@ -43,7 +43,7 @@ from workers.parts import TradingParts
 from workers.reconcile import OpenBook, open_book, unknown_orders
 from workers.risk import RiskGuard, RiskReport
 from workers.session_view import FiguresCache
-from workers.sweep_pass import SessionReport, SessionSweep, Status
+from workers.sweep_pass import SessionReport, SessionSweep, SweepStatus
 
 if TYPE_CHECKING:
     from workers.migrator import MigratorHandler
@@ -111,7 +111,7 @@ class SweepReport:
 
     @property
     def ok(self) -> bool:
-        return not self.errors and all(s.status != Status.FAILED for s in self.sessions)
+        return not self.errors and all(s.status != SweepStatus.FAILED for s in self.sessions)
 
 
 # --- discovery -----------------------------------------------------------------------
@@ -530,7 +530,7 @@ class Sweeper:
                         one_line(exc),
                         extra={"session_id": sid},
                     )
-                    failed = SessionReport(sid, status=Status.FAILED)
+                    failed = SessionReport(sid, status=SweepStatus.FAILED)
                     failed.error(f"{type(exc).__name__}: {one_line(exc)}")
                     return failed
 
