@@ -35,7 +35,7 @@ from base.clock import iso
 from base.logs import one_line
 from storage import postgres
 from storage.locks import Lease
-from storage.redis import TRANSIENT_REDIS_ERRORS, ServerUnreachable, as_text
+from storage.redis import TRANSIENT_REDIS_ERRORS, ServerUnreachable, as_text, stream_id
 from trading.exchange import ExchangeError
 from workers import retention
 from workers.groups import INPUT_GROUPS, runtime_for
@@ -294,8 +294,8 @@ class StreamCare:
         first = await self.redis.xrange(self.keys.stream, min="(" + after, max="+", count=1)
         if not first:
             return False
-        entry_id = first[0][0]
-        return now - _ms(as_text(entry_id)) > self.settings.interval_seconds * 1000
+        ms, _ = stream_id(as_text(first[0][0]))
+        return now - ms > self.settings.interval_seconds * 1000
 
     async def _take_over(self, group: str, report: StreamReport) -> None:
         """Handle the group's entries as one of its consumers, within a time budget."""
@@ -646,10 +646,6 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 
 def _age(ms: int) -> str:
     return str(timedelta(seconds=max(0, ms) // 1000))
-
-
-def _ms(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
 
 
 __all__ = [
