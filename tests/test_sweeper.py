@@ -25,8 +25,9 @@ from trading.client_ids import client_id
 from trading.exchange import CircuitOpen
 from trading.paper import PaperExchange
 from trading.positions import Buy, encode_position, new_position
+from workers.lease import lease_ttl_ms
 from workers.sweep_pass import SessionSweep, SweepStatus
-from workers.sweeper import Sweeper, lease_ttl_ms
+from workers.sweeper import Sweeper
 
 D = Decimal
 HOUR = 3_600_000
