@@ -189,7 +189,7 @@ class SessionSweep:
             for step in pos.live:
                 if step.order_id in book or step.acked_at > book.taken_at:
                     continue
-                found = await reconcile_step(engine, pos, step)
+                found = await reconcile_step(self.app.exchange, engine, pos, step)
                 if found is None:
                     continue
                 pos = found.outcome.position or pos
