@@ -30,7 +30,7 @@ from base.logs import one_line
 from storage.keys import Keys
 from storage.redis import as_text
 from storage.streams import Pairs
-from workers.parts import TradingParts
+from workers.parts import Parts
 from workers.runtime import Entry, Lane, Transient, jittered
 
 log = logs.get("mmops.alerts")
@@ -156,7 +156,7 @@ class WebhookForwarder:
             self._session = None
 
 
-async def ensure_group(app: TradingParts) -> None:
+async def ensure_group(app: Parts) -> None:
     """Create the webhook group at the end of mm:alerts (old alerts are not sent)."""
     try:
         await app.redis.xgroup_create(app.keys.alerts, GROUP, id="$", mkstream=True)

@@ -1,4 +1,4 @@
-"""The portfolio's daily loss limit (DESIGN §3, Portfolio stop-loss).
+"""The portfolio's daily loss limit (docs/contract.md §3, Portfolio stop-loss).
 
 Realized P&L of the current UTC day (every sell — TP fill or other — with its ts in the
 day) plus unrealized P&L (open quantity x (best bid - unit cost), each pair's best bid

@@ -28,7 +28,7 @@ from mmops import runner
 from mmops.reporting import fmt_ms, render_table
 from storage import redis as redis_store
 from storage.keys import Keys
-from storage.redis import AnyRedis, as_text, entries_of
+from storage.redis import AnyRedis, as_text, entries_of, stream_id
 
 STUCK_FACTOR = 3
 LIVE_AFTER_S = 15.0
@@ -182,7 +182,7 @@ async def _stream(
                 "live": sum(1 for c in consumers if c["live"]),
                 "pending": int(g.get("pending") or 0),
                 "oldest_pending_id": as_text(oldest[0]["message_id"]) if oldest else None,
-                "oldest_pending_age_ms": now - _ms(as_text(oldest[0]["message_id"]))
+                "oldest_pending_age_ms": now - stream_id(as_text(oldest[0]["message_id"]))[0]
                 if oldest
                 else None,
                 "oldest_pending_idle_ms": int(oldest[0]["time_since_delivered"])
@@ -191,7 +191,7 @@ async def _stream(
                 "stuck": len(stuck),
                 "lag": None if lag is None else int(lag),
                 "last_delivered_id": delivered,
-                "behind": _id_key(delivered) < _id_key(last_id),
+                "behind": stream_id(delivered) < stream_id(last_id),
                 "dead_letters": dead_by_group.get(name, 0),
             }
         )
@@ -249,7 +249,7 @@ async def _dead_letters(redis: AnyRedis, keys: Keys, now: int) -> dict[str, Any]
     return {
         "total": total,
         "newest_id": newest_id,
-        "newest_age_ms": None if newest_id is None else max(0, now - _ms(newest_id)),
+        "newest_age_ms": None if newest_id is None else max(0, now - stream_id(newest_id)[0]),
         "by_group": by_group,
     }
 
@@ -287,7 +287,7 @@ def render(report: dict[str, Any]) -> str:
     for stream in report["streams"]:
         last = stream["last_id"]
         when = (
-            f", last {last} ({fmt_ms(report['ts'] - _ms(last))} ago)"
+            f", last {last} ({fmt_ms(report['ts'] - stream_id(last)[0])} ago)"
             if last and last != "0-0"
             else ""
         )
@@ -372,12 +372,3 @@ def _json_or_text(raw: bytes | str) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return as_text(raw)
-
-
-def _ms(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
