@@ -66,6 +66,7 @@ class Counter:
     value: float = 0.0
     at: float = 0.0  # time.monotonic() of `value`
     peak: float = 0.0  # the highest value it ever reached
+    spent: float = 0.0  # everything ever added
     refused: int = 0
 
     def now(self, t: float) -> float:
@@ -79,6 +80,7 @@ class Counter:
 
     def add(self, cost: float, t: float) -> None:
         self.value = self.now(t) + cost
+        self.spent += cost
         self.peak = max(self.peak, self.value)
 
 
