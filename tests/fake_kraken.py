@@ -237,9 +237,9 @@ class FakeKraken:
             return web.Response(status=fault.status, text=fault.body, content_type="text/html")
         if fault is not None and fault.kind == "error":
             rec.errors.append(fault.error)
-            return self._envelope(error=[fault.error])
+            return self._envelope(rec, error=[fault.error])
         if fault is not None and fault.kind == "stale":
-            return self._envelope(result=fault.result)
+            return self._envelope(rec, result=fault.result)
         if fault is not None and fault.kind == "hang":
             await self._wait(fault.seconds)
             return web.Response(status=504, text="gateway timeout")
@@ -260,18 +260,21 @@ class FakeKraken:
                 raise KrakenError("EGeneral:Unknown method")
         except KrakenError as exc:
             rec.errors.append(str(exc))
-            response = self._envelope(error=[str(exc)])
+            response = self._envelope(rec, error=[str(exc)])
         else:
-            response = self._envelope(result=result)
+            response = self._envelope(rec, result=result)
         if fault is not None and fault.kind == "accept_then_hang":
             await self._wait(fault.seconds)
         return response
 
     @staticmethod
-    def _envelope(*, error: list[str] | None = None, result: Any = None) -> web.Response:
+    def _envelope(
+        rec: Recorded, *, error: list[str] | None = None, result: Any = None
+    ) -> web.Response:
         payload: dict[str, Any] = {"error": error or []}
         if not error:
             payload["result"] = result
+        rec.answer = payload
         return web.Response(text=json.dumps(payload), content_type="application/json")
 
     def _authenticate(self, request: web.Request, body: str, fields: dict[str, str]) -> None:
@@ -402,7 +405,8 @@ class FakeKraken:
             order = self.orders.get(txid)
             if order is None:
                 raise KrakenError("EOrder:Invalid order")
-            out[txid] = order.to_kraken()
+            trades = rec.fields.get("trades", "").lower() == "true"
+            out[txid] = order.to_kraken(query=True, trades=trades)
         return out
 
     def _filtered(self, orders: list[FakeOrder], fields: dict[str, str]) -> list[FakeOrder]:
@@ -482,6 +486,7 @@ class FakeKraken:
         total = order.avg_price * order.vol_exec + notional
         order.vol_exec += qty
         order.avg_price = total / order.vol_exec
+        order.trades.append("T" + self._new_txid()[1:])
         sign = Decimal(-1) if order.side == "sell" else Decimal(1)
         self.balances[base] = self.balances.get(base, Decimal(0)) + sign * qty
         self.balances[quote] = self.balances.get(quote, Decimal(0)) - sign * notional

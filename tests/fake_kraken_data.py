@@ -110,7 +110,7 @@ _MAKER = [
 ]
 
 
-def _pair(
+def pair_record(
     altname: str,
     wsname: str,
     base: str,
@@ -153,22 +153,22 @@ def _pair(
 
 
 PAIRS: dict[str, dict[str, Any]] = {
-    "XXBTZUSD": _pair(
+    "XXBTZUSD": pair_record(
         "XBTUSD", "XBT/USD", "XXBT", "ZUSD",
         pair_decimals=1, lot_decimals=8, cost_decimals=5,
         ordermin="0.00005", tick_size="0.1", leverage=[2, 3, 4, 5],
     ),
-    "XETHZUSD": _pair(
+    "XETHZUSD": pair_record(
         "ETHUSD", "ETH/USD", "XETH", "ZUSD",
         pair_decimals=2, lot_decimals=8, cost_decimals=5,
         ordermin="0.002", tick_size="0.01", leverage=[2, 3, 4, 5],
     ),
-    "SOLUSD": _pair(
+    "SOLUSD": pair_record(
         "SOLUSD", "SOL/USD", "SOL", "ZUSD",
         pair_decimals=2, lot_decimals=8, cost_decimals=5,
         ordermin="0.02", tick_size="0.01", leverage=[2, 3],
     ),
-    "XXRPZUSD": _pair(
+    "XXRPZUSD": pair_record(
         "XRPUSD", "XRP/USD", "XXRP", "ZUSD",
         pair_decimals=5, lot_decimals=8, cost_decimals=6,
         ordermin="2", tick_size="0.00001", leverage=[2, 3, 4, 5],
@@ -270,6 +270,7 @@ class Recorded:
     body: Any = None
     key: str = ""
     errors: list[str] = field(default_factory=list)  # what the server answered with
+    answer: Any = None  # the JSON envelope sent back
 
     @property
     def endpoint(self) -> str:
@@ -294,9 +295,12 @@ class FakeOrder:
     reason: str | None = None
     closetm: float | None = None
     owner: str = ""  # the API key that placed it
+    trades: list[str] = field(default_factory=list)  # ids of the trades that filled it
 
-    def to_kraken(self) -> dict[str, Any]:
-        """The order as OpenOrders/ClosedOrders/QueryOrders show it."""
+    def to_kraken(self, *, query: bool = False, trades: bool = False) -> dict[str, Any]:
+        """The order as OpenOrders/ClosedOrders/QueryOrders show it. QueryOrders (`query`)
+        shows `reason` on open orders too; `trades` adds the trade ids of an order that
+        traded, as QueryOrders with trades=true does."""
         info = PAIRS[self.pair]
         pd, ld = int(info["pair_decimals"]), int(info["lot_decimals"])
         cost = self.vol_exec * self.avg_price
@@ -332,8 +336,11 @@ class FakeOrder:
         }
         if self.cl_ord_id is not None:
             out["cl_ord_id"] = self.cl_ord_id
-        if self.status != "open":
+        if trades and self.trades:
+            out["trades"] = list(self.trades)
+        if query or self.status != "open":
             out["reason"] = self.reason
+        if self.status != "open":
             out["closetm"] = self.closetm
         return out
 
