@@ -13,7 +13,8 @@ atomic step, so two processes can never both take the last unit. The braces make
 pair its own Redis Cluster hash slot: every script touches one key. A hash with no open
 orders expires once its counter has decayed to zero (plus a minute), so idle pairs
 cost no memory. `<prefix>ratebudget:pairs:<exchange>` is a set of the pairs seen, for
-`mmops status` (written outside the script: an index, not state).
+`mmops status` (written outside the script: an index, not state);
+`<prefix>ratebudget:{<exchange>:<symbol>}:once:<what>` rations alerts per pair.
 
 Numbers are integers in the script: counter units are millionths (SCALE) and the decay
 is given in millionths per millisecond. The model (tiers, penalties) lives in
@@ -182,6 +183,11 @@ class RateCounters:
             symbol: CounterState(counter=int(row[0]), open_orders=int(row[1]))
             for symbol, row in zip(names, rows, strict=True)
         }
+
+    async def first_in(self, symbol: str, what: str, every_ms: int) -> bool:
+        """True for the first caller per `every_ms` (any process): e.g. one alert an hour."""
+        key = f"{self.key(symbol)}:once:{what}"  # the pair's hash slot
+        return bool(await self._redis.set(key, "1", nx=True, px=every_ms))
 
     async def symbols(self) -> list[str]:
         """The pairs any process has spent on (the index; entries outlive idle counters)."""

@@ -199,3 +199,25 @@ async def test_keys_are_one_hash_slot_per_pair_and_idle_ones_expire(
     assert await redis.exists(btc, eth) == 2
     assert 0 < await redis.pttl(btc) <= 6_000 + 60_000  # no open orders: expires when idle
     assert await redis.pttl(eth) == -1  # an open order is remembered
+
+
+async def test_an_alert_is_due_once_per_pair_and_period(
+    make_budget, other_process_redis: aioredis.Redis, settings: Settings
+) -> None:  # type: ignore[no-untyped-def]
+    one = make_budget()
+    two = RateBudget(
+        other_process_redis,
+        tier=TIERS["starter"],
+        reserve_percent=Decimal(50),
+        prefix=settings.key_prefix,
+    )
+    assert await one.alert_due("BTC/USD")
+    assert not await two.alert_due("BTC/USD")  # another process, the same hour
+    assert await two.alert_due("ETH/USD")
+    assert await one.alert_due("BTC/USD", kind="rate_budget")
+    assert await one.alert_due("XRP/USD", every_ms=1)
+
+    async def due_again() -> bool:
+        return await two.alert_due("XRP/USD", every_ms=1)
+
+    await wait_for(due_again, timeout=5)

@@ -23,7 +23,7 @@ at most 30 open TPs per pair.
 How callers use it (the adapter itself never spends):
 - coverage, before placing n TPs of a pair: `try_spend(symbol, n * PLACE_COST,
   new_orders=n)`; refused with reason `rate_budget` → wait `wait_ms` (or queue), with
-  `open_orders_limit` → skip the TP with that reason;
+  `open_orders_limit` → skip the TP with that reason, and alert if `alert_due(symbol)`;
 - the sweeper, before repricing a TP (cancel + place): `try_spend(symbol,
   reprice_cost(age_ms))`, oldest TPs first (they cost less);
 - when a TP is cancelled or fills: `release_open(symbol)`; after reading the
@@ -216,6 +216,13 @@ class RateBudget:
             decay_per_ms=self._decay_u,
             mode="saturate",
         )
+
+    async def alert_due(
+        self, symbol: str, kind: str = "open_orders_limit", every_ms: int = 3_600_000
+    ) -> bool:
+        """Whether this caller should raise the pair's `kind` alert now: true once per
+        `every_ms` across every process (the open-order cap alerts once per pair and hour)."""
+        return await self._counters.first_in(symbol, kind, every_ms)
 
     async def state(self, symbols: Iterable[str] | None = None) -> list[PairBudget]:
         """Each pair's used / free / refill time (every pair seen, when `symbols` is None)."""
