@@ -185,6 +185,16 @@ async def test_decimal_context_is_left_alone(ex: CcxtExchange) -> None:
     assert after.traps == before.traps
 
 
+async def test_placing_does_not_queue_behind_paced_queries(make_exchange: MakeExchange) -> None:
+    # ccxt's own pacing (Kraken: 1 s per cost unit, 3 per private query); orders cost
+    # nothing there, they count on the trading counter that the rate budget manages
+    ex = make_exchange(ccxt_config={"timeout_on_exit": 0})
+    await ex.market("BTC/USD")
+    ex._client.throttler.config["tokens"] = -600  # ten minutes of queries still to pace
+    order = await asyncio.wait_for(place(ex, "c-unpaced"), 5)
+    assert order.status == OrderStatus.OPEN
+
+
 async def test_5xx_then_success_places_one_order(
     ex: CcxtExchange, kraken: FakeKraken, sleeps: list[float]
 ) -> None:

@@ -142,6 +142,7 @@ class CcxtExchange:
                 **self._client.urls,
                 "api": rebase_urls(self._client.urls["api"], api_url),
             }
+        self._skip_throttle_for_uncounted_calls()
         self.name: str = exchange_id
         secrets = tuple(s for s in (api_key, api_secret) if s and len(s) >= 4)
         self._errors = ErrorTranslator(exchange_id, self._client.exceptions or {}, secrets)
@@ -157,6 +158,21 @@ class CcxtExchange:
         self._markets_loaded = False
         self._markets: dict[str, Market] = {}
         self._placer = Placer(self)
+
+    def _skip_throttle_for_uncounted_calls(self) -> None:
+        """ccxt paces every call through one queue, so a call its table says costs nothing
+        (Kraken's AddOrder, AddOrderBatch, CancelOrder: they count on the trading counter,
+        which the rate budget manages, not on the API counter) waits behind the cost of
+        earlier queries — 3 s after one private query at Kraken's defaults. Such calls go
+        straight out; every other call keeps ccxt's pacing."""
+        paced = self._client.throttle
+
+        async def throttle(cost: Any = None) -> None:
+            if cost == 0:
+                return
+            await paced(cost)
+
+        self._client.throttle = throttle
 
     # -- limits of one call ----------------------------------------------------------------
 
