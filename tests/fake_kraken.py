@@ -67,6 +67,7 @@ from tests.fake_kraken_data import (
     Recorded,
     Spec,
     cancel_penalty,
+    describe,
     fmt,
     ticker_entry,
     validate_order,
@@ -349,7 +350,7 @@ class FakeKraken:
             raise KrakenError("EGeneral:Invalid arguments:pair")
         spec = validate_order(self._pair_id(rec.fields["pair"]), rec.fields)
         order = self._engine(spec, rec.key)
-        return {"descr": {"order": self._descr(spec)}, "txid": [order.txid]}
+        return {"descr": {"order": describe(spec)}, "txid": [order.txid]}
 
     def _private_AddOrderBatch(self, rec: Recorded) -> Any:
         body = rec.body if isinstance(rec.body, dict) else {}
@@ -367,9 +368,9 @@ class FakeKraken:
                 order = self._engine(spec, rec.key)
             except KrakenError as exc:  # an engine check refuses this order only
                 rec.errors.append(str(exc))
-                answers.append({"error": str(exc), "descr": {"order": self._descr(spec)}})
+                answers.append({"error": str(exc), "descr": {"order": describe(spec)}})
             else:
-                answers.append({"txid": order.txid, "descr": {"order": self._descr(spec)}})
+                answers.append({"txid": order.txid, "descr": {"order": describe(spec)}})
         return {"orders": answers}
 
     def _private_CancelOrder(self, rec: Recorded) -> Any:
@@ -470,12 +471,6 @@ class FakeKraken:
         if crosses:  # a taker: fills at once against the top of the book
             self._execute(order, spec.volume, bid if spec.side == "sell" else ask)
         return order
-
-    @staticmethod
-    def _descr(spec: Spec) -> str:
-        info = PAIRS[spec.pair]
-        pd, ld = int(info["pair_decimals"]), int(info["lot_decimals"])
-        return f"{spec.side} {fmt(spec.volume, ld)} {info['altname']} @ limit {fmt(spec.price, pd)}"
 
     # -- matching ------------------------------------------------------------------------
 

@@ -417,3 +417,10 @@ def ticker_entry(pid: str, bid: Decimal, ask: Decimal) -> dict[str, Any]:
         "h": [fmt(ask * Decimal("1.01"), pd), fmt(ask * Decimal("1.02"), pd)],
         "o": fmt(mid, pd),
     }
+
+
+def describe(spec: Spec) -> str:
+    """An order's `descr.order` text, as Kraken writes it."""
+    info = PAIRS[spec.pair]
+    pd, ld = int(info["pair_decimals"]), int(info["lot_decimals"])
+    return f"{spec.side} {fmt(spec.volume, ld)} {info['altname']} @ limit {fmt(spec.price, pd)}"
