@@ -49,7 +49,7 @@ SECRET = base64.b64encode(b"fixture-replay-secret-0123456789").decode()
 EXTRA_PAIRS = {
     "LTCUSDT": ("LTCUSDT", "LTC/USDT", "XLTC", "USDT", 2, "0.1", "60.00", "60.01"),
     "XLTCZUSD": ("LTCUSD", "LTC/USD", "XLTC", "ZUSD", 2, "0.1", "60.00", "60.01"),
-    "XBTUSDT": ("XBTUSDT", "XBT/USDT", "XXBT", "USDT", 1, "0.00005", "73380.6", "73380.7"),
+    "XBTUSDT": ("XBTUSDT", "XBT/USDT", "XXBT", "USDT", 1, "0.00005", "64500.0", "64500.1"),
     "ETHUSDT": ("ETHUSDT", "ETH/USDT", "XETH", "USDT", 2, "0.002", "3300.00", "3300.01"),
 }
 
@@ -148,10 +148,10 @@ async def stand_in_answers(client: Client, kraken: FakeKraken) -> dict[str, list
     """The stand-in's answers to requests like the recorded ones, per ccxt method."""
     add = "https://api.kraken.com/0/private/AddOrder"
     _, created = await client.send(
-        add, "pair=LTCUSDT&type=buy&ordertype=limit&volume=0.1&price=50&oflags=post"
+        add, "pair=LTCUSDT&type=buy&ordertype=limit&volume=0.2&price=55&oflags=post"
     )
     open_id = created["result"]["txid"][0]
-    _, taker = await client.send(add, "pair=LTCUSDT&type=buy&ordertype=limit&volume=0.1&price=61")
+    _, taker = await client.send(add, "pair=LTCUSDT&type=buy&ordertype=limit&volume=0.2&price=61")
     closed_id = taker["result"]["txid"][0]
     query = "https://api.kraken.com/0/private/QueryOrders"
     _, open_order = await client.send(query, f"trades=True&txid={open_id}")
