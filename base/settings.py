@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 T = TypeVar("T")
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+KRAKEN_TIERS = ("starter", "intermediate", "pro")
 
 
 class SettingsError(ValueError):
@@ -47,6 +48,12 @@ class Settings:
     exchange: str = "paper"
     exchange_api_key: str | None = field(default=None, repr=False)
     exchange_api_secret: str | None = field(default=None, repr=False)
+    exchange_api_url: str | None = None  # replaces the REST base URL (stand-in, proxy, region)
+    exchange_sandbox: bool = False
+    # the exchange's trading-rate counter (Kraken), shared with the trader
+    kraken_tier: str = "starter"
+    exchange_rate_reserve_percent: Decimal = Decimal(50)
+    exchange_rate_max_wait_ms: int = 30_000
     dry_run: bool = False
     log_level: str = "INFO"
     consumer_name: str = ""
@@ -101,7 +108,7 @@ class Settings:
         for f in fields(self):
             if f.repr:
                 value = getattr(self, f.name)
-                if f.name in ("redis_url", "database_url"):
+                if f.name in ("redis_url", "database_url", "exchange_api_url") and value:
                     value = redact_url(value)
                 shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -169,6 +176,25 @@ class Settings:
         check_paper_faults("PAPER_FAULTS", self.paper_faults)
         if self.paper_faults and self.exchange != "paper":
             raise SettingsError(f"PAPER_FAULTS: only with EXCHANGE=paper, not {self.exchange}")
+        self._validate_exchange()
+
+    def _validate_exchange(self) -> None:
+        _tier("KRAKEN_TIER", self.kraken_tier)
+        _percent_below_100("EXCHANGE_RATE_RESERVE_PERCENT", str(self.exchange_rate_reserve_percent))
+        if self.exchange_api_url is None:
+            return
+        shown = redact_url(self.exchange_api_url)
+        try:
+            parts = urlsplit(self.exchange_api_url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise SettingsError(f"EXCHANGE_API_URL: {exc} in {shown!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(
+                f"EXCHANGE_API_URL: expected http(s)://host[:port][/path], got {shown!r}"
+            )
+        if parts.query or parts.fragment:
+            raise SettingsError(f"EXCHANGE_API_URL: no query or fragment allowed, got {shown!r}")
 
     @property
     def consumer(self) -> str:
@@ -319,6 +345,20 @@ def _level(name: str, raw: str) -> str:
     return "WARN" if value == "WARNING" else value
 
 
+def _tier(name: str, raw: str) -> str:
+    value = raw.lower()
+    if value not in KRAKEN_TIERS:
+        raise SettingsError(f"{name}: expected one of {' '.join(KRAKEN_TIERS)}, got {raw!r}")
+    return value
+
+
+def _percent_below_100(name: str, raw: str) -> Decimal:
+    value = _decimal(name, raw)
+    if not Decimal(0) <= value < 100:
+        raise SettingsError(f"{name}: expected a percentage from 0 to below 100, got {raw!r}")
+    return value
+
+
 _positive_int = _bounded(_int, 1, ">= 1")
 _positive_decimal = _bounded(_decimal, 0, "> 0")
 _non_negative_decimal = _bounded(_decimal, 0, ">= 0")
@@ -327,6 +367,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "stream_shards": _positive_int,
     "redis_cluster": _bool,
     "dry_run": _bool,
+    "exchange_sandbox": _bool,
+    "kraken_tier": _tier,
+    "exchange_rate_reserve_percent": _percent_below_100,
+    "exchange_rate_max_wait_ms": _bounded(_int, 0, ">= 0"),
     "emergency_exit": _bool,
     "log_level": _level,
     "batch_size": _positive_int,

@@ -156,3 +156,14 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):  #
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
         await asyncio.sleep(interval)
+
+
+# the Kraken stand-in and adapters wired to it (tests/kraken_env.py)
+from tests.kraken_env import (  # noqa: E402, F401
+    ex,
+    kraken,
+    kraken_limits,
+    make_exchange,
+    sleeps,
+    trader,
+)

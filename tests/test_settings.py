@@ -54,6 +54,9 @@ NUMERIC_AND_BOOL: dict[str, tuple[str, tuple[str, ...]]] = {
     "tp_tier_4_target_percent": ("TP_TIER_4_TARGET_PERCENT", ANY_DECIMAL),
     "tp_maker_fee_percent": ("TP_MAKER_FEE_PERCENT", ("abc", "NaN", "-0.1", "100")),
     "paper_faults_seed": ("PAPER_FAULTS_SEED", ("abc", "1.5", "1e3")),
+    "exchange_sandbox": ("EXCHANGE_SANDBOX", BOOL),
+    "exchange_rate_reserve_percent": ("EXCHANGE_RATE_RESERVE_PERCENT", ("abc", "NaN", "-1", "100")),
+    "exchange_rate_max_wait_ms": ("EXCHANGE_RATE_MAX_WAIT_MS", ("abc", "0.5", "-1")),
 }
 
 
@@ -85,6 +88,7 @@ def test_each_variable_is_read(field: str, name: str) -> None:
         "dry_run": "true",
         "redis_cluster": "true",
         "emergency_exit": "yes",
+        "exchange_sandbox": "true",
         "metrics_port": "9100",
         "tp_maker_fee_percent": "0.16",
         "tp_aging_tier_1_hours": "0.5",
@@ -120,6 +124,11 @@ def test_each_variable_is_read(field: str, name: str) -> None:
         ({"PAPER_FAULTS": "place_5xx=0.6,post_only=0.5"}, "PAPER_FAULTS"),  # one call > 1
         ({"PAPER_FAULTS": "rate_limit=0.5,fetch_5xx=0.6"}, "PAPER_FAULTS"),
         ({"PAPER_FAULTS": "place_5xx=0.1", "EXCHANGE": "kraken", "DRY_RUN": "1"}, "PAPER_FAULTS"),
+        ({"KRAKEN_TIER": "gold"}, "KRAKEN_TIER"),
+        ({"EXCHANGE_API_URL": "ftp://host/x"}, "EXCHANGE_API_URL"),
+        ({"EXCHANGE_API_URL": "api.kraken.com"}, "EXCHANGE_API_URL"),
+        ({"EXCHANGE_API_URL": "http://host:99999"}, "EXCHANGE_API_URL"),
+        ({"EXCHANGE_API_URL": "https://host/?x=1"}, "EXCHANGE_API_URL"),
     ],
 )
 def test_other_settings_are_checked(env: dict[str, str], name: str) -> None:
@@ -149,6 +158,20 @@ def test_defaults_match_the_design() -> None:
     assert s.portfolio_daily_loss_limit is None
     assert s.metrics_port is None
     assert s.interval_seconds == 180.0
+    assert (s.kraken_tier, s.exchange_rate_reserve_percent) == ("starter", 50)
+    assert (s.exchange_api_url, s.exchange_sandbox) == (None, False)
+
+
+def test_exchange_endpoint_settings() -> None:
+    s = Settings.from_env(
+        {"KRAKEN_TIER": "Pro", "EXCHANGE_API_URL": "https://user:hunter2@proxy.example:8443/kr"}
+    )
+    assert s.kraken_tier == "pro"
+    assert s.exchange_api_url == "https://user:hunter2@proxy.example:8443/kr"
+    assert "hunter2" not in repr(s)  # a proxy's password stays out of repr()
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"EXCHANGE_API_URL": "ftp://user:hunter2@proxy.example"})
+    assert "hunter2" not in str(caught.value)
 
 
 def test_paper_faults_are_parsed_into_kinds_and_probabilities() -> None:

@@ -203,22 +203,26 @@ class TakeProfitEngine:
         trigger_ms: int = 0,
         replaces: str = "",
     ) -> Outcome:
-        """Place or top up the TP for the position's uncovered quantity (at most one step)."""
+        """Place or top up the TP for the position's uncovered quantity (at most one step).
+        CREATED when this call recorded an order: its own, or a pending one it adopted."""
+        settled = Result.NOTHING  # CREATED once a pending step was confirmed by this call
         for _ in range(MAX_CAS_TRIES):
             pos = (
                 position if position is not None else await self.book.position(sid, pid, fresh=True)
             )
             position = None
             if pos is None:
-                return Outcome(Result.NOTHING)
+                return Outcome(settled)
             if pos.pending is not None:
                 resolved = await self.resolve_pending(pos)
-                if resolved.result is not Result.NOTHING:
+                if resolved.result not in (Result.NOTHING, Result.CREATED):
                     return resolved
+                if resolved.result is Result.CREATED:
+                    settled = Result.CREATED
                 position = resolved.position
                 continue
             if pos.uncovered <= 0:
-                return Outcome(Result.NOTHING, pos)
+                return Outcome(settled, pos)
             market = await self.exchange.market(pos.symbol)
             plan = self.plan(pos, market, trigger_ms=trigger_ms, replaces=replaces)
             if plan.position is pos and not plan.ops:
@@ -293,7 +297,8 @@ class TakeProfitEngine:
     async def resolve_pending(self, pos: Position) -> Outcome:
         """Settle a pending step: adopt the exchange's order, or re-send it if there is none.
 
-        Returns NOTHING with the updated position when the caller may go on covering.
+        Returns CREATED (this call recorded the order) or NOTHING (someone else did) with the
+        updated position when the caller may go on covering.
         """
         step = pos.pending
         assert step is not None
@@ -304,17 +309,11 @@ class TakeProfitEngine:
         except TransientError as exc:
             return Outcome(Result.PENDING, pos, f"exchange unreachable: {exc}")
         if order is not None:
-            outcome = await self.confirm(pos, step, order)
-            if outcome.result is Result.CREATED:
-                return Outcome(Result.NOTHING, outcome.position)
-            return outcome
+            return await self.confirm(pos, step, order)
         if self.clock.now_ms() - step.claimed_at < self.pending_settle_ms:
             return Outcome(Result.BUSY, pos, "another caller is placing this step")
         market = await self.exchange.market(pos.symbol)
-        outcome = await self.place(pos, step, market)
-        if outcome.result is Result.CREATED:
-            return Outcome(Result.NOTHING, outcome.position)
-        return outcome
+        return await self.place(pos, step, market)
 
     async def confirm(self, pos: Position, step: Step, order: Order) -> Outcome:
         """Record the exchange's acknowledgement of a step, with its TP record and events."""

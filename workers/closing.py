@@ -55,8 +55,9 @@ class Closing:
         quantity, fee = held_and_fee(fill)
         close = Close(fill.fill_id, quantity, fill.price, fee, fill.ts)
         owner = await self._tp_owner(fill)
+        if owner is None and await self._settle_placements(fill):
+            owner = await self._tp_owner(fill)  # a placement just settled: it may be this TP's
         if owner is None:
-            await self._wait_for_placements(fill)
             await self._wait_for_earlier_fills(entry, fill)
         for _ in range(MAX_TRIES):
             writes: list[Position]
@@ -105,10 +106,11 @@ class Closing:
         found = [as_text(r) for r in replies if r]
         return found[0] if found else None
 
-    async def _wait_for_placements(self, fill: Fill) -> None:
+    async def _settle_placements(self, fill: Fill) -> bool:
         """A TP of this pair claimed and not yet confirmed may be what this sell filled:
         wait while it is being placed; past the pending window, settle it (adopting the
-        order by client id), after which its `tp_order` record names it."""
+        order by client id), after which its `tp_order` record names it. Whether any
+        placement of the pair was in flight."""
         sid = fill.session_id
         inflight = await self.redis.hgetall(self.keys.tp_inflight(sid))
         now = self.clock.now_ms()
@@ -123,10 +125,7 @@ class Closing:
                 outcome = await self.engine.resolve_pending(pos)
                 if outcome.result in (Result.PENDING, Result.BUSY):
                     raise Retry(f"a take-profit of {symbol} is unsettled", after_ms=WAIT_MS * 5)
-        if inflight:
-            owner = await self._tp_owner(fill)
-            if owner is not None:  # it was: the next attempt applies it as that TP's fill
-                raise Retry("the sell's take-profit was just confirmed", after_ms=0)
+        return any(as_text(raw).startswith(fill.symbol + "|") for raw in inflight.values())
 
     async def _wait_for_earlier_fills(self, entry: Entry, fill: Fill) -> None:
         """The readiness barrier: no earlier fill of this pair still pending in the group."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from mmops.reporting import fmt_ms, render_table
 from storage import redis as redis_store
 from storage.keys import Keys
 from storage.redis import AnyRedis, as_text, entries_of, stream_id
+from trading.factory import make_rate_budget
 
 STUCK_FACTOR = 3
 LIVE_AFTER_S = 15.0
@@ -94,6 +96,7 @@ async def collect(
     ]
     shards = [_shard_row(n, stream) for n, stream in enumerate(streams[: keys.shards])]
     lease = await _lease(redis, keys)
+    budgets = await _rate_budgets(redis, keys, settings)
     halt_raw = await redis.get(keys.risk_halt)
     halt = _json_or_text(halt_raw) if halt_raw is not None else None
 
@@ -133,6 +136,7 @@ async def collect(
         "dead_letters": {k: v for k, v in dead.items() if k != "by_group"},
         "sweeper_lease": lease,
         "risk_halt": halt,
+        "rate_budget": budgets,
     }
 
 
@@ -254,6 +258,30 @@ async def _dead_letters(redis: AnyRedis, keys: Keys, now: int) -> dict[str, Any]
     }
 
 
+async def _rate_budgets(redis: AnyRedis, keys: Keys, settings: Settings) -> dict[str, Any] | None:
+    """Each pair's share of the exchange's trading-rate counter (Kraken only)."""
+    budget = make_rate_budget(settings, redis, keys)
+    if budget is None:
+        return None
+    pairs = [
+        {
+            "symbol": p.symbol,
+            "used": str(p.used.quantize(Decimal("0.01"))),
+            "free": str(p.free.quantize(Decimal("0.01"))),
+            "limit": str(p.limit),
+            "refill_ms": p.refill_ms,
+            "open_orders": p.open_orders,
+            "open_cap": p.open_cap,
+        }
+        for p in await budget.state()
+    ]
+    return {
+        "tier": budget.tier.name,
+        "reserve_percent": str(budget.reserve_percent),
+        "pairs": pairs,
+    }
+
+
 async def _lease(redis: AnyRedis, keys: Keys) -> dict[str, Any]:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.get(keys.sweeper_lease)
@@ -347,6 +375,7 @@ def render(report: dict[str, Any]) -> str:
     lines.append(
         "risk halt: off" if halt is None else f"risk halt: ON {orjson.dumps(halt).decode()[:200]}"
     )
+    lines += _render_budgets(report.get("rate_budget"))
     dead = report["dead_letters"]
     newest = (
         "" if dead["newest_age_ms"] is None else f" (newest {fmt_ms(dead['newest_age_ms'])} ago)"
@@ -361,6 +390,28 @@ def render(report: dict[str, Any]) -> str:
         lines.append("UNHEALTHY:")
         lines += [f"  - {problem}" for problem in report["problems"]]
     return "\n".join(lines)
+
+
+def _render_budgets(budgets: dict[str, Any] | None) -> list[str]:
+    if budgets is None:
+        return []
+    head = (
+        f"rate budget: tier {budgets['tier']}, {budgets['reserve_percent']} % kept for the trader"
+    )
+    if not budgets["pairs"]:
+        return [f"{head}; no pair spent yet"]
+    rows = [
+        [
+            p["symbol"],
+            f"{p['used']} / {p['limit']}",
+            p["free"],
+            fmt_ms(p["refill_ms"]),
+            f"{p['open_orders']} / {p['open_cap']}",
+        ]
+        for p in budgets["pairs"]
+    ]
+    table = render_table(["PAIR", "USED", "FREE", "REFILL", "OPEN ORDERS"], rows)
+    return [head + ":", _indent(table)]
 
 
 def _indent(text: str) -> str:
