@@ -29,8 +29,9 @@ from storage.streams import pending_before
 from trading.book import Conflict, PositionBook
 from trading.client_ids import is_ours
 from trading.fees import held_and_fee
+from trading.outcomes import Result
 from trading.positions import Close, Position, Step, StepStatus, fifo_allocate
-from trading.takeprofit import Result, TakeProfitEngine
+from trading.takeprofit import TakeProfitEngine
 from workers.handler import Retry
 from workers.parts import TradingParts
 from workers.runtime import Entry, Runtime
@@ -83,6 +84,9 @@ class Closing:
                 for pos in writes:
                     if pos.over_covered > 0:
                         await self.engine.trim(pos)
+            elif writes and (step := _tp_step(writes[0], fill)) is not None:
+                if step.status == StepStatus.FILLED:
+                    await self.engine.placer.closed(fill.symbol)  # no longer open: the cap
             return
         raise RuntimeError(f"positions of {sid} kept changing; will retry")
 

@@ -25,8 +25,9 @@ from storage.orders import OrderBook
 from trading.book import Committed, Conflict, Duplicate, PositionBook
 from trading.exchange import Exchange, ExchangeError, Market
 from trading.fees import held_and_fee
+from trading.outcomes import Outcome, Result
 from trading.positions import Buy, new_position
-from trading.takeprofit import Outcome, Result, TakeProfitEngine
+from trading.takeprofit import TakeProfitEngine
 from workers.closing import Closing
 from workers.parts import TradingParts
 from workers.runtime import Entry, Lane, Retry, Runtime
