@@ -48,7 +48,9 @@ from storage.postgres import create_pool  # noqa: E402
 from storage.session_writer import FILL_COLUMNS, SessionWriter, TimestampText, copy_line  # noqa: E402
 from trading.client_ids import client_id  # noqa: E402
 from trading.positions import Buy, Close, Position, Step, StepStatus, encode_position  # noqa: E402
-from workers.migrator import Mode, SessionMigration, migrate_session  # noqa: E402
+from workers.migration import migrate_session  # noqa: E402
+from workers.migration.session import SessionMigration  # noqa: E402
+from workers.migration.sink import Mode  # noqa: E402
 
 SCHEMA = "bench_migrate"
 PREFIX = "bench:"
@@ -339,8 +341,8 @@ async def write_phase(
                 await writer.insert_fills(_replay(chunks))
             else:
                 await writer.copy(table, columns, _replay(chunks))
-        await writer.finish(plan.session_row(), plan.pair_rows())
-    return time.perf_counter() - started, plan.totals_fills, plan.totals_orders
+        await writer.finish(plan.tally.session_row(), plan.tally.pair_rows())
+    return time.perf_counter() - started, plan.tally.totals_fills, plan.tally.totals_orders
 
 
 def fill_record(fill: Fill) -> tuple[object, ...]:
