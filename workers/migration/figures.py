@@ -8,8 +8,9 @@ Figures (docs/queries.sql documents them for analysts):
   of (sell price − unit cost) / unit cost;
 * fees are in quote (trading.fees: a fee charged in the base asset is valued at the
   fill's price).
-Arithmetic is exact (EXACT, a 60-digit context); money figures and ratios are stored
-rounded half-even to 1e-10 (`money`), an order's average price half-up to 1e-18.
+Arithmetic is exact: the passes compute in localcontext(EXACT), a 60-digit context. Money
+figures and ratios are stored rounded half-even to 1e-10 (`money`), an order's average
+price half-up to 1e-18 (`average_price`).
 """
 
 from __future__ import annotations
