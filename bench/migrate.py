@@ -11,7 +11,7 @@ the engine's tp_order hashes), then measures in one run:
   DO NOTHING, on a sample; (c) bare COPY of all N fills into an empty table with no
   constraints or indexes, both as asyncpg records (binary) and as pre-encoded text.
 
-Schema `bench_migrate` in DATABASE_URL's database and Redis keys under `bench:` are
+Schema `bench_migrate` in DATABASE_URL's database and Redis keys under `bench-migrate:` are
 dropped at the end. Usage: python bench/migrate.py [--fills 1000000] [--pairs 10]
 """
 
@@ -53,7 +53,7 @@ from workers.migration.session import SessionMigration  # noqa: E402
 from workers.migration.sink import Mode  # noqa: E402
 
 SCHEMA = "bench_migrate"
-PREFIX = "bench:"
+PREFIX = "bench-migrate:"  # not under `bench:`, where bench/coverage.py keeps its keys
 SID = "bench-1"
 T0 = 1_763_700_000_000
 SYMBOLS = (
