@@ -14,6 +14,7 @@ from typing import NamedTuple
 import msgspec
 
 from storage.redis import stream_id
+from trading import pnl
 from trading.pricing import cost_per_unit
 
 ZERO = Decimal(0)
@@ -77,6 +78,16 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return sum((f.qty for f in self.fills), ZERO)
 
 
+def uncovered_quantity(filled: Decimal, covered: Decimal, closed_other: Decimal) -> Decimal:
+    """Bought and neither in a pending, live or filled TP nor sold by another sell."""
+    return max(ZERO, filled - covered - closed_other)
+
+
+def open_quantity(filled: Decimal, closed_other: Decimal, tp_filled: Decimal) -> Decimal:
+    """Bought and not sold yet (by a TP fill or another sell)."""
+    return max(ZERO, filled - closed_other - tp_filled)
+
+
 class Totals(NamedTuple):
     filled: Decimal  # bought (net of a fee charged in the base asset)
     cost: Decimal  # Σ price × quantity + buy fees, in quote
@@ -86,15 +97,15 @@ class Totals(NamedTuple):
 
     @property
     def uncovered(self) -> Decimal:
-        return max(ZERO, self.filled - self.covered - self.closed_other)
+        return uncovered_quantity(self.filled, self.covered, self.closed_other)
 
     @property
     def open_quantity(self) -> Decimal:
-        return max(ZERO, self.filled - self.closed_other - self.tp_filled)
+        return open_quantity(self.filled, self.closed_other, self.tp_filled)
 
     @property
     def unit_cost(self) -> Decimal:
-        return self.cost / self.filled if self.filled > 0 else ZERO
+        return pnl.unit_cost(self.cost, self.filled) if self.filled > 0 else ZERO
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -115,7 +126,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         filled = cost = ZERO
         for b in self.buys:
             filled += b.qty
-            cost += b.price * b.qty + b.fee
+            cost += pnl.buy_cost(b.price, b.qty, b.fee)
         covered = tp_filled = ZERO
         for s in self.steps:
             covered += s.covering
@@ -182,16 +193,12 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         if not self.buys:
             return []
         unit = self.unit_cost if unit_cost is None else unit_cost
-        out = [(c.ts, c.price * c.qty - c.fee - c.qty * unit) for c in self.closes]
-        for step in self.steps:
-            if step.fills:
-                out += [(c.ts, c.price * c.qty - c.fee - c.qty * unit) for c in step.fills]
-        return out
+        return [(c.ts, pnl.round_trip_pnl(c.price, c.qty, c.fee, unit)) for c in self.sells()]
 
     @property
     def realized_pnl(self) -> Decimal:
         """Sell proceeds − buy cost − both fees, over the quantity sold so far (quote)."""
-        return sum((pnl for _, pnl in self.realized()), ZERO)
+        return sum((value for _, value in self.realized()), ZERO)
 
     def unrealized_pnl(self, bid: Decimal) -> Decimal:
         """Value of the open quantity at `bid` minus its cost (buy fees included)."""

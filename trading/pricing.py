@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from trading.exchange import Market
+from trading.pnl import buy_cost, unit_cost
 
 MS_PER_HOUR = 3_600_000
 
@@ -36,11 +37,11 @@ def cost_per_unit(buys: Iterable[tuple[Decimal, Decimal, Decimal]]) -> Decimal:
     cost = Decimal(0)
     quantity = Decimal(0)
     for price, qty, fee in buys:
-        cost += price * qty + fee
+        cost += buy_cost(price, qty, fee)
         quantity += qty
     if quantity <= 0:
         raise ValueError("cost_per_unit of an empty position")
-    return cost / quantity
+    return unit_cost(cost, quantity)
 
 
 def round_up(value: Decimal, step: Decimal) -> Decimal:
