@@ -42,13 +42,20 @@ local function apply_ops(list)
     end
   end
 end
+-- a session that has ended logs what each change touched (KEYS[3] session hash,
+-- KEYS[4] its changes stream): the migrator brings PostgreSQL in step from it
+local function log_change(positions, fills)
+  if redis.call('HEXISTS', KEYS[3], 'ended_at') == 1 then
+    redis.call('XADD', KEYS[4], '*', 'positions', positions, 'fills', fills)
+  end
+end
 local function version(raw)
   if not raw then return 0 end
   return tonumber(string.match(raw, '^{"v":(%d+)'))
 end
 """
 
-# KEYS: documents hash, fills hash.
+# KEYS: documents hash, fills hash, session hash, changes stream.
 # ARGV: fill_id ('' for none), fill payload, n, then n × (id, expected version, json), then ops.
 _COMMIT = (
     _APPLY_OPS
@@ -66,18 +73,21 @@ for w = 1, n do
   i = i + 3
 end
 i = 4
+local touched = {}
 for w = 1, n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+  touched[w] = ARGV[i]
   i = i + 3
 end
 if fid ~= '' then redis.call('HSET', KEYS[2], fid, ARGV[2]) end
 apply_ops(cjson.decode(ARGV[i]))
+log_change(table.concat(touched, ','), fid)
 return {'ok'}
 """
 )
 
 # Several independent commits of one session in one call (the coverage batch path).
-# KEYS: documents hash, fills hash.  ARGV[1]: JSON list of groups, each
+# KEYS: documents hash, fills hash, session hash, changes stream.  ARGV[1]: JSON list of groups, each
 # [[[fill_id, payload], ...], [[id, expected version, json], ...], [op, ...]].
 # A group applies only if none of its fills was recorded and no version moved; the
 # answer is each group's status: 'ok', 'dup' or 'conflict'.
@@ -96,9 +106,11 @@ for g, grp in ipairs(cjson.decode(ARGV[1])) do
     end
   end
   if status == 'ok' then
-    for _, w in ipairs(grp[2]) do redis.call('HSET', KEYS[1], w[1], w[3]) end
-    for _, f in ipairs(grp[1]) do redis.call('HSET', KEYS[2], f[1], f[2]) end
+    local ids, fids = {}, {}
+    for k, w in ipairs(grp[2]) do redis.call('HSET', KEYS[1], w[1], w[3]); ids[k] = w[1] end
+    for k, f in ipairs(grp[1]) do redis.call('HSET', KEYS[2], f[1], f[2]); fids[k] = f[1] end
     apply_ops(grp[3])
+    log_change(table.concat(ids, ','), table.concat(fids, ','))
   end
   out[g] = status
 end
@@ -177,6 +189,10 @@ class Ledger:
         self._many = self.redis.register_script(_COMMIT_MANY)
         self._pipeliner = Pipeliner(self.redis)
 
+    def _session_keys(self, sid: str) -> list[str]:
+        k = self.keys
+        return [k.positions(sid), k.fills(sid), k.session(sid), k.changes(sid)]
+
     async def commit_many(
         self, changes: Mapping[str, Sequence[Group]]
     ) -> dict[str, list[GroupStatus]]:
@@ -193,8 +209,7 @@ class Ledger:
                 ]
                 for group in groups
             ]
-            keys = [self.keys.positions(sid), self.keys.fills(sid)]
-            calls.append((self._many, keys, [orjson.dumps(body)]))
+            calls.append((self._many, self._session_keys(sid), [orjson.dumps(body)]))
         results = await self._pipeliner.run_many(calls)
         out: dict[str, list[GroupStatus]] = {}
         for sid, result in zip(changes, results, strict=True):
@@ -221,9 +236,7 @@ class Ledger:
         for write in writes:
             args += [write.id, write.expected, write.payload]
         args.append(orjson.dumps([op.wire() for op in ops]))
-        reply = await self._pipeliner.run(
-            self._commit, [self.keys.positions(sid), self.keys.fills(sid)], args
-        )
+        reply = await self._pipeliner.run(self._commit, self._session_keys(sid), args)
         status = as_text(reply[0])
         if status == "ok":
             return Applied()
