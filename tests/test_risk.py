@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -13,6 +12,7 @@ import pytest
 from base.clock import ManualClock
 from base.settings import Settings
 from mmops.app import App
+from tests.conftest import MakeApp
 from tests.helpers import drain_coverage, fill, orders_per_client_id, takeprofit_entries
 from trading.client_ids import client_id
 from trading.paper import PaperExchange
@@ -68,10 +68,8 @@ async def open_app(settings: Settings, clock: ManualClock, **changes: object) ->
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object, clock: ManualClock) -> AsyncIterator[App]:
-    app = await open_app(settings, clock, portfolio_daily_loss_limit=D("500"))
-    yield app
-    await app.close()
+async def app(make_app: MakeApp, clock: ManualClock) -> App:
+    return await make_app(clock=clock, portfolio_daily_loss_limit=D("500"))
 
 
 async def buy_btc(app: App, sid: str = "s-1", pid: str = "o-1") -> None:

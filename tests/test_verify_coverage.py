@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import orjson
-import pytest
 
-from base.settings import Settings
 from mmops.app import App
 from mmops.commands.sweep import coverage
 from tests.conftest import MMOPS
@@ -18,13 +15,6 @@ from tests.helpers import drain_coverage, fill, now_ms
 from trading.positions import Buy, encode_position, new_position
 
 D = Decimal
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings)
-    yield app
-    await app.close()
 
 
 async def seed_uncovered(app: App, sid: str, pid: str, *, age_ms: int, qty: str = "0.01") -> None:
