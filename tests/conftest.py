@@ -8,6 +8,11 @@ PostgreSQL schema, so tests never see each other's data.
 `make_app(**overrides, clock=, exchange=)` builds an App on the test's settings and
 `worker(group, **overrides)` the registry's runtime for a group (arq's `worker(...)`
 fixture is the model); both close what they built after the test. `app` is `make_app()`.
+
+Markers (pyproject): a test that uses the servers is marked by the fixtures it uses
+(`redis` → redis, `pg` → postgres, `env` → process) or by hand where the use is indirect
+(a sweeper reads PostgreSQL, a subprocess writes Redis); every other test is `unit`:
+no server, no process (`make test-fast` runs those).
 """
 
 from __future__ import annotations
@@ -39,6 +44,30 @@ from workers.runtime import Runtime
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+# --- markers -----------------------------------------------------------------------------
+LAYERS = ("redis", "postgres", "process")
+MARK_OF_FIXTURE = {"redis": "redis", "pg": "postgres", "env": "process"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what it uses: a test with the servers in its fixtures gets the
+    mark of each server fixture it uses; a test with no server and no layer mark is `unit`."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if "servers" in used:  # a parametrized argument named like a fixture has no servers
+            for fixture, mark in MARK_OF_FIXTURE.items():
+                if fixture in used:
+                    item.add_marker(mark)
+        layers = {m.name for m in item.iter_markers() if m.name in LAYERS}
+        if item.get_closest_marker("unit") and (layers or "servers" in used):
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but uses servers or processes")
+        if not layers:
+            if "servers" in used:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses the test servers: mark it redis, postgres or process"
+                )
+            item.add_marker("unit")
 
 
 @pytest.fixture(scope="session")

@@ -92,6 +92,7 @@ def paper(app: App) -> PaperExchange:
     return app.exchange
 
 
+@pytest.mark.postgres  # the sweeper reads recent sessions from PostgreSQL
 async def test_a_price_drop_sets_the_halt_and_the_next_utc_day_clears_it(
     app: App, clock: ManualClock
 ) -> None:
@@ -143,6 +144,7 @@ async def test_a_price_drop_sets_the_halt_and_the_next_utc_day_clears_it(
         await sweeper.close()
 
 
+@pytest.mark.postgres
 async def test_emergency_exit_cancels_the_tps_and_sells_at_the_bid_once(
     settings: Settings, redis: object, clock: ManualClock
 ) -> None:
@@ -183,6 +185,7 @@ async def test_emergency_exit_cancels_the_tps_and_sells_at_the_bid_once(
         await app.close()
 
 
+@pytest.mark.postgres
 async def test_without_a_limit_nothing_is_computed_but_an_old_halt_is_cleared(
     settings: Settings, redis: object, clock: ManualClock
 ) -> None:

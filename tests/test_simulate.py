@@ -148,6 +148,7 @@ def test_bad_parameters_one_line() -> None:
         SimConfig(sessions=0).validate()
 
 
+@pytest.mark.redis  # the simulator process writes to the test Redis
 def test_command(env: dict[str, str], settings: Settings) -> None:
     done = subprocess.run(
         [

@@ -28,6 +28,8 @@ from trading.positions import Buy, encode_position, new_position
 from workers.sweep_pass import SessionSweep, Status
 from workers.sweeper import Sweeper, lease_ttl_ms
 
+pytestmark = pytest.mark.postgres  # the sweeper reads recent sessions from PostgreSQL
+
 D = Decimal
 HOUR = 3_600_000
 PAIRS = [  # symbol, price, quantity: every one above Kraken's minimum order

@@ -7,6 +7,7 @@ import subprocess
 from decimal import Decimal
 
 import orjson
+import pytest
 
 from mmops.app import App
 from mmops.commands.sweep import coverage
@@ -76,6 +77,7 @@ async def test_coverage_per_session_and_pair(app: App) -> None:
     )
 
 
+@pytest.mark.postgres  # the sweeper reads recent sessions from PostgreSQL
 async def test_exit_codes_before_and_after_a_sweep(app: App, env: dict[str, str]) -> None:
     await seed_uncovered(
         app, "s-late", "o-1", age_ms=60_000
@@ -118,6 +120,7 @@ async def test_exit_codes_before_and_after_a_sweep(app: App, env: dict[str, str]
     assert "ok: nothing uncovered longer than 0.6 s" in ok.stdout
 
 
+@pytest.mark.postgres
 async def test_sweep_once_exits_1_when_the_pass_had_errors(app: App, env: dict[str, str]) -> None:
     position = new_position(
         session_id="s-bad", position_id="o-1", symbol="NOT-A-SYMBOL", opened_at=now_ms()
