@@ -23,11 +23,13 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
@@ -131,14 +133,48 @@ def keys(settings: Settings) -> Keys:
     return Keys(settings.key_prefix, settings.stream)
 
 
+@asynccontextmanager
+async def scoped_redis(url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A client on the test Redis that deletes the keys under `prefix` when done."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        yield client
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            await client.unlink(key)
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     """A client on the test Redis; the test's keys are deleted afterwards."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    async with scoped_redis(settings.redis_url, settings.key_prefix) as client:
+        yield client
+
+
+@pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+async def any_redis(
+    request: pytest.FixtureRequest, names: tuple[str, str]
+) -> AsyncIterator[aioredis.Redis]:
+    """The test runs twice: on fakeredis (a fresh server; the unit layer) and on the test
+    Redis (the test's key prefix). Only for what fakeredis reproduces — Lua scripts and
+    plain commands; no blocking reads, no restarts — and the real run keeps it honest."""
+    if request.param == "redis":
+        servers: Servers = request.getfixturevalue("servers")  # only this run needs them
+        async with scoped_redis(servers.redis_url, names[0]) as client:
+            yield client
+        return
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
     yield client
-    async for key in client.scan_iter(match=f"{settings.key_prefix}*", count=1000):
-        await client.unlink(key)
     await client.aclose()
+
+
+def second_connection(client: aioredis.Redis) -> aioredis.Redis:
+    """Another client of the server `client` talks to (fake or real), as another process
+    would have; the caller closes it."""
+    pool = client.connection_pool
+    own = type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
+    return aioredis.Redis.from_pool(own)  # aclose() closes the pool too
 
 
 @pytest.fixture
