@@ -153,7 +153,7 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
-async def any_redis(
+async def redis_or_fake(
     request: pytest.FixtureRequest, names: tuple[str, str]
 ) -> AsyncIterator[aioredis.Redis]:
     """The test runs twice: on fakeredis (a fresh server; the unit layer) and on the test

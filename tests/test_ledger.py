@@ -1,6 +1,6 @@
 """The one write path (storage/ledger.py): compare-and-set commits with their fill guard and
 the operations they carry (storage/ops.py). Each test runs on fakeredis (the unit layer)
-and on the test Redis (`any_redis`): the script must mean the same on both."""
+and on the test Redis (`redis_or_fake`): the script must mean the same on both."""
 
 from __future__ import annotations
 
@@ -42,12 +42,12 @@ def keys(names: tuple[str, str]) -> Keys:
 
 
 @pytest.fixture
-def ledger(any_redis: aioredis.Redis, keys: Keys) -> Ledger:
-    return Ledger(any_redis, keys)
+def ledger(redis_or_fake: aioredis.Redis, keys: Keys) -> Ledger:
+    return Ledger(redis_or_fake, keys)
 
 
 async def test_a_change_its_fill_and_its_effects_are_applied_together(
-    ledger: Ledger, any_redis: aioredis.Redis, keys: Keys
+    ledger: Ledger, redis_or_fake: aioredis.Redis, keys: Keys
 ) -> None:
     k = keys.prefix
     effects = [
@@ -63,16 +63,16 @@ async def test_a_change_its_fill_and_its_effects_are_applied_together(
     reply = await ledger.commit(SID, [Write("o-1", 0, doc(1, ',"a":1'))], fill=buy(), ops=effects)
 
     assert reply == Applied()
-    assert await any_redis.hget(keys.positions(SID), "o-1") == doc(1, ',"a":1')
-    assert decode_fill(await any_redis.hget(keys.fills(SID), "f-1")) == buy()
-    assert await any_redis.hgetall(k + "h") == {b"status": b"live", b"n": b"3"}
-    assert await any_redis.smembers(k + "set") == {b"a", b"b"}
-    assert await any_redis.zscore(k + "z", "s-1") == 1_763_700_000_000
-    assert await any_redis.get(k + "attempt") == b"cid-1"
-    assert 0 < await any_redis.ttl(k + "attempt") <= 60
-    [(_, fields)] = await any_redis.xrange(k + "out")
+    assert await redis_or_fake.hget(keys.positions(SID), "o-1") == doc(1, ',"a":1')
+    assert decode_fill(await redis_or_fake.hget(keys.fills(SID), "f-1")) == buy()
+    assert await redis_or_fake.hgetall(k + "h") == {b"status": b"live", b"n": b"3"}
+    assert await redis_or_fake.smembers(k + "set") == {b"a", b"b"}
+    assert await redis_or_fake.zscore(k + "z", "s-1") == 1_763_700_000_000
+    assert await redis_or_fake.get(k + "attempt") == b"cid-1"
+    assert 0 < await redis_or_fake.ttl(k + "attempt") <= 60
+    [(_, fields)] = await redis_or_fake.xrange(k + "out")
     assert fields == {b"type": b"created", b"qty": b"0.01"}
-    assert await any_redis.hgetall(k + "m") == {
+    assert await redis_or_fake.hgetall(k + "m") == {
         b"created": b"2",
         b"total_e8": b"64584900000",
         b"total": b"645.84900000",
@@ -80,44 +80,44 @@ async def test_a_change_its_fill_and_its_effects_are_applied_together(
 
 
 async def test_a_moved_version_changes_nothing(
-    ledger: Ledger, any_redis: aioredis.Redis, keys: Keys
+    ledger: Ledger, redis_or_fake: aioredis.Redis, keys: Keys
 ) -> None:
     assert await ledger.commit(SID, [Write("o-1", 0, doc(1))]) == Applied()
     late = [ops.sadd(keys.prefix + "set", "x")]
     reply = await ledger.commit(SID, [Write("o-1", 0, doc(1, ',"late":1'))], fill=buy(), ops=late)
 
     assert reply == VersionMoved("o-1", doc(1))
-    assert await any_redis.hget(keys.positions(SID), "o-1") == doc(1)
-    assert await any_redis.hexists(keys.fills(SID), "f-1") == 0  # the fill is not recorded
-    assert await any_redis.exists(keys.prefix + "set") == 0  # nor its effects
+    assert await redis_or_fake.hget(keys.positions(SID), "o-1") == doc(1)
+    assert await redis_or_fake.hexists(keys.fills(SID), "f-1") == 0  # the fill is not recorded
+    assert await redis_or_fake.exists(keys.prefix + "set") == 0  # nor its effects
 
 
 async def test_a_recorded_fill_changes_nothing_and_returns_the_stored_document(
-    ledger: Ledger, any_redis: aioredis.Redis, keys: Keys
+    ledger: Ledger, redis_or_fake: aioredis.Redis, keys: Keys
 ) -> None:
     assert await ledger.commit(SID, [Write("o-1", 0, doc(1))], fill=buy()) == Applied()
     again = [ops.hincrby(keys.prefix + "m", "created", 1)]
     reply = await ledger.commit(SID, [Write("o-1", 1, doc(2))], fill=buy(), ops=again)
 
     assert reply == AlreadyRecorded("o-1", doc(1))
-    assert await any_redis.hget(keys.positions(SID), "o-1") == doc(1)
-    assert await any_redis.exists(keys.prefix + "m") == 0
+    assert await redis_or_fake.hget(keys.positions(SID), "o-1") == doc(1)
+    assert await redis_or_fake.exists(keys.prefix + "m") == 0
     assert await ledger.commit(SID, [], fill=buy()) == AlreadyRecorded("", None)
     assert await ledger.commit(SID, [], fill=buy("f-2")) == Applied()
 
 
 async def test_documents_of_one_commit_move_together_or_not_at_all(
-    ledger: Ledger, any_redis: aioredis.Redis, keys: Keys
+    ledger: Ledger, redis_or_fake: aioredis.Redis, keys: Keys
 ) -> None:
     assert await ledger.commit(SID, [Write("o-1", 0, doc(1)), Write("o-2", 0, doc(1))]) == Applied()
     both = [Write("o-1", 1, doc(2)), Write("o-2", 7, doc(8))]  # o-2 is not at version 7
 
     assert await ledger.commit(SID, both) == VersionMoved("o-2", doc(1))
-    assert await any_redis.hgetall(keys.positions(SID)) == {b"o-1": doc(1), b"o-2": doc(1)}
+    assert await redis_or_fake.hgetall(keys.positions(SID)) == {b"o-1": doc(1), b"o-2": doc(1)}
 
 
 async def test_concurrent_commits_on_one_version_apply_exactly_once(
-    ledger: Ledger, any_redis: aioredis.Redis, keys: Keys
+    ledger: Ledger, redis_or_fake: aioredis.Redis, keys: Keys
 ) -> None:
     replies = await asyncio.gather(
         *(ledger.commit(SID, [Write("o-1", 0, doc(1, f',"by":{n}'))]) for n in range(8))
@@ -127,7 +127,7 @@ async def test_concurrent_commits_on_one_version_apply_exactly_once(
     assert len(applied) == 1
     winner = doc(1, f',"by":{applied[0]}')
     assert all(r == VersionMoved("o-1", winner) for r in replies if r != Applied())
-    assert await any_redis.hget(keys.positions(SID), "o-1") == winner
+    assert await redis_or_fake.hget(keys.positions(SID), "o-1") == winner
 
 
 @pytest.mark.parametrize(
@@ -142,7 +142,7 @@ async def test_concurrent_commits_on_one_version_apply_exactly_once(
 )
 async def test_decimal_counters_are_exact(
     ledger: Ledger,
-    any_redis: aioredis.Redis,
+    redis_or_fake: aioredis.Redis,
     keys: Keys,
     amounts: list[str],
     text: str,
@@ -152,8 +152,8 @@ async def test_decimal_counters_are_exact(
         bump = [ops.decimal_incrby(keys.prefix + "m", "pnl", Decimal(amount))]
         assert await ledger.commit(SID, [], ops=bump) == Applied()
 
-    assert await any_redis.hget(keys.prefix + "m", "pnl") == text.encode()
-    assert await any_redis.hget(keys.prefix + "m", "pnl_e8") == str(units).encode()
+    assert await redis_or_fake.hget(keys.prefix + "m", "pnl") == text.encode()
+    assert await redis_or_fake.hget(keys.prefix + "m", "pnl_e8") == str(units).encode()
 
 
 def test_only_plain_commands_run_outside_the_script() -> None:

@@ -48,9 +48,9 @@ def make(
 
 
 @pytest.fixture
-def redis(any_redis: aioredis.Redis) -> aioredis.Redis:
+def redis(redis_or_fake: aioredis.Redis) -> aioredis.Redis:
     """Every test here runs on fakeredis (the unit layer) and on the test Redis."""
-    return any_redis
+    return redis_or_fake
 
 
 @pytest.fixture
