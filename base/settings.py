@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 T = TypeVar("T")
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+KRAKEN_TIERS = ("starter", "intermediate", "pro")
 
 
 class SettingsError(ValueError):
@@ -41,10 +42,18 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     stream: str = "mm:events"
+    stream_shards: int = 1  # MM_STREAM_SHARDS: the input stream as N streams (contract §6)
+    redis_cluster: bool = False  # REDIS_CLUSTER: REDIS_URL names any node of a Redis Cluster
     key_prefix: str = ""
     exchange: str = "paper"
     exchange_api_key: str | None = field(default=None, repr=False)
     exchange_api_secret: str | None = field(default=None, repr=False)
+    exchange_api_url: str | None = None  # replaces the REST base URL (stand-in, proxy, region)
+    exchange_sandbox: bool = False
+    # the exchange's trading-rate counter (Kraken), shared with the trader
+    kraken_tier: str = "starter"
+    exchange_rate_reserve_percent: Decimal = Decimal(50)
+    exchange_rate_max_wait_ms: int = 30_000
     dry_run: bool = False
     log_level: str = "INFO"
     consumer_name: str = ""
@@ -69,13 +78,22 @@ class Settings:
     tp_aging_tier_2_hours: Decimal = Decimal(4)
     tp_aging_tier_3_hours: Decimal = Decimal(12)
     tp_maker_fee_percent: Decimal | None = None
-    tp_pending_settle_ms: int = 5_000
+    tp_pending_settle_ms: int | None = None  # None: derived from the exchange's worst call
     paper_balances: str = ""
+    paper_faults: tuple[tuple[str, float], ...] = ()  # (kind, probability), chaos runs only
+    paper_faults_seed: int | None = None
     # migration
     migration_batch_size: int = 10
     migration_pool_size: int = 8  # PostgreSQL connections of the migrator = its lanes at once
     migration_lookback_hours: Decimal = Decimal(48)
     migration_overdue_minutes: Decimal = Decimal(15)
+    migration_grace_minutes: Decimal = Decimal(10)  # wait this long for fills the end counted
+    migration_sync_seconds: Decimal = Decimal(5)  # later changes reach PostgreSQL within this
+    # retention (docs/contract.md §3 Retention)
+    session_retention_days: Decimal = Decimal(7)
+    takeprofits_maxlen: int = 100_000
+    alerts_maxlen: int = 10_000
+    dead_maxlen: int = 10_000
     # risk
     portfolio_daily_loss_limit: Decimal | None = None
     emergency_exit: bool = False
@@ -90,7 +108,7 @@ class Settings:
         for f in fields(self):
             if f.repr:
                 value = getattr(self, f.name)
-                if f.name in ("redis_url", "database_url"):
+                if f.name in ("redis_url", "database_url", "exchange_api_url") and value:
                     value = redact_url(value)
                 shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -130,6 +148,12 @@ class Settings:
                 urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
             except ValueError as exc:
                 raise SettingsError(f"{name}: {exc} in {redact_url(url)!r}") from None
+        if self.redis_cluster:
+            _check_cluster_url(self.redis_url)
+        if self.stream_shards < 1:
+            raise SettingsError(
+                f"MM_STREAM_SHARDS: expected a number >= 1, got {self.stream_shards}"
+            )
         tiers = (self.tp_aging_tier_1_hours, self.tp_aging_tier_2_hours, self.tp_aging_tier_3_hours)
         if not tiers[0] < tiers[1] < tiers[2]:
             raise SettingsError(
@@ -149,6 +173,28 @@ class Settings:
         ):
             raise SettingsError("TP_MAKER_FEE_PERCENT: expected a percentage from 0 to 100")
         parse_balances("PAPER_BALANCES", self.paper_balances)
+        check_paper_faults("PAPER_FAULTS", self.paper_faults)
+        if self.paper_faults and self.exchange != "paper":
+            raise SettingsError(f"PAPER_FAULTS: only with EXCHANGE=paper, not {self.exchange}")
+        self._validate_exchange()
+
+    def _validate_exchange(self) -> None:
+        _tier("KRAKEN_TIER", self.kraken_tier)
+        _percent_below_100("EXCHANGE_RATE_RESERVE_PERCENT", str(self.exchange_rate_reserve_percent))
+        if self.exchange_api_url is None:
+            return
+        shown = redact_url(self.exchange_api_url)
+        try:
+            parts = urlsplit(self.exchange_api_url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise SettingsError(f"EXCHANGE_API_URL: {exc} in {shown!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(
+                f"EXCHANGE_API_URL: expected http(s)://host[:port][/path], got {shown!r}"
+            )
+        if parts.query or parts.fragment:
+            raise SettingsError(f"EXCHANGE_API_URL: no query or fragment allowed, got {shown!r}")
 
     @property
     def consumer(self) -> str:
@@ -174,6 +220,21 @@ class Settings:
         return float(self.settlement_interval_minutes * 60)
 
 
+def _check_cluster_url(url: str) -> None:
+    """A cluster node is a TCP address with database 0 (a cluster has no other)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        raise SettingsError(
+            "REDIS_URL: a Redis Cluster node needs redis:// or rediss:// (REDIS_CLUSTER=true), "
+            f"got {redact_url(url)!r}"
+        )
+    database = parts.path.strip("/")
+    if database not in ("", "0"):
+        raise SettingsError(
+            f"REDIS_URL: a Redis Cluster has only database 0 (REDIS_CLUSTER=true), got {redact_url(url)!r}"
+        )
+
+
 def parse_balances(name: str, raw: str) -> dict[str, Decimal]:
     """'BTC=1.5,USD=100000' -> {'BTC': Decimal('1.5'), 'USD': Decimal('100000')}."""
     out: dict[str, Decimal] = {}
@@ -186,6 +247,50 @@ def parse_balances(name: str, raw: str) -> dict[str, Decimal]:
             )
         out[asset.strip()] = value
     return out
+
+
+# PAPER_FAULTS kinds by the paper exchange calls they hit (trading/paper/faults.py). One
+# draw per call picks at most one kind, so the kinds of one call add up to at most 1.
+PAPER_FAULT_CALLS: Mapping[str, tuple[str, ...]] = {
+    "place": ("rate_limit", "place_5xx", "place_timeout", "post_only", "lost_response"),
+    "cancel": ("rate_limit", "cancel_5xx"),
+    "fetch": ("rate_limit", "fetch_5xx"),
+}
+PAPER_FAULT_KINDS = tuple(dict.fromkeys(k for kinds in PAPER_FAULT_CALLS.values() for k in kinds))
+
+
+def parse_paper_faults(name: str, raw: str) -> tuple[tuple[str, float], ...]:
+    """'place_5xx=0.02,post_only=0.01' -> (('place_5xx', 0.02), ('post_only', 0.01))."""
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        kind, sep, text = (part.strip() for part in item.partition("="))
+        try:
+            value = Decimal(text) if sep else None
+        except InvalidOperation:
+            value = None
+        if value is not None and not value.is_finite():
+            value = None
+        if kind not in PAPER_FAULT_KINDS or value is None or not Decimal(0) <= value <= 1:
+            raise SettingsError(
+                f"{name}: expected KIND=PROBABILITY,... with probabilities from 0 to 1 and kinds "
+                f"{' '.join(PAPER_FAULT_KINDS)}, got {item[:60]!r}"
+            )
+        out[kind] = float(value)
+    faults = tuple(out.items())
+    check_paper_faults(name, faults)
+    return faults
+
+
+def check_paper_faults(name: str, faults: tuple[tuple[str, float], ...]) -> None:
+    table = dict(faults)
+    for kind, value in table.items():
+        if kind not in PAPER_FAULT_KINDS or not 0 <= value <= 1:
+            raise SettingsError(f"{name}: {kind}={value} is not a known kind with 0 <= p <= 1")
+    for call, kinds in PAPER_FAULT_CALLS.items():
+        if sum(table.get(kind, 0.0) for kind in kinds) > 1:
+            raise SettingsError(
+                f"{name}: the kinds of one {call} call ({' + '.join(kinds)}) add up to more than 1"
+            )
 
 
 def _str(name: str, raw: str) -> str:
@@ -240,12 +345,32 @@ def _level(name: str, raw: str) -> str:
     return "WARN" if value == "WARNING" else value
 
 
+def _tier(name: str, raw: str) -> str:
+    value = raw.lower()
+    if value not in KRAKEN_TIERS:
+        raise SettingsError(f"{name}: expected one of {' '.join(KRAKEN_TIERS)}, got {raw!r}")
+    return value
+
+
+def _percent_below_100(name: str, raw: str) -> Decimal:
+    value = _decimal(name, raw)
+    if not Decimal(0) <= value < 100:
+        raise SettingsError(f"{name}: expected a percentage from 0 to below 100, got {raw!r}")
+    return value
+
+
 _positive_int = _bounded(_int, 1, ">= 1")
 _positive_decimal = _bounded(_decimal, 0, "> 0")
 _non_negative_decimal = _bounded(_decimal, 0, ">= 0")
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "stream_shards": _positive_int,
+    "redis_cluster": _bool,
     "dry_run": _bool,
+    "exchange_sandbox": _bool,
+    "kraken_tier": _tier,
+    "exchange_rate_reserve_percent": _percent_below_100,
+    "exchange_rate_max_wait_ms": _bounded(_int, 0, ">= 0"),
     "emergency_exit": _bool,
     "log_level": _level,
     "batch_size": _positive_int,
@@ -270,13 +395,22 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "migration_pool_size": _positive_int,
     "migration_lookback_hours": _positive_decimal,
     "migration_overdue_minutes": _positive_decimal,
+    "migration_grace_minutes": _non_negative_decimal,
+    "migration_sync_seconds": _positive_decimal,
+    "session_retention_days": _non_negative_decimal,
+    "takeprofits_maxlen": _positive_int,
+    "alerts_maxlen": _positive_int,
+    "dead_maxlen": _positive_int,
     "portfolio_daily_loss_limit": _positive_decimal,
     "metrics_port": _port,
     "stream_retention_hours": _positive_decimal,
+    "paper_faults": parse_paper_faults,
+    "paper_faults_seed": _int,
 }
 
 _ENV_NAMES = {
     "stream": "MM_STREAM",
+    "stream_shards": "MM_STREAM_SHARDS",
     "key_prefix": "MM_KEY_PREFIX",
     "batch_size": "CONSUMER_BATCH_SIZE",
     "block_ms": "CONSUMER_BLOCK_MS",

@@ -17,6 +17,12 @@
 --                 (dust below the market's minimum order is not counted)
 --   open_positions       positions at the end still holding inventory (under a TP or not)
 -- Money columns are rounded half-even to 1e-10 when stored.
+--
+-- Layouts: every query reads the same on plain tables and after `mmops db upgrade
+-- --partitions N` (fills and orders hash-partitioned by session_id; tests/test_partitions*.py
+-- run them on both). A filter or join on session_id lets PostgreSQL (and Citus) go to the
+-- one partition (or node) of that session; ids are unique per session (PK (id, session_id)
+-- when partitioned), so join fills to orders on (session_id, order_id), not order_id alone.
 
 
 -- name: pair_profitability

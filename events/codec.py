@@ -8,8 +8,8 @@ input (a property test holds us to that).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from events.schema import EVENT_TYPES, Event, Fill, Order, SessionEnded, SessionStarted, Side
@@ -20,9 +20,14 @@ _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _SYMBOL = re.compile(r"[A-Za-z0-9.]{1,24}/[A-Za-z0-9.]{1,24}")
 _WORD = re.compile(r"[A-Za-z0-9_ -]{1,32}")
 _CURRENCY = re.compile(r"[A-Za-z0-9.]{1,24}")
-_MAX_DIGITS = 15  # numbers below 1e15
-_MIN_EXPONENT = -18  # at most 18 fractional digits
+# docs/contract.md §1: only plain ASCII forms are numbers
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+_NOT_FINITE = re.compile(r"[+-]?(?:s?nan|inf|infinity)", re.IGNORECASE)
+MAX_SIGNIFICANT = 38
+SMALLEST = Decimal("1E-18")  # a non-zero number lies in [SMALLEST, LARGEST)
+LARGEST = Decimal("1E+15")
 _MAX_TS = 10**14  # epoch ms, far beyond any real clock
+_MAX_DIGITS_TEXT = 15  # ts and counts: at most this many ASCII digits
 
 
 class EventError(ValueError):
@@ -76,24 +81,24 @@ def _text(name: str, raw: str) -> str:
 
 
 def _decimal(name: str, raw: str, *, positive: bool) -> Decimal:
-    try:
-        value = Decimal(raw)
-    except (InvalidOperation, ValueError):
-        raise EventError(name, f"not a decimal number: {_show(raw)}") from None
-    if not value.is_finite():
-        raise EventError(name, f"not a finite decimal: {_show(raw)}")
-    if value and value.adjusted() >= _MAX_DIGITS:  # |value| >= 1e15, without context arithmetic
-        raise EventError(name, f"out of range (must be below 1e15): {_show(raw)}")
-    exponent = value.as_tuple().exponent
-    assert isinstance(exponent, int)
-    if value and exponent < _MIN_EXPONENT:
-        raise EventError(name, f"more than 18 decimal places: {_show(raw)}")
-    if positive and value <= 0:
-        raise EventError(name, f"must be > 0, got {_show(raw)}")
-    if not positive and value < 0:
-        raise EventError(name, f"must be >= 0, got {_show(raw)}")
-    # -0 and 0E-100 become 0; other values are kept exactly (no context rounding)
-    return value if value else Decimal(0)
+    if not _NUMBER.fullmatch(raw):
+        if _NOT_FINITE.fullmatch(raw):
+            raise EventError(name, f"not a finite decimal: {_show(raw)}")
+        if raw[:1] == "-" and _NUMBER.fullmatch(raw[1:]):  # signs are not allowed: say why
+            raise EventError(name, f"must be {'> 0' if positive else '>= 0'}, got {_show(raw)}")
+        raise EventError(name, f"not a decimal number (plain ASCII digits): {_show(raw)}")
+    value = Decimal(raw)  # exact: construction never rounds
+    if not value:
+        if positive:
+            raise EventError(name, f"must be > 0, got {_show(raw)}")
+        return Decimal(0)  # 0E-100 and 0.000 become 0
+    if len(value.as_tuple().digits) > MAX_SIGNIFICANT:
+        raise EventError(name, f"more than {MAX_SIGNIFICANT} significant digits: {_show(raw)}")
+    if not SMALLEST <= value < LARGEST:  # exact comparisons, no context arithmetic
+        raise EventError(
+            name, f"out of range (from 1E-18 up to, not including, 1E+15): {_show(raw)}"
+        )
+    return value
 
 
 def _positive(name: str, raw: str) -> Decimal:
@@ -105,7 +110,7 @@ def _non_negative(name: str, raw: str) -> Decimal:
 
 
 def _int(name: str, raw: str, upper: int) -> int:
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_DIGITS_TEXT:
         raise EventError(name, f"expected a non-negative integer, got {_show(raw)}")
     value = int(raw)
     if value >= upper:
@@ -148,6 +153,7 @@ _FIELDS: dict[str, dict[str, tuple[Parser, bool]]] = {
         "ts": (_ts, True),
         "fee_currency": (_currency, False),
         "order_type": (_word, False),
+        "client_order_id": (_id, False),
     },
     "order": {
         "session_id": (_id, True),
@@ -185,15 +191,27 @@ def _as_text(value: object, name: str) -> str:
     raise EventError(name, f"expected a string, got {type(value).__name__}")
 
 
-def decode(fields: Mapping[Any, Any] | None, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
+Fields = Mapping[Any, Any] | Sequence[tuple[Any, Any]]
+"""An entry's fields: a map, or the (name, value) pairs of a raw reply (names may repeat)."""
+
+
+def field_pairs(fields: Fields) -> Sequence[tuple[Any, Any]]:
+    if isinstance(fields, Mapping):
+        return list(fields.items())
+    if isinstance(fields, list | tuple) and all(
+        isinstance(pair, tuple) and len(pair) == 2 for pair in fields
+    ):
+        return fields
+    raise EventError(None, f"expected a field map, got {type(fields).__name__}")
+
+
+def decode(fields: Fields | None, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
     """Validate one stream entry's fields and return the event, or raise EventError."""
     if fields is None:
         raise EventError(None, "entry payload is missing (trimmed from the stream)")
-    if not isinstance(fields, Mapping):
-        raise EventError(None, f"expected a field map, got {type(fields).__name__}")
     size = 0
     text: dict[str, str] = {}
-    for raw_key, raw_value in fields.items():
+    for raw_key, raw_value in field_pairs(fields):
         key = _as_text(raw_key, "<field name>")
         if isinstance(raw_key, str | bytes):
             size += len(raw_key)
@@ -201,6 +219,8 @@ def decode(fields: Mapping[Any, Any] | None, *, max_bytes: int = MAX_ENTRY_BYTES
             size += len(raw_value)
         if size > max_bytes:
             raise EventError(_field_name(key), f"entry larger than {max_bytes} bytes")
+        if key in text:
+            raise EventError(_field_name(key), "repeated field")
         text[key] = _as_text(raw_value, _field_name(key))
     kind = text.pop("type", None)
     if kind is None:
@@ -255,11 +275,17 @@ def _type_name(event: Event) -> str:
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover
 
 
-def session_of(fields: Mapping[Any, Any] | None) -> str | None:
+def session_of(fields: Fields | None) -> str | None:
     """The session id of an entry without decoding it (None if absent)."""
     if not fields:
         return None
-    raw = fields.get(b"session_id", fields.get("session_id"))
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8", "replace")
-    return raw if isinstance(raw, str) else None
+    try:
+        pairs = field_pairs(fields)
+    except EventError:
+        return None
+    for key, raw in pairs:
+        if key in (b"session_id", "session_id"):
+            if isinstance(raw, bytes):
+                return raw.decode("utf-8", "replace")
+            return raw if isinstance(raw, str) else None
+    return None

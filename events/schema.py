@@ -28,6 +28,7 @@ class Fill(msgspec.Struct, frozen=True, kw_only=True, tag="fill"):
     ts: int
     fee_currency: str | None = None  # None: the quote currency
     order_type: str | None = None
+    client_order_id: str | None = None  # the filled order's exchange client id, if known
 
     @property
     def base(self) -> str:

@@ -24,11 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
-import redis.asyncio as aioredis
-
 from events import Fill, SessionEnded, SessionStarted, encode
 from events.schema import Event
 from storage.keys import Keys
+from storage.redis import AnyRedis
 from trading.exchange import OrderStatus
 from trading.paper import KRAKEN_USD_PAIRS, PairRules, PaperExchange
 
@@ -175,10 +174,11 @@ ProgressCallback = Callable[[SimStats], Awaitable[None] | None]
 
 
 class Simulator:
-    """Sends a trader's events to `keys.stream` at `config.rate` buy fills per second."""
+    """Sends a trader's events at `config.rate` buy fills per second, each to its session's
+    shard of the input stream (`keys.stream_for`)."""
 
     def __init__(
-        self, *, redis: aioredis.Redis, keys: Keys, exchange: PaperExchange, config: SimConfig
+        self, *, redis: AnyRedis, keys: Keys, exchange: PaperExchange, config: SimConfig
     ) -> None:
         config.validate()
         self.redis = redis
@@ -445,7 +445,7 @@ class Simulator:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for event in events:
-                pipe.xadd(self.keys.stream, encode(event))  # type: ignore[arg-type]
+                pipe.xadd(self.keys.stream_for(event.session_id), encode(event))  # type: ignore[arg-type]
             await pipe.execute()
         self.stats.events += len(events)
 

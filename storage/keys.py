@@ -4,22 +4,52 @@ Names are the wire contract (DESIGN §2). The braces are literal Redis Cluster h
 tags: every key of a session lives in one slot, so Lua scripts may touch them
 together. `prefix` (setting MM_KEY_PREFIX, default empty) namespaces a whole
 deployment; tests use it to share one Redis without seeing each other.
+
+The input stream is `shards` streams (setting MM_STREAM_SHARDS, contract §6): with one,
+it is `mm:events` (the MM_STREAM value); with N > 1, `mm:events:{0}` .. `mm:events:{N-1}`,
+each its own hash slot, and a session's events all go to shard crc32(sid) mod N.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from base.settings import Settings
+from events.shards import shard_of
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = ""
     events: str = "mm:events"
+    shards: int = 1
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keys:
+        return cls(settings.key_prefix, settings.stream, settings.stream_shards)
 
     # --- streams -------------------------------------------------------------
     @property
     def stream(self) -> str:
+        """The unsharded input stream (with MM_STREAM_SHARDS > 1 use shard_stream/streams)."""
         return self.prefix + self.events
+
+    def shard_stream(self, shard: int) -> str:
+        """Input stream of one shard: `mm:events` when unsharded, else `mm:events:{n}`."""
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard {shard} is not in 0..{self.shards - 1}")
+        if self.shards == 1:
+            return self.stream
+        return f"{self.prefix}{self.events}:{{{shard}}}"
+
+    @property
+    def streams(self) -> list[str]:
+        """Every shard's input stream, shard 0 first."""
+        return [self.shard_stream(n) for n in range(self.shards)]
+
+    def stream_for(self, sid: str) -> str:
+        """The input stream that carries session `sid`'s events."""
+        return self.shard_stream(shard_of(sid, self.shards))
 
     @property
     def takeprofits(self) -> str:
@@ -86,6 +116,14 @@ class Keys:
         """set of the symbols the session traded (learned from its fills)."""
         return f"{self.prefix}pairs:{{{sid}}}"
 
+    def tp_clients(self, sid: str) -> str:
+        """hash client id -> position id of every step claimed (a TP fill may name only it)."""
+        return f"{self.prefix}tp_clients:{{{sid}}}"
+
+    def tp_inflight(self, sid: str) -> str:
+        """hash client id -> symbol of the steps claimed and not yet confirmed or refused."""
+        return f"{self.prefix}tp_inflight:{{{sid}}}"
+
     def tp_orders(self, sid: str) -> str:
         """set of the session's TP order ids (index of the tp_order:{sid}:* hashes)."""
         return f"{self.prefix}tp_orders:{{{sid}}}"
@@ -100,6 +138,14 @@ class Keys:
     def sessions_ended(self) -> str:
         """zset sid -> ended_at (epoch ms) of sessions not migrated yet."""
         return self.prefix + "mm:sessions:ended"
+
+    def dead_marker(self, stream: str, entry_id: str) -> str:
+        """set once an entry of `stream` is dead-lettered; in `mm:dead`'s hash slot."""
+        return f"{{{self.dead}}}:seen:{stream}:{entry_id}"
+
+    def failures(self, group: str, stream: str) -> str:
+        """hash entry id -> times `group`'s handler raised on it (poison detection)."""
+        return f"{self.prefix}mm:failures:{group}:{stream}"
 
     def heartbeats(self, group: str) -> str:
         """zset consumer -> last heartbeat (epoch ms) of live consumers of a group."""
@@ -125,5 +171,8 @@ class Keys:
 
     # --- paper exchange --------------------------------------------------------
     def paper(self, name: str) -> str:
-        """paper exchange state: orders, clients, balances, locked, prices, seen_fills."""
-        return f"{self.prefix}paper:{name}"
+        """paper exchange state: orders, clients, balances, locked, prices, seen_fills.
+
+        Every key of the paper account carries the one hash tag {paper}, so all of them
+        share a Redis Cluster slot and each script touches one slot (trading/paper)."""
+        return f"{self.prefix}paper:{{paper}}:{name}"

@@ -57,6 +57,10 @@ def zadd(key: str, score: int, member: str, *, only_new: bool = False) -> Op:
     return Op("call", ("ZADD", key, *flags, score, member))
 
 
+def hdel(key: str, *fields: str) -> Op:
+    return Op("call", ("HDEL", key, *fields))
+
+
 def hincrby(key: str, field: str, amount: int) -> Op:
     return Op("call", ("HINCRBY", key, field, amount))
 

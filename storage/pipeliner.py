@@ -4,6 +4,10 @@ The coverage worker runs many lanes at once; each fill costs a few EVALSHA calls
 Calls issued in the same event-loop tick are sent as one non-transactional pipeline
 (each script is still atomic on its own), which divides the per-command overhead of
 the client by the number of lanes in flight.
+
+On a Redis Cluster the same pipeline is split by redis-py per node (each call goes to the
+node of its keys' slot, which must be one: see storage/scripts.py), and a NOSCRIPT from a
+node whose cache is empty (restart, failover) loads the batch's scripts on every primary.
 """
 
 from __future__ import annotations
@@ -12,29 +16,50 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], asyncio.Future[Any]]
+from storage import scripts
+from storage.redis import AnyRedis
+from storage.scripts import LuaScript
+
+Call = tuple[LuaScript, Sequence[Any], Sequence[Any], asyncio.Future[Any]]
 
 
 class Pipeliner:
-    def __init__(self, redis: aioredis.Redis, max_batch: int = 256) -> None:
+    def __init__(self, redis: AnyRedis, max_batch: int = 256) -> None:
         self.redis = redis
         self.max_batch = max_batch
         self._queue: list[Call] = []
         self._scheduled = False
         self._sending: set[asyncio.Future[None]] = set()
 
-    async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    async def run(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        return await self.submit(script, keys, args)
+
+    async def run_many(
+        self, calls: Sequence[tuple[LuaScript, Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        """Several calls in the same round trip; each result, or the exception it raised."""
+        futures = [self.submit(script, keys, args) for script, keys, args in calls]
+        results: list[Any] = []
+        for future in futures:
+            try:
+                results.append(await future)
+            except Exception as exc:  # the caller decides per call
+                results.append(exc)
+        return results
+
+    def submit(
+        self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
+        """Queue one call for the next flush (this event-loop tick's pipeline)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((script, keys, args, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -49,13 +74,18 @@ class Pipeliner:
             if len(batch) == 1:
                 script, keys, args, future = batch[0]
                 if not future.done():
-                    future.set_result(await script(keys=keys, args=args))
+                    future.set_result(await scripts.run(self.redis, script, keys, args))
                 return
             results = await self._pipeline(batch)
-            if any(isinstance(r, NoScriptError) for r in results):  # after a Redis restart
-                for script, *_ in batch:
-                    script.sha = await self.redis.script_load(script.script)
-                results = await self._pipeline(batch)
+            # a node lost its script cache (restart, failover): load what it lacked and
+            # re-send only those calls (the others ran: running them twice would not be safe)
+            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if missing:
+                for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
+                    await scripts.load(self.redis, script)
+                again = await self._pipeline([batch[i] for i in missing])
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
             for (_, _, _, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
@@ -73,7 +103,5 @@ class Pipeliner:
     async def _pipeline(self, batch: list[Call]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for script, keys, args, _ in batch:
-                if not script.sha:
-                    script.sha = await self.redis.script_load(script.script)
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                scripts.queue(pipe, script, keys, args)
             return list(await pipe.execute(raise_on_error=False))

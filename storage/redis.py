@@ -1,10 +1,18 @@
-"""The Redis connection: built from REDIS_URL, checked at start, named (redacted) on failure."""
+"""The Redis connection: built from REDIS_URL, checked at start, named (redacted) on failure.
+
+With REDIS_CLUSTER=true the URL names any node of a Redis Cluster and the client is a
+`redis.asyncio.cluster.RedisCluster`, which discovers the others and routes each
+command to the node serving its key's slot.
+"""
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from base.logs import one_line
@@ -17,6 +25,14 @@ TRANSIENT_REDIS_ERRORS: tuple[type[Exception], ...] = (
     ConnectionError,
     OSError,
 )
+
+
+# Either client: the commands mmops uses have the same signatures on both.
+AnyRedis = aioredis.Redis | RedisCluster
+
+
+# redis-py's preamble to the reason it could not reach a cluster's startup node
+_NO_NODE = "Redis Cluster cannot be connected. Please provide at least one reachable node: "
 
 
 class ServerUnreachable(RuntimeError):
@@ -39,17 +55,73 @@ def client(url: str, *, blocking: bool = False) -> aioredis.Redis:
     )
 
 
-async def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
-    """A client that has answered PING, or ServerUnreachable naming the URL."""
-    conn = client(url, blocking=blocking)
+def cluster_client(url: str, *, blocking: bool = False) -> RedisCluster:
+    """A Redis Cluster client that starts from the node at `url` (redis:// or rediss://)."""
+    return RedisCluster.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=None if blocking else 10,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        max_connections=256,  # per node
+    )
+
+
+@overload
+async def connect(
+    url: str, *, blocking: bool = False, cluster: Literal[False] = False
+) -> aioredis.Redis: ...
+@overload
+async def connect(url: str, *, blocking: bool = False, cluster: Literal[True]) -> RedisCluster: ...
+@overload
+async def connect(url: str, *, blocking: bool = False, cluster: bool) -> AnyRedis: ...
+async def connect(url: str, *, blocking: bool = False, cluster: bool = False) -> AnyRedis:
+    """A client that has answered, or ServerUnreachable naming the URL (password redacted).
+
+    `cluster` (REDIS_CLUSTER): a RedisCluster that has read the slot map from the node at
+    `url`. Pointing either mode at the other kind of server is refused with one line.
+    """
+    where = f"Redis at {redact_url(url)}"
+    if cluster:
+        try:
+            conn: AnyRedis = cluster_client(url, blocking=blocking)
+        except (RedisError, RedisClusterException) as exc:  # e.g. a database other than 0
+            raise ServerUnreachable(f"{where}: {one_line(exc)} (REDIS_CLUSTER=true)") from None
+    else:
+        conn = client(url, blocking=blocking)
     try:
+        if isinstance(conn, RedisCluster):
+            await conn.initialize()
         await conn.ping()
-    except (RedisError, OSError) as exc:
+        if isinstance(conn, aioredis.Redis) and await _cluster_enabled(conn):
+            raise ServerUnreachable(
+                f"{where} is a Redis Cluster node: set REDIS_CLUSTER=true to use it"
+            )
+    except (RedisError, RedisClusterException, OSError) as exc:
         await conn.aclose()
-        raise ServerUnreachable(
-            f"Redis at {redact_url(url)} is unreachable: {one_line(exc)}"
-        ) from None
+        text = one_line(exc).removeprefix(_NO_NODE)
+        if cluster and "cluster mode is not enabled" in text.lower():
+            raise ServerUnreachable(
+                f"{where} is not a Redis Cluster node (REDIS_CLUSTER=true)"
+            ) from None
+        raise ServerUnreachable(f"{where} is unreachable: {text}") from None
+    except ServerUnreachable:
+        await conn.aclose()
+        raise
     return conn
+
+
+async def _cluster_enabled(conn: aioredis.Redis) -> bool:
+    """INFO cluster says cluster_enabled:1 (False when INFO is not allowed to this user)."""
+    try:
+        info = await conn.info("cluster")
+    except ResponseError:
+        return False
+    return bool(info.get("cluster_enabled"))
+
+
+def is_cluster(redis: AnyRedis) -> bool:
+    return isinstance(redis, RedisCluster)
 
 
 StreamEntry = tuple[str, dict[bytes, bytes]]

@@ -6,11 +6,15 @@ serialises them and `schema_migrations` records what is applied.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
+
+from storage import partitioning
 
 _LOCK_NAMESPACE = 0x6D6D6F70  # "mmop"
 
@@ -34,23 +38,8 @@ def migrations() -> list[Migration]:
 
 async def upgrade(conn: asyncpg.Connection) -> list[Migration]:
     """Apply every migration not yet recorded; returns the ones applied now."""
-    schema = await conn.fetchval("SELECT current_schema()")
-    wanted = str(await conn.fetchval("SELECT current_setting('search_path')")).split(",")[0].strip()
-    # lock first (keyed by the target schema), so concurrent upgrades never race, even to
-    # create a schema that search_path names but that does not exist yet
-    target = str(schema) if schema is not None else wanted.strip('"')
-    lock_key = int.from_bytes(hashlib.sha256(target.encode()).digest()[:4], "big") >> 1
     applied_now: list[Migration] = []
-    await conn.execute("SELECT pg_advisory_lock($1, $2)", _LOCK_NAMESPACE, lock_key)
-    try:
-        if schema is None:
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(wanted)}")
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   version INTEGER PRIMARY KEY,
-                   name TEXT NOT NULL,
-                   applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
-        )
+    async with _locked(conn):
         done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
         for migration in migrations():
             if migration.version in done:
@@ -63,9 +52,38 @@ async def upgrade(conn: asyncpg.Connection) -> list[Migration]:
                     migration.name,
                 )
             applied_now.append(migration)
+    return applied_now
+
+
+async def partition(conn: asyncpg.Connection, partitions: int) -> list[str]:
+    """Hash-partition fills and orders by session_id into `partitions` (storage/partitioning.py),
+    under the same lock as upgrade(); what was done, one line per table."""
+    async with _locked(conn):
+        return await partitioning.partition(conn, partitions)
+
+
+@contextlib.asynccontextmanager
+async def _locked(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """The schema's advisory lock held, the schema and schema_migrations created if missing."""
+    schema = await conn.fetchval("SELECT current_schema()")
+    wanted = str(await conn.fetchval("SELECT current_setting('search_path')")).split(",")[0].strip()
+    # lock first (keyed by the target schema), so concurrent upgrades never race, even to
+    # create a schema that search_path names but that does not exist yet
+    target = str(schema) if schema is not None else wanted.strip('"')
+    lock_key = int.from_bytes(hashlib.sha256(target.encode()).digest()[:4], "big") >> 1
+    await conn.execute("SELECT pg_advisory_lock($1, $2)", _LOCK_NAMESPACE, lock_key)
+    try:
+        if schema is None:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(wanted)}")
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version INTEGER PRIMARY KEY,
+                   name TEXT NOT NULL,
+                   applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+        )
+        yield
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1, $2)", _LOCK_NAMESPACE, lock_key)
-    return applied_now
 
 
 async def current_version(conn: asyncpg.Connection) -> int:

@@ -249,7 +249,7 @@ class SessionWriter:
             await self.conn.execute(
                 f"""INSERT INTO orders AS o ({", ".join(ORDER_COLUMNS)})
                 SELECT {_qualified_id("orders")}, {cols} FROM {_STAGE["orders"]} s
-                ON CONFLICT (id) DO UPDATE SET quantity = EXCLUDED.quantity, price = EXCLUDED.price,
+                ON CONFLICT ON CONSTRAINT orders_pkey DO UPDATE SET quantity = EXCLUDED.quantity, price = EXCLUDED.price,
                     status = EXCLUDED.status, filled_quantity = EXCLUDED.filled_quantity
                 WHERE o.session_id = EXCLUDED.session_id
                   AND (o.quantity, o.price, o.status, o.filled_quantity) IS DISTINCT FROM

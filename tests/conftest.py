@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -43,29 +45,50 @@ from trading.exchange import Exchange
 from workers.groups import runtime_for
 from workers.runtime import Runtime
 
+pytest_plugins = ("tests.cluster",)  # the local Redis Cluster fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
+# Each checkout gets its own pytest temp root: pytest keeps only the 3 newest run directories
+# under a root, so concurrent runs from several checkouts would delete each other's.
+os.environ.setdefault(
+    "PYTEST_DEBUG_TEMPROOT",
+    str(Path(tempfile.gettempdir()) / f"mmops-pytest-{hashlib.sha1(bytes(ROOT)).hexdigest()[:8]}"),
+)
+Path(os.environ["PYTEST_DEBUG_TEMPROOT"]).mkdir(exist_ok=True)
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 # --- markers -----------------------------------------------------------------------------
 LAYERS = ("redis", "postgres", "process")
-MARK_OF_FIXTURE = {"redis": "redis", "pg": "postgres", "env": "process"}
+# Fixtures that reach the servers (any_redis asks for its server when it runs) ...
+REACH_SERVERS = {"servers", "redis_cluster", "replicated_cluster", "any_redis"}
+# ... and the marks a test using the servers gets from each fixture it uses.
+MARKS_OF_FIXTURE = {
+    "redis": ("redis",),
+    "any_redis": ("redis",),
+    "redis_cluster": ("redis",),
+    "replicated_cluster": ("redis", "process"),  # a cluster of its own, nodes killed
+    "pg": ("postgres",),
+    "env": ("process",),
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by what it uses: a test with the servers in its fixtures gets the
-    mark of each server fixture it uses; a test with no server and no layer mark is `unit`."""
+    """Mark each test by what it uses: a test whose fixtures reach the servers gets the marks
+    of those fixtures; a test with no server and no layer mark is `unit`."""
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
-        if "servers" in used:  # a parametrized argument named like a fixture has no servers
-            for fixture, mark in MARK_OF_FIXTURE.items():
+        servers = bool(used & REACH_SERVERS)  # a parametrized argument named `env` has none
+        if servers:
+            for fixture, marks in MARKS_OF_FIXTURE.items():
                 if fixture in used:
-                    item.add_marker(mark)
+                    for mark in marks:
+                        item.add_marker(mark)
         layers = {m.name for m in item.iter_markers() if m.name in LAYERS}
-        if item.get_closest_marker("unit") and (layers or "servers" in used):
+        if item.get_closest_marker("unit") and (layers or servers):
             raise pytest.UsageError(f"{item.nodeid} is marked unit but uses servers or processes")
         if not layers:
-            if "servers" in used:
+            if servers:
                 raise pytest.UsageError(
                     f"{item.nodeid} uses the test servers: mark it redis, postgres or process"
                 )
@@ -300,3 +323,14 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):  #
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
         await asyncio.sleep(interval)
+
+
+# the Kraken stand-in and adapters wired to it (tests/kraken_env.py)
+from tests.kraken_env import (  # noqa: E402, F401
+    ex,
+    kraken,
+    kraken_limits,
+    make_exchange,
+    sleeps,
+    trader,
+)

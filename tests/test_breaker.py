@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from trading.breaker import BreakerState, CircuitBreaker
-from trading.exchange import CircuitOpen, PermanentError, TransientError
+from trading.exchange import CircuitOpen, PermanentError, RateLimited, TransientError
 
 
 def state(breaker: CircuitBreaker) -> BreakerState:
@@ -246,3 +246,30 @@ def test_defaults_and_bad_arguments() -> None:
         CircuitBreaker(failure_threshold=0)
     with pytest.raises(ValueError):
         CircuitBreaker(cooldown=-1)
+
+
+async def test_rate_limit_replies_count_neither_way(clock: Clock, alerts: list[str]) -> None:
+    """A pair's rate counter saying no is not an outage: the breaker never opens on it,
+    and in half-open it neither closes nor re-opens the breaker."""
+    breaker = CircuitBreaker(failure_threshold=2, cooldown=30.0, clock=clock)
+    calls = Calls()
+    limited = RateLimited("kraken place_limit_sell XRP/USD c-1: EOrder:Rate limit exceeded")
+    for _ in range(10):
+        with pytest.raises(RateLimited):
+            await breaker.call(calls.raising(limited))
+    assert state(breaker) is BreakerState.CLOSED and alerts == []
+
+    with pytest.raises(TransientError):
+        await breaker.call(calls.raising(TransientError("timeout")))
+    with pytest.raises(RateLimited):  # does not reset the count of real failures...
+        await breaker.call(calls.raising(limited))
+    with pytest.raises(TransientError):
+        await breaker.call(calls.raising(TransientError("timeout")))
+    assert state(breaker) is BreakerState.OPEN  # ...so two timeouts still open it
+
+    clock.now += 30.0
+    with pytest.raises(RateLimited):  # the trial call was rate limited: still undecided
+        await breaker.call(calls.raising(limited))
+    assert state(breaker) is BreakerState.HALF_OPEN
+    assert await breaker.call(calls.ok()) == "ok"
+    assert state(breaker) is BreakerState.CLOSED

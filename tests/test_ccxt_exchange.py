@@ -11,13 +11,13 @@ import asyncio
 import base64
 import decimal
 import logging
-from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
-from tests.fake_kraken import DUPLICATE_CL_ORD_ID, FakeKraken, Fault
+from tests.fake_kraken import FakeKraken
+from tests.fake_kraken_data import DUPLICATE_CL_ORD_ID, Fault
+from tests.kraken_env import API_KEY, API_SECRET, HANG, MakeExchange, place
 from trading.breaker import BreakerState, CircuitBreaker
 from trading.ccxt_exchange import CcxtExchange
 from trading.exchange import (
@@ -27,20 +27,12 @@ from trading.exchange import (
     Exchange,
     ExchangeError,
     InsufficientFunds,
-    Order,
     OrderNotFound,
     OrderStatus,
     PermanentError,
     PostOnlyRejected,
     TransientError,
 )
-
-API_KEY = "mmopsTESTkeyZ9x+Qv1rLw5Yb3Nc7Hd2Jf8Kp4Ms6Tu0Wx2Ya4Zc6Ee8Gg0Ii2Kk4"
-API_SECRET = base64.b64encode(b"mmops-test-secret-" + bytes(range(46))).decode()
-TIMEOUT_MS = 500  # the client's; "hang" faults last longer than this
-HANG = 2.0
-
-MakeExchange = Callable[..., CcxtExchange]
 
 
 def state(breaker: CircuitBreaker) -> BreakerState:
@@ -56,70 +48,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def kraken() -> AsyncIterator[FakeKraken]:
-    async with FakeKraken(api_key=API_KEY, api_secret=API_SECRET) as server:
-        yield server
-
-
-@pytest.fixture
-def sleeps() -> list[float]:
-    return []
-
-
-@pytest.fixture
-async def make_exchange(kraken: FakeKraken, sleeps: list[float]) -> AsyncIterator[MakeExchange]:
-    """Build adapters wired to the fake server; all are closed after the test."""
-    made: list[CcxtExchange] = []
-
-    async def record_sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    def make(**overrides: Any) -> CcxtExchange:
-        kwargs: dict[str, Any] = {
-            "exchange_id": "kraken",
-            "api_key": API_KEY,
-            "api_secret": API_SECRET,
-            "urls": kraken.urls,
-            "sleep": record_sleep,
-            "timeout_ms": TIMEOUT_MS,
-            # ccxt's Kraken pacing (1 s per private cost unit) and its 250 ms pause on
-            # close() would only make the tests slow
-            "ccxt_config": {"rateLimit": 1, "timeout_on_exit": 0},
-        }
-        kwargs.update(overrides)
-        exchange = CcxtExchange(**kwargs)
-        made.append(exchange)
-        return exchange
-
-    yield make
-    for exchange in made:
-        await exchange.close()
-
-
-@pytest.fixture
-def ex(make_exchange: MakeExchange) -> CcxtExchange:
-    return make_exchange()
-
-
-async def place(
-    ex: CcxtExchange,
-    client_id: str,
-    *,
-    symbol: str = "BTC/USD",
-    amount: str = "0.01",
-    price: str = "64584.9",
-    post_only: bool = True,
-) -> Order:
-    return await ex.place_limit_sell(
-        symbol=symbol,
-        amount=Decimal(amount),
-        price=Decimal(price),
-        client_id=client_id,
-        post_only=post_only,
-    )
 
 
 # -- markets -----------------------------------------------------------------------------
@@ -255,6 +183,16 @@ async def test_decimal_context_is_left_alone(ex: CcxtExchange) -> None:
     after = decimal.getcontext()
     assert after.rounding == before.rounding == decimal.ROUND_HALF_EVEN
     assert after.traps == before.traps
+
+
+async def test_placing_does_not_queue_behind_paced_queries(make_exchange: MakeExchange) -> None:
+    # ccxt's own pacing (Kraken: 1 s per cost unit, 3 per private query); orders cost
+    # nothing there, they count on the trading counter that the rate budget manages
+    ex = make_exchange(ccxt_config={"timeout_on_exit": 0})
+    await ex.market("BTC/USD")
+    ex._client.throttler.config["tokens"] = -600  # ten minutes of queries still to pace
+    order = await asyncio.wait_for(place(ex, "c-unpaced"), 5)
+    assert order.status == OrderStatus.OPEN
 
 
 async def test_5xx_then_success_places_one_order(

@@ -93,18 +93,20 @@ REJECTIONS: list[tuple[str, dict[Any, Any], str, str]] = [
         "out of range",
     ),
     ("1e15 quantity", _with(FILL, quantity="1e15"), "quantity", "out of range"),
-    (
-        "19 decimal places",
-        _with(FILL, price="0.0000000000000000001"),
-        "price",
-        "more than 18 decimal places",
-    ),
+    ("below 1E-18", _with(FILL, price="0.0000000000000000001"), "price", "out of range"),
+    ("39 significant digits", _with(FILL, price="1." + "0" * 38), "price", "significant digits"),
+    ("plus sign", _with(FILL, price="+1"), "price", "not a decimal number"),
+    ("underscore", _with(FILL, quantity="1_0"), "quantity", "not a decimal number"),
+    ("blanks", _with(FILL, quantity=" 2 "), "quantity", "not a decimal number"),
+    ("non-ASCII digits", _with(FILL, price="١٢"), "price", "not a decimal number"),
+    ("bad client order id", _with(FILL, client_order_id="a b"), "client_order_id", "1-64"),
     ("not a number", _with(FILL, price="64k"), "price", "not a decimal number"),
     ("empty price", _with(FILL, price=""), "price", "not a decimal number"),
     ("float-ish junk", _with(FILL, price="1.2.3"), "price", "not a decimal number"),
     ("negative price", _with(FILL, price="-64000"), "price", "must be > 0"),
     ("zero price", _with(FILL, price="0"), "price", "must be > 0"),
     ("negative zero price", _with(FILL, price="-0.0"), "price", "must be > 0"),
+    ("negative zero fee", _with(FILL, fee="-0"), "fee", "must be >= 0"),
     ("zero quantity", _with(FILL, quantity="0.000"), "quantity", "must be > 0"),
     ("negative fee", _with(FILL, fee="-0.01"), "fee", "must be >= 0"),
     ("negative order quantity", _with(ORDER, quantity="-1"), "quantity", "must be > 0"),
@@ -228,7 +230,7 @@ def test_limits_that_are_still_valid() -> None:
     assert event.fee == 0
 
 
-@pytest.mark.parametrize("raw", ["-0", "0E-100", "-0.000", "0E-1000000000"])
+@pytest.mark.parametrize("raw", ["0", "0E-100", "0.000", "0E-1000000000"])
 def test_zero_fee_is_normalised(raw: str) -> None:
     event = decode(_with(FILL, fee=raw))
     assert isinstance(event, Fill)
@@ -460,3 +462,30 @@ def test_property_mutated_fill_is_rejected_or_valid(
         return
     assert isinstance(event, Fill | Order | SessionStarted | SessionEnded)
     assert decode(encode(event)) == event
+
+
+def test_a_repeated_field_makes_the_entry_invalid() -> None:
+    """A raw reply keeps every (name, value) pair; a name given twice is an invalid entry."""
+    pairs = [(k.encode(), v.encode()) for k, v in FILL.items()]
+    assert isinstance(decode(pairs), Fill)
+    with pytest.raises(EventError, match=r"^price: repeated field$"):
+        decode([*pairs, (b"price", b"1")])
+    assert session_of([(b"type", b"fill"), (b"session_id", b"s-9")]) == "s-9"
+
+
+def test_numbers_within_the_contract_bounds() -> None:
+    event = decode(
+        _with(FILL, price="1.0000000000000000001", quantity="999999999999999", fee="1E-18")
+    )
+    assert isinstance(event, Fill)
+    assert event.price == Decimal("1.0000000000000000001")
+    assert event.fee == Decimal("1E-18")
+    with pytest.raises(EventError, match="out of range"):
+        decode(_with(FILL, quantity="1000000000000000"))
+
+
+def test_client_order_id_is_carried() -> None:
+    event = decode(_with(FILL, client_order_id="6d6d6f70-0000-5000-8000-000000000001"))
+    assert isinstance(event, Fill)
+    assert event.client_order_id == "6d6d6f70-0000-5000-8000-000000000001"
+    assert encode(event)["client_order_id"] == event.client_order_id

@@ -344,7 +344,9 @@ async def test_full_session_rows_and_totals_exactly(
         ) == ("sell", "limit", D(record["price"]), D("0.010"), "filled", D("0.010"))
         assert tp["tier"] == int(record["tier"]) and tp["pair_index"] == 0
     assert sum(1 for o in orders.values() if o["is_take_profit"]) == 5
-    assert {o["status"] for o in orders.values() if o["position_id"] in ("o-2", "o-3")} == {"live"}
+    # o-2 was closed by the FIFO sell s-9: its TP was cancelled (docs/contract.md §3 Closing)
+    assert {o["status"] for o in orders.values() if o["position_id"] == "o-2"} == {"cancelled"}
+    assert {o["status"] for o in orders.values() if o["position_id"] == "o-3"} == {"live"}
 
     assert await app.redis.get(app.keys.migration_completed("s-1")) == b"2025-11-21T04:41:00.000Z"
     metrics = await app.redis.hgetall(app.keys.metrics_migration("s-1"))
@@ -411,8 +413,13 @@ async def test_rerun_inserts_nothing_and_new_fills_add_only_themselves(
     await fill(app, "s-1", "s-10", "o-10", "ETH/USD", "sell", "3060", "0.25", "0.1", T0 + 40_000)
     await drain_coverage(app)
     later = await migrate_session(app, migrator.pool, "s-1", force=True)
-    assert (later.new_fills, later.new_orders) == (1, 1)  # the fill and its order o-10
+    assert later.new_fills == 1
     after = await snapshot(pg, "s-1")
+    # its order o-10; and o-3 held 0.75 under 1.0 of TPs: one 0.5 TP was cancelled and the
+    # 0.25 left uncovered got a TP of its own (docs/contract.md §3 Closing)
+    o3 = sorted((r["status"], r["quantity"]) for r in after["orders"] if r["position_id"] == "o-3")
+    assert o3 == [("cancelled", D("0.5")), ("live", D("0.25")), ("live", D("0.5"))]
+    assert "o-10" in {r["id"] for r in after["orders"]}
     assert len(after["fills"]) == 8 and after["sessions"][0]["total_fills"] == 8
     o3_unit = (D("3010") * D("0.5") * 2 + D("0.37625") * 2) / D("1.0")
     added = D("3060") * D("0.25") - D("0.1") - D("0.25") * o3_unit  # 12.211875

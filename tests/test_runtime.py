@@ -47,13 +47,13 @@ class Recorder:
     def __init__(self, hook: Hook | None = None) -> None:
         self.hook = hook
         self.handled: list[tuple[str, str]] = []
-        self.calls: list[tuple[str, int]] = []  # (entry id, deliveries) of every attempt
+        self.calls: list[tuple[str, int]] = []  # (entry id, failures before) of every attempt
 
     def lane(self, event: Event) -> tuple[str, ...]:
         return (event.session_id,)
 
     async def handle(self, entry: Entry, event: Event) -> None:
-        self.calls.append((entry.id, entry.deliveries))
+        self.calls.append((entry.id, entry.failures))
         if self.hook is not None:
             await self.hook(entry, event)
         assert isinstance(event, Fill)
@@ -166,9 +166,10 @@ async def test_own_pending_entries_are_read_before_new_ones_after_a_restart(
     stats = await make(handler).run(until_drained=True)
     assert [entry_id for entry_id, _ in handler.handled] == old + new
     assert stats.reclaimed == 0  # its own entries, read back by ID, not reclaimed
-    deliveries = dict(handler.calls)
-    assert [deliveries[i] for i in old] == [2, 2]  # XPENDING's count is attached
-    assert [deliveries[i] for i in new] == [1, 1]
+    failures = dict(handler.calls)
+    # read again after a restart: a redelivery that never reached a handler is no failure
+    assert [failures[i] for i in old] == [0, 0]
+    assert [failures[i] for i in new] == [0, 0]
     assert await pending(redis, keys) == []
 
 
@@ -301,9 +302,9 @@ async def test_a_transient_error_leaves_the_entry_pending_and_retries_it_shortly
     # retried in-process after TRANSIENT_RETRY_S, long before RECLAIM_IDLE_MS
     assert TRANSIENT_RETRY_S * 0.9 <= handled_after < 10
     assert handler.calls == [
-        (entry_id, 1),
-        (entry_id, 1),
-    ]  # not a redelivery: no count towards MAX_DELIVERIES
+        (entry_id, 0),
+        (entry_id, 0),
+    ]  # a transient error is no failure of the entry: no count towards MAX_DELIVERIES
     assert runtime.stats.failed == 1 and runtime.stats.reclaimed == 0
     await wait_for(lambda: _empty(pending(redis, keys)))
     assert await redis.xlen(keys.dead) == 0
@@ -331,9 +332,9 @@ async def test_an_entry_failing_more_than_max_deliveries_is_dead_lettered_and_ac
     [record] = await dead_letters(redis, keys)
     assert record["id"] == poison.encode()
     assert b"MAX_DELIVERIES=3" in record["error"]
-    assert record["deliveries"] == b"4"
+    assert record["deliveries"] == b"3"  # its handler failed 3 times
     assert record["fill_id"] == b"f-1"
-    assert [d for i, d in handler.calls if i == poison] == [1, 2, 3]  # tried exactly 3 times
+    assert [d for i, d in handler.calls if i == poison] == [0, 1, 2]  # tried exactly 3 times
     assert handler.handled == [(good, "f-2")]  # the entry behind it was not blocked
     await wait_for(lambda: _empty(pending(redis, keys)))
     assert runtime.stats.dead == 1 and runtime.stats.failed == 3
@@ -403,7 +404,7 @@ async def test_malformed_entries_are_dead_lettered_and_the_valid_ones_around_the
         record = by_id[ids[1 + 2 * index]]
         assert record["stream"] == keys.stream.encode(), name
         assert record["group"] == GROUP.encode()
-        assert record["deliveries"] == b"1"
+        assert record["deliveries"] == b"0"  # invalid: no handler ever ran on it
         assert reason in record["error"].decode(), (name, record["error"][:200])
         originals = {
             (
@@ -411,6 +412,11 @@ async def test_malformed_entries_are_dead_lettered_and_the_valid_ones_around_the
             ): v.encode()
             for k, v in bad.items()
         }
+        if name == "big field":  # at most MAX_ENTRY_BYTES of the original fields are kept
+            assert b"first 4096 kept" in record["truncated"]
+            assert sum(len(k) + len(v) for k, v in record.items() if k in originals) <= 4096
+            assert record["order_type"] == b"x" * len(record["order_type"])
+            continue
         assert {k: record[k] for k in originals} == originals, name
     alerts = [fields for _, fields in await redis.xrange(keys.alerts)]
     assert len(alerts) == len(MALFORMED)
@@ -495,7 +501,7 @@ async def test_reclaim_takes_only_idle_entries_of_other_consumers(
     stats = await reclaimer.run(until_drained=True)
     assert [entry_id for entry_id, _ in handler.handled] == stale
     assert stats.reclaimed == 2
-    assert [d for _, d in handler.calls] == [2, 2]
+    assert [d for _, d in handler.calls] == [0, 0]  # reclaimed: delivered again, never failed
     assert await pending(redis, keys) == fresh  # the live consumer's entry is left alone
 
 
@@ -516,3 +522,46 @@ def test_lane_dependencies_order_only_what_conflicts() -> None:
         lane("t", "BTC", "o1"),  # 7 another session: independent
     ]
     assert dependencies(lanes) == [[], [], [0], [1, 2], [], [3], [1, 2, 3, 4, 5], []]
+
+
+async def test_an_invalid_entry_is_dead_lettered_once_whatever_the_groups(
+    redis: aioredis.Redis, keys: Keys, make: Callable[..., Runtime]
+) -> None:
+    """Every group reads every entry; the first that finds it invalid records it, the others ack."""
+    [bad] = await add(redis, keys, fill(1, price="NaN"))
+    first, second = Recorder(), Recorder()
+    second.group = "another-group"
+    stats_a = await make(first).run(until_drained=True)
+    stats_b = await make(second).run(until_drained=True)
+    [record] = await dead_letters(redis, keys)
+    assert record["id"] == bad.encode() and record["group"] == GROUP.encode()
+    assert stats_a.dead == 1 and stats_b.dead == 1  # both acked it
+    assert await pending(redis, keys) == []
+    assert await redis.xpending(keys.stream, "another-group") == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+
+
+async def test_an_entry_deferred_earlier_keeps_its_place_in_its_lane(
+    redis: aioredis.Redis, keys: Keys, make: Callable[..., Runtime]
+) -> None:
+    """A lane's later entry, read in a later batch, still waits for the earlier one that was
+    deferred (FIFO needs the pair's earlier buys); other lanes go on."""
+    deferred_once: list[str] = []
+
+    async def hook(entry: Entry, event: Event) -> None:
+        if event.session_id == "s-a" and not deferred_once:
+            deferred_once.append(entry.id)
+            raise Retry("not yet", after_ms=100)
+
+    handler = Recorder(hook)
+    runtime = make(handler, batch_size=1)  # one entry per batch: the later ones come later
+    first, other, second = await add(redis, keys, fill(1, "s-a"), fill(2, "s-b"), fill(3, "s-a"))
+    await runtime.run(until_drained=True)
+    order = [entry_id for entry_id, _ in handler.handled]
+    assert order.index(first) < order.index(second)
+    assert set(order) == {first, other, second}
+    assert deferred_once == [first]

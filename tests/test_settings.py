@@ -19,6 +19,8 @@ ANY_DECIMAL = ("abc", "NaN", "-Infinity", "1.2.3")
 BOOL = ("maybe", "2", "enabled")
 NUMERIC_AND_BOOL: dict[str, tuple[str, tuple[str, ...]]] = {
     "dry_run": ("DRY_RUN", BOOL),
+    "redis_cluster": ("REDIS_CLUSTER", BOOL),
+    "stream_shards": ("MM_STREAM_SHARDS", POSITIVE_INT),
     "emergency_exit": ("EMERGENCY_EXIT", BOOL),
     "batch_size": ("CONSUMER_BATCH_SIZE", POSITIVE_INT),
     "block_ms": ("CONSUMER_BLOCK_MS", POSITIVE_INT),
@@ -29,6 +31,12 @@ NUMERIC_AND_BOOL: dict[str, tuple[str, tuple[str, ...]]] = {
     "settlement_max_sessions": ("SETTLEMENT_MAX_SESSIONS", POSITIVE_INT),
     "migration_batch_size": ("MIGRATION_BATCH_SIZE", POSITIVE_INT),
     "migration_pool_size": ("MIGRATION_POOL_SIZE", POSITIVE_INT),
+    "takeprofits_maxlen": ("TAKEPROFITS_MAXLEN", POSITIVE_INT),
+    "alerts_maxlen": ("ALERTS_MAXLEN", POSITIVE_INT),
+    "dead_maxlen": ("DEAD_MAXLEN", POSITIVE_INT),
+    "migration_grace_minutes": ("MIGRATION_GRACE_MINUTES", ("abc", "NaN", "-1")),
+    "session_retention_days": ("SESSION_RETENTION_DAYS", ("abc", "NaN", "-1")),
+    "migration_sync_seconds": ("MIGRATION_SYNC_SECONDS", POSITIVE_DECIMAL),
     "tp_pending_settle_ms": ("TP_PENDING_SETTLE_MS", ("abc", "0.5", "-1")),
     "metrics_port": ("METRICS_PORT", ("abc", "70000", "-1", "80.5")),
     "settlement_interval_minutes": ("SETTLEMENT_INTERVAL_MINUTES", POSITIVE_DECIMAL),
@@ -45,6 +53,10 @@ NUMERIC_AND_BOOL: dict[str, tuple[str, tuple[str, ...]]] = {
     "tp_tier_3_target_percent": ("TP_TIER_3_TARGET_PERCENT", ANY_DECIMAL),
     "tp_tier_4_target_percent": ("TP_TIER_4_TARGET_PERCENT", ANY_DECIMAL),
     "tp_maker_fee_percent": ("TP_MAKER_FEE_PERCENT", ("abc", "NaN", "-0.1", "100")),
+    "paper_faults_seed": ("PAPER_FAULTS_SEED", ("abc", "1.5", "1e3")),
+    "exchange_sandbox": ("EXCHANGE_SANDBOX", BOOL),
+    "exchange_rate_reserve_percent": ("EXCHANGE_RATE_RESERVE_PERCENT", ("abc", "NaN", "-1", "100")),
+    "exchange_rate_max_wait_ms": ("EXCHANGE_RATE_MAX_WAIT_MS", ("abc", "0.5", "-1")),
 }
 
 
@@ -74,7 +86,9 @@ def test_each_variable_is_read(field: str, name: str) -> None:
     """The same variables accept a good value (so the rejections above are not accidental)."""
     good = {
         "dry_run": "true",
+        "redis_cluster": "true",
         "emergency_exit": "yes",
+        "exchange_sandbox": "true",
         "metrics_port": "9100",
         "tp_maker_fee_percent": "0.16",
         "tp_aging_tier_1_hours": "0.5",
@@ -101,6 +115,20 @@ def test_each_variable_is_read(field: str, name: str) -> None:
         ({"PAPER_BALANCES": "USD=lots"}, "PAPER_BALANCES"),
         ({"PAPER_BALANCES": "USD=-5"}, "PAPER_BALANCES"),
         ({"TP_AGING_TIER_1_HOURS": "5"}, "TP_AGING_TIER_1_HOURS"),
+        ({"PAPER_FAULTS": "place_5xx=0.5,meteor=0.1"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=1.5"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=-0.1"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=NaN"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=often"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=0.6,post_only=0.5"}, "PAPER_FAULTS"),  # one call > 1
+        ({"PAPER_FAULTS": "rate_limit=0.5,fetch_5xx=0.6"}, "PAPER_FAULTS"),
+        ({"PAPER_FAULTS": "place_5xx=0.1", "EXCHANGE": "kraken", "DRY_RUN": "1"}, "PAPER_FAULTS"),
+        ({"KRAKEN_TIER": "gold"}, "KRAKEN_TIER"),
+        ({"EXCHANGE_API_URL": "ftp://host/x"}, "EXCHANGE_API_URL"),
+        ({"EXCHANGE_API_URL": "api.kraken.com"}, "EXCHANGE_API_URL"),
+        ({"EXCHANGE_API_URL": "http://host:99999"}, "EXCHANGE_API_URL"),
+        ({"EXCHANGE_API_URL": "https://host/?x=1"}, "EXCHANGE_API_URL"),
     ],
 )
 def test_other_settings_are_checked(env: dict[str, str], name: str) -> None:
@@ -130,6 +158,43 @@ def test_defaults_match_the_design() -> None:
     assert s.portfolio_daily_loss_limit is None
     assert s.metrics_port is None
     assert s.interval_seconds == 180.0
+    assert (s.kraken_tier, s.exchange_rate_reserve_percent) == ("starter", 50)
+    assert (s.exchange_api_url, s.exchange_sandbox) == (None, False)
+
+
+def test_exchange_endpoint_settings() -> None:
+    s = Settings.from_env(
+        {"KRAKEN_TIER": "Pro", "EXCHANGE_API_URL": "https://user:hunter2@proxy.example:8443/kr"}
+    )
+    assert s.kraken_tier == "pro"
+    assert s.exchange_api_url == "https://user:hunter2@proxy.example:8443/kr"
+    assert "hunter2" not in repr(s)  # a proxy's password stays out of repr()
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"EXCHANGE_API_URL": "ftp://user:hunter2@proxy.example"})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_paper_faults_are_parsed_into_kinds_and_probabilities() -> None:
+    s = Settings.from_env(
+        {
+            "PAPER_FAULTS": " place_5xx=0.02, place_timeout=0.01,rate_limit=0.01,post_only=0.02,"
+            "lost_response=0.01,cancel_5xx=0.02,fetch_5xx=0.99 ",
+            "PAPER_FAULTS_SEED": "42",
+        }
+    )
+    assert dict(s.paper_faults) == {
+        "place_5xx": 0.02,
+        "place_timeout": 0.01,
+        "rate_limit": 0.01,
+        "post_only": 0.02,
+        "lost_response": 0.01,
+        "cancel_5xx": 0.02,
+        "fetch_5xx": 0.99,
+    }
+    assert s.paper_faults_seed == 42
+    assert Settings.from_env({}).paper_faults == ()  # the default: no faults
+    assert Settings.from_env({}).paper_faults_seed is None
+    assert Settings.from_env({"PAPER_FAULTS": ""}).paper_faults == ()
 
 
 def test_log_levels_and_empty_values() -> None:
@@ -231,6 +296,15 @@ def test_coverage_with_a_bad_setting_exits_with_one_line(env: dict[str, str]) ->
     assert len(lines) == 1, done.stderr
     assert "DRY_RUN" in lines[0] and "'maybe'" in lines[0]
     assert done.stdout == ""
+
+
+def test_coverage_with_bad_paper_faults_exits_with_one_line(env: dict[str, str]) -> None:
+    done = _run({**env, "PAPER_FAULTS": "place_5xx=2"}, "coverage", "--drain")
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "PAPER_FAULTS: " in lines[0], lines[0]
+    assert "'place_5xx=2'" in lines[0]
 
 
 def test_coverage_with_an_unreachable_redis_names_the_url_only(env: dict[str, str]) -> None:

@@ -25,8 +25,9 @@ from trading.client_ids import client_id
 from trading.exchange import CircuitOpen
 from trading.paper import PaperExchange
 from trading.positions import Buy, encode_position, new_position
-from workers.sweep_pass import SessionSweep, Status
-from workers.sweeper import Sweeper, lease_ttl_ms
+from workers.lease import lease_ttl_ms
+from workers.sweep_pass import SessionSweep, SweepStatus
+from workers.sweeper import Sweeper
 
 pytestmark = pytest.mark.postgres  # the sweeper reads recent sessions from PostgreSQL
 
@@ -186,7 +187,7 @@ async def test_a_locked_session_is_left_alone(app: App, sweeper: Sweeper) -> Non
     await app.redis.set(app.keys.settlement_lock("s-locked"), "someone-else", ex=300)
     report = await sweeper.run_once()
     [session] = report.sessions
-    assert session.status == Status.LOCKED and session.uncovered_after == 1
+    assert session.status == SweepStatus.LOCKED and session.uncovered_after == 1
     assert await paper(app).orders() == []
     assert await app.redis.get(app.keys.settlement_lock("s-locked")) == b"someone-else"
 
@@ -198,7 +199,7 @@ async def test_one_broken_pair_does_not_stop_the_others(app: App, sweeper: Sweep
         await seed_uncovered(app, "s-mixed", f"o-{n}", symbol=symbol, price=price, qty=qty)
     report = await sweeper.run_once()
     [session] = report.sessions
-    assert session.status == Status.FAILED
+    assert session.status == SweepStatus.FAILED
     assert session.covered == 3 and session.uncovered_after == 1
     assert session.error_count == 1 and session.errors[0].startswith("NOT-A-SYMBOL o-bad: ")
     assert await app.redis.get(app.keys.settlement_status("s-mixed")) == b"FAILED"
@@ -341,7 +342,7 @@ async def test_exchange_down_leaves_positions_uncovered_and_reported_then_covers
         await down.close()
     [session] = report.sessions
     assert (session.positions, session.uncovered_before, session.uncovered_after) == (20, 20, 20)
-    assert session.status == Status.FAILED and session.error_count == 20
+    assert session.status == SweepStatus.FAILED and session.error_count == 20
     assert "circuit open" in session.errors[0]
     assert report.open_orders is None and any("open orders unavailable" in n for n in report.notes)
     assert await app.redis.get(app.keys.settlement_status("s-down")) == b"FAILED"

@@ -6,7 +6,8 @@ closes the breaker, its transient failure opens it again for another cool-down.
 
 While open, calls fail fast with CircuitOpen and never reach the network, so an exchange
 outage costs one alert instead of a retry storm. Only TransientError counts as a
-failure: a PermanentError means the exchange answered, i.e. it is alive.
+failure: a PermanentError means the exchange answered, i.e. it is alive. A RateLimited
+reply (a TransientError) counts neither way: it is one pair's matter, not an outage.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from trading.exchange import CircuitOpen, PermanentError, TransientError
+from trading.exchange import CircuitOpen, PermanentError, RateLimited, TransientError
 
 T = TypeVar("T")
 
@@ -81,7 +82,9 @@ class CircuitBreaker:
         epoch, trial = self._admit()
         try:
             result = await fn()
-        except CircuitOpen:
+        except (CircuitOpen, RateLimited):
+            # a rate-limit reply: the exchange is alive and refused one pair's (or one
+            # key's) request for now; the budget waits, the breaker must not stop them all
             self._neutral(epoch, trial)
             raise
         except TransientError as exc:

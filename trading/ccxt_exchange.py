@@ -1,13 +1,18 @@
 """The Exchange Protocol on top of a ccxt async client (Kraken by default).
 
-Every exchange call goes through `_call`: the circuit breaker (when given), ccxt's
-errors translated into trading.exchange's classes, and retries of transient failures
-with exponential backoff and full jitter. Money stays Decimal: numbers coming from
-ccxt are converted with Decimal(str(x)); prices and amounts go out as exact strings.
+Every exchange call goes through `_call`/`_once`: the circuit breaker (when given),
+ccxt's errors translated into trading.exchange's classes (trading.ccxt_errors), and
+retries of transient failures with exponential backoff and full jitter. A rate-limit
+reply is not retried here and never trips the breaker: it is the pair's matter, the
+caller's budget (trading.kraken_limits) waits. Money stays Decimal (trading.ccxt_convert).
 
-Placing an order is not idempotent: a timeout may hide an accepted order. So before
-each retry of a place, the client order id is looked up, and an order found is
-returned instead of placing a second one.
+Placing (trading.ccxt_placing) is not idempotent: a timeout may hide an accepted order,
+so before each retry the client order id is looked up, open and closed orders alike,
+and no place request is sent later than `worst_call_ms` after the call began.
+
+`api_url` (EXCHANGE_API_URL) replaces the scheme, host and port of every REST URL of
+the exchange (a local stand-in, a proxy, a regional endpoint); `sandbox`
+(EXCHANGE_SANDBOX) switches ccxt to the exchange's test URLs.
 
 API keys are only handed to ccxt; they never appear in a log line or an error message.
 """
@@ -18,31 +23,31 @@ import asyncio
 import contextlib
 import decimal
 import logging
+import math
 import random
-import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import ccxt
 import ccxt.async_support as ccxt_async
-from ccxt.base.decimal_to_precision import DECIMAL_PLACES, TICK_SIZE
 
 from trading.breaker import CircuitBreaker
+from trading.ccxt_convert import dec, is_our_sell, plain, to_market, to_order
+from trading.ccxt_errors import ErrorTranslator
+from trading.ccxt_placing import OutOfTime, Placer
 from trading.exchange import (
     BadSymbol,
     CircuitOpen,
-    DuplicateClientId,
     ExchangeError,
-    InsufficientFunds,
     Market,
     Order,
     OrderNotFound,
-    OrderStatus,
     PermanentError,
-    PostOnlyRejected,
     Quote,
+    RateLimited,
     SellRequest,
     TransientError,
 )
@@ -56,57 +61,39 @@ log = logging.getLogger(__name__)
 _WIRE_LOG = logging.getLogger(f"{__name__}.wire")
 _WIRE_LOG.setLevel(logging.INFO)
 
-_BACKOFF_CAP = 10.0  # seconds, upper bound of one backoff sleep
-
-# Kraken error strings, e.g. "EOrder:Insufficient funds", as found in ccxt's messages.
-_KRAKEN_ERROR = re.compile(
-    r"\b[EW](?:General|API|Query|Order|Trade|Funding|Service|Auth|Database|Session|Account|Budget)"
-    r":[^\"'\[\],}]*"
-)
-# ccxt's message for an HTTP error status: "<id> <METHOD> <url> <status> <reason> <body>".
-_HTTP_STATUS = re.compile(r"\b(?:GET|POST|PUT|DELETE) \S+ ([1-5]\d\d)\b")
-# Kraken errors that mean "not now" rather than "no": the outcome of the call is unknown.
-_TRANSIENT_PREFIXES = (
-    "EService:",
-    "EDatabase:Internal error",
-    "EGeneral:Internal error",
-    "EGeneral:Too many requests",
-    "EGeneral:Temporary lockout",
-    "EAPI:Rate limit exceeded",
-    "EOrder:Rate limit exceeded",
-    "EAPI:Invalid nonce",
-)
-
-_STATUSES = {
-    "open": OrderStatus.OPEN,
-    "closed": OrderStatus.CLOSED,
-    "canceled": OrderStatus.CANCELED,
-    "cancelled": OrderStatus.CANCELED,
-    "expired": OrderStatus.CANCELED,
-    "rejected": OrderStatus.REJECTED,
-}
+BACKOFF_CAP = 10.0  # seconds, upper bound of one backoff sleep
+CALL_SLACK_MS = 1_000  # for the work between requests (signing, parsing, the breaker)
 
 Sleep = Callable[[float], Awaitable[None]]
+OnRateLimited = Callable[[str], Awaitable[None]]
 
 
-def _dec(value: Any) -> Decimal:
-    """A ccxt number (float, int or str) as an exact Decimal of its shortest repr."""
-    if isinstance(value, Decimal):
-        return value
-    if value is None or isinstance(value, bool):
-        raise ValueError(f"not a number: {value!r}")
-    if isinstance(value, float) and value.is_integer():
-        return Decimal(int(value))  # 100.0 -> 100, not 100.0
-    return Decimal(str(value))
+def has_sandbox(exchange_id: str) -> bool:
+    """Whether ccxt knows test URLs for the exchange (what `set_sandbox_mode` needs)."""
+    klass = getattr(ccxt_async, exchange_id, None)
+    if klass is None:
+        raise ValueError(f"unknown ccxt exchange id: {exchange_id!r}")
+    return bool(klass({}).urls.get("test"))
 
 
-def _dec_or(value: Any, default: Decimal) -> Decimal:
-    return default if value is None else _dec(value)
+def rebase_urls(api: Any, base_url: str) -> Any:
+    """ccxt's `urls['api']` with every http(s) URL moved onto `base_url`'s origin.
 
-
-def _plain(value: Decimal) -> str:
-    """Fixed-point text, never exponent notation (Decimal('1E-8') -> '0.00000001')."""
-    return format(value, "f")
+    The path of `base_url` is put in front of each URL's own path, so
+    'https://api.kraken.com' with base 'http://127.0.0.1:8080' is 'http://127.0.0.1:8080'
+    and 'https://api.binance.com/api/v3' with base 'https://proxy/bn' is
+    'https://proxy/bn/api/v3'. WebSocket URLs are left alone.
+    """
+    if isinstance(api, str):
+        parts = urlsplit(api)
+        if parts.scheme not in ("http", "https"):
+            return api
+        base = urlsplit(base_url)
+        path = base.path.rstrip("/") + parts.path
+        return urlunsplit((base.scheme, base.netloc, path, parts.query, parts.fragment))
+    if isinstance(api, Mapping):
+        return {key: rebase_urls(value, base_url) for key, value in api.items()}
+    return api
 
 
 class CcxtExchange:
@@ -119,13 +106,15 @@ class CcxtExchange:
         api_key: str | None = None,
         api_secret: str | None = None,
         maker_fee: Decimal | None = None,
-        urls: Mapping[str, str] | None = None,
+        api_url: str | None = None,
+        sandbox: bool = False,
         breaker: CircuitBreaker | None = None,
         max_tries: int = 3,
         backoff_base: float = 0.2,
         sleep: Sleep = asyncio.sleep,
         timeout_ms: int = 10_000,
         ccxt_config: Mapping[str, Any] | None = None,
+        on_rate_limited: OnRateLimited | None = None,
     ) -> None:
         if max_tries < 1:
             raise ValueError("max_tries must be at least 1")
@@ -144,19 +133,77 @@ class CcxtExchange:
         if api_secret is not None:
             config["secret"] = api_secret
         self._client: Any = klass(config)
-        if urls:
-            self._client.urls = {**self._client.urls, "api": {**self._client.urls["api"], **urls}}
+        if sandbox:
+            if not self._client.urls.get("test"):
+                raise ValueError(f"ccxt has no sandbox (test URLs) for {exchange_id}")
+            self._client.set_sandbox_mode(True)
+        if api_url:
+            self._client.urls = {
+                **self._client.urls,
+                "api": rebase_urls(self._client.urls["api"], api_url),
+            }
+        self._skip_throttle_for_uncounted_calls()
         self.name: str = exchange_id
-        self._secrets = tuple(s for s in (api_key, api_secret) if s and len(s) >= 4)
+        secrets = tuple(s for s in (api_key, api_secret) if s and len(s) >= 4)
+        self._errors = ErrorTranslator(exchange_id, self._client.exceptions or {}, secrets)
         self._maker_fee = maker_fee
         self._breaker = breaker
         self._max_tries = max_tries
         self._backoff_base = backoff_base
+        self._timeout_ms = timeout_ms
         self._sleep = sleep
+        self._on_rate_limited = on_rate_limited
         self._rng = random.Random()
         self._markets_lock = asyncio.Lock()
         self._markets_loaded = False
         self._markets: dict[str, Market] = {}
+        self._placer = Placer(self)
+
+    def _skip_throttle_for_uncounted_calls(self) -> None:
+        """ccxt paces every call through one queue, so a call its table says costs nothing
+        (Kraken's AddOrder, AddOrderBatch, CancelOrder: they count on the trading counter,
+        which the rate budget manages, not on the API counter) waits behind the cost of
+        earlier queries — 3 s after one private query at Kraken's defaults. Such calls go
+        straight out; every other call keeps ccxt's pacing."""
+        paced = self._client.throttle
+
+        async def throttle(cost: Any = None) -> None:
+            if cost == 0:
+                return
+            await paced(cost)
+
+        self._client.throttle = throttle
+
+    # -- limits of one call ----------------------------------------------------------------
+
+    @property
+    def max_tries(self) -> int:
+        return self._max_tries
+
+    @property
+    def worst_call_ms(self) -> int:
+        """The longest a place call can last: after it, none of its requests is sent.
+
+        tries × timeout (the place requests) + (tries − 1) × 2 × timeout (an open and a
+        closed look-up of the client id before each retry) + the longest backoff sleeps
+        + CALL_SLACK_MS. Each place request is cut at this deadline, and none starts after it; so a
+        pending step older than this (TP_PENDING_SETTLE_MS) is never still being sent.
+        """
+        n, timeout = self._max_tries, self._timeout_ms
+        backoff_s = sum(self.backoff_cap(attempt) for attempt in range(1, n))
+        backoff_ms = math.ceil(round(backoff_s * 1000, 3))
+        return n * timeout + 2 * timeout * (n - 1) + backoff_ms + CALL_SLACK_MS
+
+    def backoff_cap(self, attempt: int) -> float:
+        """The upper bound (s) of the sleep after failed try `attempt`."""
+        return float(min(BACKOFF_CAP, self._backoff_base * 2 ** (attempt - 1)))
+
+    async def backoff(self, attempt: int, what: str, error: Exception) -> None:
+        log.warning(
+            "transient exchange error, retrying",
+            extra={"exchange": self.name, "call": what, "attempt": attempt, "error": str(error)},
+        )
+        await self._sleep(self._rng.uniform(0.0, self.backoff_cap(attempt)))
 
     # -- the Exchange Protocol ------------------------------------------------------------
 
@@ -169,29 +216,22 @@ class CcxtExchange:
         raw = self._client.markets.get(symbol) if self._client.markets else None
         if raw is None:
             raise BadSymbol(f"{self.name} market: unknown symbol {symbol!r}")
-        parsed = self._to_market(symbol, raw)
+        parsed = to_market(
+            name=self.name,
+            symbol=symbol,
+            raw=raw,
+            precision_mode=self._client.precisionMode,
+            maker_fee=self._maker_fee,
+            default_maker=(self._client.fees.get("trading") or {}).get("maker"),
+        )
         self._markets[symbol] = parsed
         return parsed
 
     async def place_limit_sells(
         self, requests: Sequence[SellRequest]
     ) -> list[Order | ExchangeError]:
-        """One request after the other (a batched form is an optimisation of this)."""
-        out: list[Order | ExchangeError] = []
-        for r in requests:
-            try:
-                out.append(
-                    await self.place_limit_sell(
-                        symbol=r.symbol,
-                        amount=r.amount,
-                        price=r.price,
-                        client_id=r.client_id,
-                        post_only=r.post_only,
-                    )
-                )
-            except ExchangeError as exc:
-                out.append(exc)
-        return out
+        """Grouped by pair; 2-15 orders of a pair go out in one batch (AddOrderBatch)."""
+        return await self._placer.place_many(requests)
 
     async def place_limit_sell(
         self,
@@ -203,41 +243,13 @@ class CcxtExchange:
         post_only: bool = True,
     ) -> Order:
         """Place a limit sell carrying `client_id`; never places it twice (see module doc)."""
-        await self.market(symbol)
-        what = f"place_limit_sell {symbol} {client_id}"
-        amount_s, price_s = self._wire_values(what, symbol, amount, price)
-        params: dict[str, Any] = {"clientOrderId": client_id}
-        if post_only:
-            params["postOnly"] = True
-        tries = 0
-
-        async def place() -> Order:
-            nonlocal tries
-            tries += 1
-            raw = await self._client.create_order(
-                symbol, "limit", "sell", amount_s, price_s, dict(params)
-            )
-            # Kraken's AddOrder answer has no client id, status or fill: fill in what we sent.
-            return self._to_order(
-                raw, client_id=client_id, symbol=symbol, side="sell", price=price, amount=amount
-            )
-
-        async def placed_before() -> Order | None:
-            return await self._find_by_client_id(symbol, client_id)
-
-        try:
-            return await self._call(what, place, before_retry=placed_before)
-        except PermanentError:
-            if tries <= 1:
-                raise
-            # A refusal after a failed try (a duplicate client id, or funds now held by
-            # our own order) may mean that try reached the exchange after all.
-            found = await self._call(
-                f"fetch_order_by_client_id {symbol} {client_id}", placed_before
-            )
-            if found is None:
-                raise
-            return found
+        request = SellRequest(
+            symbol=symbol, amount=amount, price=price, client_id=client_id, post_only=post_only
+        )
+        (outcome,) = await self._placer.place_many([request])
+        if isinstance(outcome, ExchangeError):
+            raise outcome
+        return outcome
 
     async def cancel_order(self, *, symbol: str, order_id: str) -> Order:
         """Cancel, then return the order as the exchange has it now.
@@ -250,6 +262,7 @@ class CcxtExchange:
             await self._call(
                 f"cancel_order {symbol} {order_id}",
                 lambda: self._client.cancel_order(order_id, symbol),
+                symbol=symbol,
             )
         order = await self.fetch_order(symbol=symbol, order_id=order_id)
         if order is None:
@@ -266,14 +279,14 @@ class CcxtExchange:
             )
         except OrderNotFound:
             return None
-        return self._to_order(raw)
+        return to_order(raw)
 
     async def fetch_order_by_client_id(self, *, symbol: str, client_id: str) -> Order | None:
-        """The order placed with `client_id`: open orders first, then closed ones."""
+        """The sell of `symbol` placed with `client_id`: open orders first, then closed ones."""
         await self.market(symbol)
         return await self._call(
             f"fetch_order_by_client_id {symbol} {client_id}",
-            lambda: self._find_by_client_id(symbol, client_id),
+            lambda: self.find_by_client_id(symbol, client_id),
         )
 
     async def open_orders(self, symbol: str | None = None) -> list[Order]:
@@ -284,13 +297,13 @@ class CcxtExchange:
         raws = await self._call(
             f"open_orders {symbol or '*'}", lambda: self._client.fetch_open_orders(symbol)
         )
-        return [self._to_order(raw) for raw in raws]
+        return [to_order(raw) for raw in raws]
 
     async def free_balance(self, asset: str) -> Decimal:
         await self._ensure_markets()
         balance = await self._call(f"free_balance {asset}", lambda: self._client.fetch_balance())
         free = (balance.get("free") or {}).get(asset)
-        return Decimal(0) if free is None else _dec(free)
+        return Decimal(0) if free is None else dec(free)
 
     async def quote(self, symbol: str) -> Quote:
         await self.market(symbol)
@@ -299,7 +312,7 @@ class CcxtExchange:
         bid, ask = ticker.get("bid"), ticker.get("ask")
         if bid is None or ask is None:
             raise PermanentError(f"{self.name} {what}: the ticker has no bid/ask")
-        return Quote(bid=_dec(bid), ask=_dec(ask))
+        return Quote(bid=dec(bid), ask=dec(ask))
 
     async def observe_fill(
         self,
@@ -323,104 +336,89 @@ class CcxtExchange:
         what: str,
         fn: Callable[[], Awaitable[T]],
         *,
-        before_retry: Callable[[], Awaitable[T | None]] | None = None,
         lookup: bool = False,
+        symbol: str | None = None,
     ) -> T:
-        """Run `fn` with retries of transient failures, at most `max_tries` tries in total.
-
-        `before_retry`, when given, runs before every retry; a non-None result is returned
-        instead of retrying (placing uses it to find an order a failed try did place). A
-        transient failure of `before_retry` itself counts as a failed try.
-        """
+        """Run `fn` with retries of transient failures, at most `max_tries` tries in total."""
         last: TransientError | None = None
         for attempt in range(1, self._max_tries + 1):
             try:
-                if attempt > 1 and before_retry is not None:
-                    found = await self._once(what, before_retry, lookup=lookup)
-                    if found is not None:
-                        log.info(
-                            "found the result of an earlier try",
-                            extra={"exchange": self.name, "call": what, "attempt": attempt},
-                        )
-                        return found
-                return await self._once(what, fn, lookup=lookup)
-            except CircuitOpen as exc:
-                raise CircuitOpen(self._scrub(f"{self.name} {what}: {exc}")) from None
+                return await self.once(what, fn, lookup=lookup, symbol=symbol)
+            except (CircuitOpen, RateLimited):
+                raise
             except TransientError as exc:
                 last = exc
-                if attempt >= self._max_tries:
-                    break
-                delay = self._rng.uniform(
-                    0.0, min(_BACKOFF_CAP, self._backoff_base * 2 ** (attempt - 1))
-                )
-                log.warning(
-                    "transient exchange error, retrying",
-                    extra={
-                        "exchange": self.name,
-                        "call": what,
-                        "attempt": attempt,
-                        "error": str(exc),
-                    },
-                )
-                await self._sleep(delay)
-        tries = "1 try" if self._max_tries == 1 else f"{self._max_tries} tries"
-        raise TransientError(f"{last} (gave up after {tries})") from None
+                if attempt < self._max_tries:
+                    await self.backoff(attempt, what, exc)
+        raise self.gave_up(last)
 
-    async def _once(self, what: str, fn: Callable[[], Awaitable[T]], *, lookup: bool = False) -> T:
-        """One try of `fn` through the breaker, with ccxt's errors translated."""
+    def gave_up(self, last: Exception | None) -> TransientError:
+        tries = "1 try" if self._max_tries == 1 else f"{self._max_tries} tries"
+        return TransientError(f"{last} (gave up after {tries})")
+
+    async def once(
+        self,
+        what: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        lookup: bool = False,
+        symbol: str | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        """One try of `fn` through the breaker, with ccxt's errors translated.
+
+        With a `deadline` (time.monotonic()), the try does not start after it and is cut
+        at it (OutOfTime, a TransientError: the outcome is unknown).
+        """
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise OutOfTime(f"{self.name} {what}: no time left in the call (outcome unknown)")
 
         async def translated() -> T:
             try:
                 # ccxt's decimal_to_precision sets ROUND_HALF_UP on the current decimal
                 # context: keep that change inside this call.
                 with decimal.localcontext():
-                    return await fn()
+                    if left is None:
+                        return await fn()
+                    try:
+                        async with asyncio.timeout(left):
+                            return await fn()
+                    except TimeoutError:
+                        raise OutOfTime(
+                            f"{self.name} {what}: cut at the call's deadline (outcome unknown)"
+                        ) from None
             except ccxt.BaseError as exc:
-                raise self._translate(what, exc, lookup=lookup) from None
+                raise self._errors.translate(what, exc, lookup=lookup, symbol=symbol) from None
 
-        if self._breaker is None:
-            return await translated()
-        return await self._breaker.call(translated)
+        try:
+            if self._breaker is None:
+                return await translated()
+            return await self._breaker.call(translated)
+        except CircuitOpen as exc:
+            raise CircuitOpen(self._errors.scrub(f"{self.name} {what}: {exc}")) from None
+        except RateLimited as exc:
+            await self.rate_limited(exc)
+            raise
 
-    def _translate(self, what: str, exc: BaseException, *, lookup: bool = False) -> ExchangeError:
-        """ccxt's exception as one of ours, with a one-line secrets-free message."""
-        text = str(exc)
-        codes = [c.strip() for c in _KRAKEN_ERROR.findall(text)]
-        detail = type(exc).__name__
-        status = _HTTP_STATUS.search(text)
-        if status:
-            detail += f" HTTP {status.group(1)}"
-        if codes:
-            detail += f" {'; '.join(codes)}"
-        message = self._scrub(f"{self.name} {what}: {detail}")
-        lowered = " ".join(codes).lower()
-
-        if isinstance(exc, ccxt.NetworkError | ccxt.CancelPending):
-            return TransientError(message)
-        if isinstance(exc, ccxt.ExchangeError) and isinstance(exc.__cause__, aiohttp.ClientError):
-            return TransientError(message)  # e.g. a truncated response body
-        if any(c.startswith(_TRANSIENT_PREFIXES) for c in codes):
-            return TransientError(message)
-        if isinstance(exc, ccxt.InsufficientFunds):
-            return InsufficientFunds(message)
-        if isinstance(exc, ccxt.OrderImmediatelyFillable) or "post only" in lowered:
-            return PostOnlyRejected(message)
-        if "duplicate" in lowered:
-            return DuplicateClientId(message)
-        if isinstance(exc, ccxt.BadSymbol):
-            return BadSymbol(message)
-        if isinstance(exc, ccxt.OrderNotFound) or "eorder:unknown order" in lowered:
-            return OrderNotFound(message)
-        if lookup and "eorder:invalid order" in lowered:
-            return OrderNotFound(message)  # QueryOrders' answer for an id it does not know
-        return PermanentError(message)
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return " ".join(text.split())[:500]
+    async def rate_limited(self, exc: RateLimited) -> None:
+        """Tell the budget (on_rate_limited) that the exchange refused for the rate."""
+        if exc.symbol is None or self._on_rate_limited is None:
+            return
+        try:
+            await self._on_rate_limited(exc.symbol)
+        except Exception:
+            log.exception("on_rate_limited failed", extra={"exchange": self.name})
 
     # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
+    def errors(self) -> ErrorTranslator:
+        return self._errors
 
     async def _ensure_markets(self) -> None:
         """Load ccxt's markets once, on first use; concurrent first calls wait for it."""
@@ -432,19 +430,23 @@ class CcxtExchange:
             await self._call("load_markets", lambda: self._client.load_markets())
             self._markets_loaded = True
 
-    async def _find_by_client_id(self, symbol: str, client_id: str) -> Order | None:
-        """Kraken filters OpenOrders/ClosedOrders by cl_ord_id (ccxt: params.clientOrderId)."""
-        params = {"clientOrderId": client_id}
-        for fetch in (self._client.fetch_open_orders, self._client.fetch_closed_orders):
-            raws = await fetch(symbol, None, None, dict(params))
-            # The server filtered already; an order that names another client id is not ours.
-            mine = [r for r in raws if r.get("clientOrderId") in (None, client_id)]
+    async def find_by_client_id(
+        self, symbol: str, client_id: str, *, closed: bool = True
+    ) -> Order | None:
+        """Our sell of `symbol` with `client_id`: Kraken filters OpenOrders/ClosedOrders by
+        cl_ord_id (ccxt: params.clientOrderId); what comes back is checked all the same."""
+        fetches = [self._client.fetch_open_orders]
+        if closed:
+            fetches.append(self._client.fetch_closed_orders)
+        for fetch in fetches:
+            raws = await fetch(symbol, None, None, {"clientOrderId": client_id})
+            mine = [r for r in raws if is_our_sell(r, symbol=symbol, client_id=client_id)]
             if mine:
                 newest = max(mine, key=lambda r: r.get("timestamp") or 0)
-                return self._to_order(newest, client_id=client_id)
+                return to_order(newest, client_id=client_id)
         return None
 
-    def _wire_values(
+    def wire_values(
         self, what: str, symbol: str, amount: Decimal, price: Decimal
     ) -> tuple[str, str]:
         """(amount, price) as exact strings; refuse values ccxt would round on the way out.
@@ -454,13 +456,13 @@ class CcxtExchange:
         """
         if amount <= 0 or price <= 0:
             raise PermanentError(f"{self.name} {what}: amount and price must be positive")
-        amount_s, price_s = _plain(amount), _plain(price)
+        amount_s, price_s = plain(amount), plain(price)
         try:
             with decimal.localcontext():
                 sent_amount = self._client.amount_to_precision(symbol, amount_s)
                 sent_price = self._client.price_to_precision(symbol, price_s)
         except ccxt.BaseError as exc:
-            raise self._translate(what, exc) from None
+            raise self._errors.translate(what, exc) from None
         if Decimal(sent_amount) != amount:
             raise PermanentError(
                 f"{self.name} {what}: amount {amount_s} is not a multiple of the lot"
@@ -470,69 +472,3 @@ class CcxtExchange:
                 f"{self.name} {what}: price {price_s} is not a multiple of the tick"
             )
         return amount_s, price_s
-
-    def _to_market(self, symbol: str, raw: Mapping[str, Any]) -> Market:
-        precision = raw.get("precision") or {}
-        limits = raw.get("limits") or {}
-        tick = self._step(symbol, "price", precision.get("price"))
-        lot = self._step(symbol, "amount", precision.get("amount"))
-        maker = self._maker_fee
-        if maker is None:
-            fee = raw.get("maker")
-            if fee is None:
-                fee = (self._client.fees.get("trading") or {}).get("maker")
-            if fee is None:
-                raise PermanentError(f"{self.name} market {symbol}: no maker fee known")
-            maker = _dec(fee)
-        return Market(
-            symbol=symbol,
-            base=str(raw["base"]),
-            quote=str(raw["quote"]),
-            tick=tick,
-            lot=lot,
-            min_amount=_dec_or((limits.get("amount") or {}).get("min"), lot),
-            min_cost=_dec_or((limits.get("cost") or {}).get("min"), Decimal(0)),
-            maker_fee=maker,
-        )
-
-    def _step(self, symbol: str, which: str, value: Any) -> Decimal:
-        """A price/amount increment from ccxt's precision, whatever its precisionMode."""
-        if value is None:
-            raise PermanentError(f"{self.name} market {symbol}: no {which} precision")
-        mode = self._client.precisionMode
-        if mode == TICK_SIZE:  # the value is the step itself, e.g. 0.1
-            return _dec(value)
-        if mode == DECIMAL_PLACES:  # the value is a number of digits, e.g. 1 -> 0.1
-            return Decimal(1).scaleb(-int(value))
-        raise PermanentError(f"{self.name} market {symbol}: unsupported precision mode {mode}")
-
-    def _to_order(
-        self,
-        raw: Mapping[str, Any],
-        *,
-        client_id: str | None = None,
-        symbol: str | None = None,
-        side: str | None = None,
-        price: Decimal | None = None,
-        amount: Decimal | None = None,
-    ) -> Order:
-        """ccxt's unified order as ours; the keyword arguments fill what ccxt left empty."""
-        raw_status = raw.get("status")
-        status = (
-            _STATUSES.get(str(raw_status), OrderStatus.OPEN) if raw_status else OrderStatus.OPEN
-        )
-        raw_price = raw.get("price")
-        if raw_price is None:
-            raw_price = raw.get("average")
-        timestamp = raw.get("timestamp")
-        return Order(
-            id=str(raw["id"]),
-            client_id=raw.get("clientOrderId") or client_id,
-            symbol=raw.get("symbol") or symbol or "",
-            side=raw.get("side") or side or "",
-            price=price if price is not None else _dec_or(raw_price, Decimal(0)),
-            amount=amount if amount is not None else _dec_or(raw.get("amount"), Decimal(0)),
-            filled=_dec_or(raw.get("filled"), Decimal(0)),
-            status=status,
-            timestamp_ms=int(timestamp) if timestamp is not None else None,
-        )

@@ -85,6 +85,19 @@ class CircuitOpen(TransientError):
     """The circuit breaker is open: the call was not attempted."""
 
 
+class RateLimited(TransientError):
+    """The exchange's rate counter refused the call; nothing was placed or cancelled.
+
+    Kraken: `EOrder:Rate limit exceeded` (the pair's trading counter) or `EAPI:Rate limit
+    exceeded` (the key's API counter). The exchange is alive, so it never trips the
+    circuit breaker; `symbol` names the pair when the call had one.
+    """
+
+    def __init__(self, message: str, *, symbol: str | None = None) -> None:
+        super().__init__(message)
+        self.symbol = symbol
+
+
 class PermanentError(ExchangeError):
     """The exchange refused the request; repeating it unchanged will not help."""
 
@@ -95,6 +108,10 @@ class InsufficientFunds(PermanentError):
 
 class PostOnlyRejected(PermanentError):
     """A post-only order would have crossed the book and was not placed."""
+
+
+class OpenOrdersLimit(PermanentError):
+    """The pair's open-order cap is reached (Kraken: `EOrder:Orders limit exceeded`)."""
 
 
 class DuplicateClientId(PermanentError):

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from storage.redis import stream_id
 from trading.pricing import cost_per_unit
 
 ZERO = Decimal(0)
@@ -24,6 +25,7 @@ class Buy(msgspec.Struct, frozen=True, array_like=True):
     qty: Decimal  # net of a fee charged in the base asset
     fee: Decimal  # in quote
     ts: int
+    entry: str = ""  # stream id of the fill's entry ("" in positions stored before it was kept)
 
 
 class Close(msgspec.Struct, frozen=True, array_like=True):
@@ -44,6 +46,7 @@ class StepStatus(enum.StrEnum):
     FAILED = "failed"  # the exchange refused or the call was not made: covers nothing
 
 
+MAY_SELL = frozenset({StepStatus.PENDING, StepStatus.LIVE})
 COVERING = frozenset({StepStatus.PENDING, StepStatus.LIVE, StepStatus.FILLED, StepStatus.CANCELLED})
 
 
@@ -104,6 +107,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     closes: tuple[Close, ...] = ()  # sells on other orders, allocated FIFO
     steps: tuple[Step, ...] = ()
     dust: Decimal = ZERO  # uncovered quantity last recorded as dust
+    first_entry: str = ""  # stream id of the first buy: FIFO's "oldest" (docs/contract.md §3)
 
     # --- quantities ------------------------------------------------------------
     def totals(self) -> Totals:
@@ -151,6 +155,18 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     @property
     def is_open(self) -> bool:
         return self.open_quantity > 0
+
+    @property
+    def on_book(self) -> Decimal:
+        """TP quantity that may still sell: the unfilled rest of live and pending steps."""
+        return sum(
+            (s.qty - s.cancelled - s.filled for s in self.steps if s.status in MAY_SELL), ZERO
+        )
+
+    @property
+    def over_covered(self) -> Decimal:
+        """TP quantity on the book beyond what is still held (after a FIFO sell closed some)."""
+        return max(ZERO, self.on_book - self.open_quantity)
 
     @property
     def unit_cost(self) -> Decimal:
@@ -213,7 +229,12 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return msgspec.structs.replace(self, v=self.v + 1, **changes)
 
     def with_buy(self, buy: Buy) -> Position:
-        return self.bump(buys=(*self.buys, buy), opened_at=min(self.opened_at, buy.ts))
+        first = self.first_entry
+        if buy.entry and (not first or stream_id(buy.entry) < stream_id(first)):
+            first = buy.entry
+        return self.bump(
+            buys=(*self.buys, buy), opened_at=min(self.opened_at, buy.ts), first_entry=first
+        )
 
     def with_close(self, close: Close) -> Position:
         return self.bump(closes=(*self.closes, close))
@@ -231,20 +252,37 @@ def new_position(*, session_id: str, position_id: str, symbol: str, opened_at: i
     return Position(v=0, id=position_id, session_id=session_id, symbol=symbol, opened_at=opened_at)
 
 
+def held_before(position: Position, entry_id: str) -> Decimal:
+    """Quantity still held by `position` counting only buys that precede entry `entry_id`
+    in the stream (buys recorded without their entry id count as earlier)."""
+    limit = stream_id(entry_id)
+    bought = sum((b.qty for b in position.buys if not b.entry or stream_id(b.entry) < limit), ZERO)
+    totals = position.totals()
+    return max(ZERO, bought - totals.closed_other - totals.tp_filled)
+
+
+def fifo_order(position: Position) -> tuple[int, int, int, str]:
+    """Oldest first: by the stream id of the first buy (positions stored before it was kept
+    sort by their opening time, ahead of those with an id)."""
+    if position.first_entry:
+        return (1, *stream_id(position.first_entry), position.id)
+    return (0, position.opened_at, 0, position.id)
+
+
 def fifo_allocate(
-    positions: Iterable[Position], symbol: str, quantity: Decimal
+    positions: Iterable[Position], symbol: str, quantity: Decimal, *, before: str = ""
 ) -> list[tuple[Position, Decimal]]:
-    """Split a sell of `quantity` over the pair's open positions, oldest first."""
+    """Split a sell of `quantity` over the pair's open positions, oldest first. With
+    `before` (the sell's stream id) only what buys preceding it brought counts."""
     out: list[tuple[Position, Decimal]] = []
     left = quantity
-    ordered = sorted(
-        (p for p in positions if p.symbol == symbol and p.is_open),
-        key=lambda p: (p.opened_at, p.id),
-    )
-    for position in ordered:
+    for position in sorted((p for p in positions if p.symbol == symbol), key=fifo_order):
         if left <= 0:
             break
-        take = min(left, position.open_quantity)
+        held = held_before(position, before) if before else position.open_quantity
+        if held <= 0:
+            continue
+        take = min(left, held)
         out.append((position, take))
         left -= take
     return out

@@ -17,7 +17,7 @@ from storage import ops
 from storage.keys import Keys
 from storage.ops import Op
 from trading.exchange import Order
-from trading.positions import Position, Step
+from trading.positions import Position, Step, StepStatus
 
 ATTEMPT_TTL_S = 3600
 
@@ -64,9 +64,21 @@ class TpRecords:
         return ops.xadd(self.keys.takeprofits, fields)
 
     def attempt(self, pos: Position, step: Step) -> list[Op]:
-        """The fast duplicate marker of a claimed step."""
-        key = self.keys.tp_attempt(pos.session_id, pos.id)
-        return [ops.set_value(key, step.client_id, ttl_s=ATTEMPT_TTL_S)]
+        """A claimed step: the fast duplicate marker, and the indexes that let a TP fill find
+        its position before the placement is confirmed (by client id; by pair in flight)."""
+        sid = pos.session_id
+        return [
+            ops.set_value(self.keys.tp_attempt(sid, pos.id), step.client_id, ttl_s=ATTEMPT_TTL_S),
+            ops.hset(self.keys.tp_clients(sid), {step.client_id: pos.id}),
+            ops.hset(
+                self.keys.tp_inflight(sid),
+                {step.client_id: f"{pos.symbol}|{pos.id}|{step.claimed_at}"},
+            ),
+        ]
+
+    def settled(self, pos: Position, step: Step) -> Op:
+        """The step is no longer in flight (confirmed or refused)."""
+        return ops.hdel(self.keys.tp_inflight(pos.session_id), step.client_id)
 
     def dust(
         self, pos: Position, *, qty: Decimal, price: Decimal, tier: int, reason: str
@@ -80,12 +92,20 @@ class TpRecords:
         return [self.event("skipped", pos, qty=qty, price=price, tier=tier, reason="dry_run")]
 
     def created(self, pos: Position, step: Step, order: Order) -> list[Op]:
-        """The exchange accepted `step` as `order` (step already carries the order's id)."""
+        """The exchange accepted `step` as `order` (step already carries the order's id). An
+        order already cancelled when confirmed is `created` and then `cancelled`, so that
+        live = Σ created − Σ cancelled holds."""
         sid = pos.session_id
         now = self.clock.now_ms()
         latency = str(now - step.trigger_ms) if step.trigger_ms else ""
         metrics = self.keys.metrics_takeprofit(sid)
+        after: list[Op] = []
+        if step.status == StepStatus.CANCELLED:
+            after = self.final_state(
+                pos, step, cancelled=step.cancelled, reason="cancelled before it was confirmed"
+            )[1:]
         return [
+            self.settled(pos, step),
             ops.hset(
                 self.keys.tp_order(sid, order.id),
                 {
@@ -116,11 +136,13 @@ class TpRecords:
             ),
             ops.hincrby(metrics, "created", 1),
             ops.decimal_incrby(metrics, "total_value", order.amount * order.price),
+            *after,
         ]
 
     def refused(self, kind: Refusal, pos: Position, step: Step, reason: str) -> list[Op]:
         """The exchange placed nothing for `step`."""
         return [
+            self.settled(pos, step),
             self.event(
                 kind,
                 pos,
@@ -133,7 +155,14 @@ class TpRecords:
             ops.hincrby(self.keys.metrics_takeprofit(pos.session_id), kind, 1),
         ]
 
-    def final_state(self, pos: Position, step: Step, *, cancelled: Decimal | None) -> list[Op]:
+    def final_state(
+        self,
+        pos: Position,
+        step: Step,
+        *,
+        cancelled: Decimal | None,
+        reason: str = "repriced or reconciled",
+    ) -> list[Op]:
         """A live TP reached a final state: its status, and `cancelled` with the quantity a
         cancel took off the book (None: it filled)."""
         out = [ops.hset(self.keys.tp_order(pos.session_id, step.order_id), {"status": step.status})]
@@ -147,7 +176,7 @@ class TpRecords:
                     qty=cancelled,
                     price=step.price,
                     tier=step.tier,
-                    reason="repriced or reconciled",
+                    reason=reason,
                 )
             )
         return out

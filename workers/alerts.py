@@ -29,7 +29,8 @@ from base.clock import iso
 from base.logs import one_line
 from storage.keys import Keys
 from storage.redis import as_text
-from workers.parts import TradingParts
+from storage.streams import Pairs
+from workers.parts import Parts
 from workers.runtime import Entry, Lane, Transient, jittered
 
 log = logs.get("mmops.alerts")
@@ -86,8 +87,8 @@ class WebhookForwarder:
         self.refused = 0
         self._session: aiohttp.ClientSession | None = None
 
-    def decode(self, fields: Mapping[bytes, bytes]) -> dict[str, str]:
-        return {as_text(k): as_text(v) for k, v in fields.items()}
+    def decode(self, fields: Pairs) -> dict[str, str]:
+        return {as_text(k): as_text(v) for k, v in fields}
 
     def lane(self, event: Any) -> Lane:
         return (GROUP,)  # one lane: alerts arrive in the order they were raised
@@ -155,7 +156,7 @@ class WebhookForwarder:
             self._session = None
 
 
-async def ensure_group(app: TradingParts) -> None:
+async def ensure_group(app: Parts) -> None:
     """Create the webhook group at the end of mm:alerts (old alerts are not sent)."""
     try:
         await app.redis.xgroup_create(app.keys.alerts, GROUP, id="$", mkstream=True)

@@ -1,16 +1,16 @@
 """The coverage worker's handler: record every fill once, keep positions, cover buys at once.
 
-Lanes (see workers.runtime.dependencies): one buy order's fills are handled in stream
-order while other orders' run alongside; a sell on another order waits for the pair's
-earlier fills (FIFO needs them); session events wait for the whole session. Everything a fill changes is one compare-and-set
-(storage/ledger.py) guarded by its fill id, so duplicates and replays change nothing.
+Lanes (workers/lanes.py): one buy order's fills are handled in stream order while other
+orders' run alongside; a sell on another order waits for the pair's earlier fills (FIFO
+needs them); session events wait for the whole session. Everything a fill changes is one
+compare-and-set (storage/ledger.py) guarded by its fill id, so duplicates and replays
+change nothing. Sells are workers/closing.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from decimal import Decimal
 
 import msgspec
 
@@ -21,14 +21,16 @@ from events import Event, Fill, Order, SessionEnded, SessionStarted
 from storage import ops
 from storage.keys import Keys
 from storage.ops import Op
-from storage.redis import as_text
+from storage.orders import OrderBook
 from trading.book import Committed, Conflict, Duplicate, PositionBook
 from trading.exchange import Exchange, ExchangeError, Market
 from trading.fees import held_and_fee
-from trading.positions import Buy, Close, Position, StepStatus, fifo_allocate, new_position
-from trading.takeprofit import Outcome, Result, TakeProfitEngine
+from trading.outcomes import Outcome, Result
+from trading.positions import Buy, new_position
+from trading.takeprofit import TakeProfitEngine
+from workers.closing import Closing
 from workers.parts import TradingParts
-from workers.runtime import Entry, Lane, Retry
+from workers.runtime import Entry, Lane, Retry, Runtime
 
 log = logs.get("mmops.coverage")
 
@@ -47,6 +49,8 @@ class CoverageHandler:
         self.keys: Keys = parts.keys
         self.clock: Clock = parts.clock
         self.redis = parts.redis
+        self.closing = Closing(parts)
+        self.orders = OrderBook(parts.redis, parts.keys)
 
     def lane(self, event: Event) -> Lane:
         """Buys of different orders run side by side; other sells wait for the pair's
@@ -76,17 +80,9 @@ class CoverageHandler:
                     ],
                 )
             case Order():
+                await self.orders.record(event)  # an older status never overwrites a newer
                 sid = event.session_id
-                await self._session_ops(
-                    sid,
-                    [
-                        ops.hset(
-                            self.keys.orders(sid),
-                            {event.order_id: _order_encoder.encode(event).decode()},
-                        ),
-                        ops.sadd(self.keys.pairs(sid), event.symbol),
-                    ],
-                )
+                await self._session_ops(sid, [ops.sadd(self.keys.pairs(sid), event.symbol)])
             case SessionEnded():
                 sid = event.session_id
                 fields: dict[str, str | int] = {"ended_at": event.ts, "end_id": entry.id}
@@ -120,7 +116,7 @@ class CoverageHandler:
         """Record the fill and claim its TP step in one compare-and-set, then place the TP."""
         sid, pid = fill.session_id, fill.order_id
         quantity, fee = held_and_fee(fill)
-        buy = Buy(fill.fill_id, fill.price, quantity, fee, fill.ts)
+        buy = Buy(fill.fill_id, fill.price, quantity, fee, fill.ts, entry.id)
         observed = asyncio.ensure_future(self._observe(fill))
         try:
             market: Market | None = await self.exchange.market(fill.symbol)
@@ -183,52 +179,10 @@ class CoverageHandler:
             log.warning("exchange did not take note of fill %s: %s", fill.fill_id, exc)
 
     # --- sells ---------------------------------------------------------------------
+    def attach(self, runtime: Runtime) -> None:
+        """The runtime consuming for this handler (FIFO sells look at its group's backlog)."""
+        self.closing.runtime = runtime
+
     async def on_sell(self, entry: Entry, fill: Fill) -> None:
-        sid = fill.session_id
         await self._observe(fill)
-        quantity, fee = held_and_fee(fill)
-        close = Close(fill.fill_id, quantity, fill.price, fee, fill.ts)
-        owner = await self.redis.hget(self.keys.tp_order(sid, fill.order_id), "position")
-        for _ in range(MAX_TRIES):
-            writes: list[Position]
-            if owner:
-                pos = await self.book.position(sid, as_text(owner), fresh=True)
-                changed = _with_tp_fill(pos, fill.order_id, close) if pos is not None else None
-                writes = [changed] if changed is not None else []
-                changes = [*self._fill_ops(fill), *self._tp_status_ops(sid, writes, fill.order_id)]
-            else:
-                positions = await self.book.positions(sid)
-                writes = [
-                    position.with_close(
-                        Close(fill.fill_id, qty, fill.price, fee * qty / quantity, fill.ts)
-                    )
-                    for position, qty in fifo_allocate(positions.values(), fill.symbol, quantity)
-                ]
-                changes = self._fill_ops(fill)
-            result = await self.book.commit(sid, writes, fill=fill, ops=changes)
-            if not isinstance(result, Conflict):
-                return
-        raise RuntimeError(f"positions of {sid} kept changing; will retry")
-
-    def _tp_status_ops(self, sid: str, writes: list[Position], order_id: str) -> list[Op]:
-        for pos in writes:
-            step = pos.step_for_order(order_id)
-            if step is not None:
-                status = "filled" if step.status == StepStatus.FILLED else "partially_filled"
-                key = self.keys.tp_order(sid, order_id)
-                return [ops.hset(key, {"status": status, "filled": str(step.filled)})]
-        return []
-
-
-def _with_tp_fill(pos: Position, order_id: str, close: Close) -> Position | None:
-    step = pos.step_for_order(order_id)
-    if step is None:
-        return None
-    fills = (*step.fills, close)
-    filled = sum((f.qty for f in fills), Decimal(0))
-    status = (
-        StepStatus.FILLED
-        if filled >= step.qty - step.cancelled and step.status == StepStatus.LIVE
-        else step.status
-    )
-    return pos.with_step(msgspec.structs.replace(step, fills=fills, status=status))
+        await self.closing.on_sell(entry, fill, self._fill_ops(fill))

@@ -12,17 +12,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from base import logs
 from base.clock import Clock
 from trading.client_ids import is_ours
 from trading.exchange import Exchange, Order, OrderStatus
+from trading.outcomes import Outcome, Result
 from trading.positions import Position, Step
-from trading.takeprofit import Outcome, Result, TakeProfitEngine
-
-if TYPE_CHECKING:
-    from workers.session_view import SessionView
+from trading.takeprofit import TakeProfitEngine
+from workers.session_view import SessionView
 
 log = logs.get("mmops.reconcile")
 
@@ -57,12 +55,14 @@ class Reconciled:
     outcome: Outcome
 
 
-async def reconcile_step(engine: TakeProfitEngine, pos: Position, step: Step) -> Reconciled | None:
+async def reconcile_step(
+    exchange: Exchange, engine: TakeProfitEngine, pos: Position, step: Step
+) -> Reconciled | None:
     """Look up a live TP missing from the open book and record its final state.
 
     None when the exchange has it open after all (placed after the book was taken).
     """
-    order = await engine.exchange.fetch_order(symbol=pos.symbol, order_id=step.order_id)
+    order = await exchange.fetch_order(symbol=pos.symbol, order_id=step.order_id)
     if order is None:
         finding = Finding.UNKNOWN
         order = Order(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from redis.exceptions import ResponseError
 
 from base import logs
-from storage.redis import as_text
+from storage.redis import as_text, stream_id
 from workers.parts import Parts
 
 log = logs.get("mmops.retention")
@@ -49,7 +49,7 @@ async def trim(app: Parts, *, approximate: bool = True) -> TrimResult:
     for group in groups:
         name = as_text(group["name"])
         floor = await acked_floor(app, name, as_text(group.get("last-delivered-id") or "0-0"))
-        if _key(floor) < _key(bound):
+        if stream_id(floor) < stream_id(bound):
             bound, reason = floor, f"group {name} still needs entries from {floor}"
     removed = int(await app.redis.xtrim(stream, minid=bound, approximate=approximate))
     if removed:
@@ -62,10 +62,5 @@ async def acked_floor(app: Parts, group: str, last_delivered: str) -> str:
     summary = await app.redis.xpending(app.keys.stream, group)
     if int(summary.get("pending") or 0) and summary.get("min") is not None:
         return as_text(summary["min"])
-    ms, seq = _key(last_delivered)
+    ms, seq = stream_id(last_delivered)
     return f"{ms}-{seq + 1}"
-
-
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

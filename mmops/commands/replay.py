@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 
 from base.settings import Settings
 from events import Event, EventError
+from events.codec import session_of
 from mmops import runner
 from mmops.app import App
 from mmops.commands.simulate import StatusLine
@@ -179,7 +180,7 @@ async def _pages(app: App, start: str, end: str) -> AsyncIterator[list[Entry]]:
         page = entries_of(await app.redis.xrange(app.keys.stream, min=cursor, max=end, count=PAGE))
         if not page:
             return
-        yield [Entry(mid, fields or None) for mid, fields in page]
+        yield [Entry(mid, list(fields.items()) or None) for mid, fields in page]
         if len(page) < PAGE:
             return
         cursor = "(" + page[-1][0]
@@ -340,10 +341,7 @@ async def reset(settings: Settings, group: str, to: str) -> int:
 
 
 def _session(entry: Entry) -> str | None:
-    if not entry.fields:
-        return None
-    raw = entry.fields.get(b"session_id")
-    return as_text(raw) if raw else None
+    return session_of(entry.fields)
 
 
 def _ms(entry_id: str) -> int:

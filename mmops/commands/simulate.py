@@ -6,7 +6,9 @@ import argparse
 import random
 import sys
 import time
-from typing import TextIO
+from typing import TextIO, cast
+
+from redis.asyncio import Redis
 
 from base.clock import SystemClock
 from base.settings import Settings, SettingsError
@@ -109,10 +111,11 @@ async def simulate(
         raise SettingsError(
             f"EXCHANGE: mmops simulate needs the paper exchange, got {settings.exchange!r}"
         )
-    conn = await redis_store.connect(settings.redis_url)
+    conn = await redis_store.connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
-        keys = Keys(settings.key_prefix, settings.stream)
-        exchange = make_exchange(settings, conn, keys, SystemClock())
+        keys = Keys.of(settings)
+        # the paper exchange takes the cluster client as it is (its keys' hash tags are its own)
+        exchange = make_exchange(settings, cast(Redis, conn), keys, SystemClock())
         assert isinstance(exchange, PaperExchange)
         sim = Simulator(redis=conn, keys=keys, exchange=exchange, config=config)
         return await sim.run(on_progress)

@@ -8,6 +8,9 @@ Exit status 1 when unhealthy, with the reasons:
 - `risk:halt` is set;
 - a dead letter newer than --dead-window minutes.
 A missing sweeper lease or an unknown lag is only a warning.
+
+With MM_STREAM_SHARDS > 1 every shard's stream is reported (and judged) on its own, after
+a table of one row per shard: length, groups, pending entries, the largest lag.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from base.settings import Settings
@@ -26,7 +29,8 @@ from mmops import runner
 from mmops.reporting import fmt_ms, render_table
 from storage import redis as redis_store
 from storage.keys import Keys
-from storage.redis import as_text, entries_of
+from storage.redis import AnyRedis, as_text, entries_of, stream_id
+from trading.factory import make_rate_budget
 
 STUCK_FACTOR = 3
 LIVE_AFTER_S = 15.0
@@ -56,11 +60,9 @@ def _status(args: argparse.Namespace) -> int:
     thresholds = Thresholds(dead_window_ms=int(args.dead_window * 60_000))
 
     async def main(settings: Settings) -> int:
-        conn = await redis_store.connect(settings.redis_url)
+        conn = await redis_store.connect(settings.redis_url, cluster=settings.redis_cluster)
         try:
-            report = await collect(
-                conn, Keys(settings.key_prefix, settings.stream), settings, thresholds
-            )
+            report = await collect(conn, Keys.of(settings), settings, thresholds)
         finally:
             await conn.aclose()
         if args.json:
@@ -81,7 +83,7 @@ class Thresholds:
 
 # --- collecting ------------------------------------------------------------------------
 async def collect(
-    redis: aioredis.Redis, keys: Keys, settings: Settings, thresholds: Thresholds | None = None
+    redis: AnyRedis, keys: Keys, settings: Settings, thresholds: Thresholds | None = None
 ) -> dict[str, Any]:
     """The whole status as a JSON-ready dict, with `healthy`, `problems` and `warnings`."""
     limits = thresholds or Thresholds()
@@ -90,9 +92,11 @@ async def collect(
     dead = await _dead_letters(redis, keys, now)
     streams = [
         await _stream(redis, keys, name, now, stuck_ms, limits, dead["by_group"])
-        for name in (keys.stream, keys.alerts)
+        for name in (*keys.streams, keys.alerts)
     ]
+    shards = [_shard_row(n, stream) for n, stream in enumerate(streams[: keys.shards])]
     lease = await _lease(redis, keys)
+    budgets = await _rate_budgets(redis, keys, settings)
     halt_raw = await redis.get(keys.risk_halt)
     halt = _json_or_text(halt_raw) if halt_raw is not None else None
 
@@ -127,15 +131,31 @@ async def collect(
         "healthy": not problems,
         "problems": problems,
         "warnings": warnings,
+        "shards": shards,
         "streams": streams,
         "dead_letters": {k: v for k, v in dead.items() if k != "by_group"},
         "sweeper_lease": lease,
         "risk_halt": halt,
+        "rate_budget": budgets,
+    }
+
+
+def _shard_row(shard: int, stream: dict[str, Any]) -> dict[str, Any]:
+    """One shard of the input stream: length, groups, pending over its groups, largest lag."""
+    groups = stream["groups"]
+    lags = [g["lag"] for g in groups]
+    return {
+        "shard": shard,
+        "stream": stream["stream"],
+        "length": stream["length"],
+        "groups": len(groups),
+        "pending": sum(g["pending"] for g in groups),
+        "lag": None if None in lags else max(lags, default=0),
     }
 
 
 async def _stream(
-    redis: aioredis.Redis,
+    redis: AnyRedis,
     keys: Keys,
     stream: str,
     now: int,
@@ -166,7 +186,7 @@ async def _stream(
                 "live": sum(1 for c in consumers if c["live"]),
                 "pending": int(g.get("pending") or 0),
                 "oldest_pending_id": as_text(oldest[0]["message_id"]) if oldest else None,
-                "oldest_pending_age_ms": now - _ms(as_text(oldest[0]["message_id"]))
+                "oldest_pending_age_ms": now - stream_id(as_text(oldest[0]["message_id"]))[0]
                 if oldest
                 else None,
                 "oldest_pending_idle_ms": int(oldest[0]["time_since_delivered"])
@@ -175,7 +195,7 @@ async def _stream(
                 "stuck": len(stuck),
                 "lag": None if lag is None else int(lag),
                 "last_delivered_id": delivered,
-                "behind": _id_key(delivered) < _id_key(last_id),
+                "behind": stream_id(delivered) < stream_id(last_id),
                 "dead_letters": dead_by_group.get(name, 0),
             }
         )
@@ -188,7 +208,7 @@ async def _stream(
 
 
 async def _consumers(
-    redis: aioredis.Redis, keys: Keys, stream: str, group: str, now: int, limits: Thresholds
+    redis: AnyRedis, keys: Keys, stream: str, group: str, now: int, limits: Thresholds
 ) -> list[dict[str, Any]]:
     rows = await redis.xinfo_consumers(stream, group)
     scored: Any = await redis.zrange(keys.heartbeats(group), 0, -1, withscores=True)
@@ -222,7 +242,7 @@ async def _consumers(
     return out
 
 
-async def _dead_letters(redis: aioredis.Redis, keys: Keys, now: int) -> dict[str, Any]:
+async def _dead_letters(redis: AnyRedis, keys: Keys, now: int) -> dict[str, Any]:
     total = int(await redis.xlen(keys.dead))
     newest = entries_of(await redis.xrevrange(keys.dead, count=DEAD_SCAN))
     by_group: dict[str, int] = {}
@@ -233,12 +253,36 @@ async def _dead_letters(redis: aioredis.Redis, keys: Keys, now: int) -> dict[str
     return {
         "total": total,
         "newest_id": newest_id,
-        "newest_age_ms": None if newest_id is None else max(0, now - _ms(newest_id)),
+        "newest_age_ms": None if newest_id is None else max(0, now - stream_id(newest_id)[0]),
         "by_group": by_group,
     }
 
 
-async def _lease(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+async def _rate_budgets(redis: AnyRedis, keys: Keys, settings: Settings) -> dict[str, Any] | None:
+    """Each pair's share of the exchange's trading-rate counter (Kraken only)."""
+    budget = make_rate_budget(settings, redis, keys)
+    if budget is None:
+        return None
+    pairs = [
+        {
+            "symbol": p.symbol,
+            "used": str(p.used.quantize(Decimal("0.01"))),
+            "free": str(p.free.quantize(Decimal("0.01"))),
+            "limit": str(p.limit),
+            "refill_ms": p.refill_ms,
+            "open_orders": p.open_orders,
+            "open_cap": p.open_cap,
+        }
+        for p in await budget.state()
+    ]
+    return {
+        "tier": budget.tier.name,
+        "reserve_percent": str(budget.reserve_percent),
+        "pairs": pairs,
+    }
+
+
+async def _lease(redis: AnyRedis, keys: Keys) -> dict[str, Any]:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.get(keys.sweeper_lease)
         pipe.pttl(keys.sweeper_lease)
@@ -252,10 +296,26 @@ async def _lease(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
 # --- rendering ---------------------------------------------------------------------------
 def render(report: dict[str, Any]) -> str:
     lines: list[str] = []
+    shards = report.get("shards", [])
+    if len(shards) > 1:
+        rows = [
+            [
+                s["shard"],
+                s["stream"],
+                s["length"],
+                s["groups"],
+                s["pending"],
+                "?" if s["lag"] is None else s["lag"],
+            ]
+            for s in shards
+        ]
+        lines.append(f"input stream: {len(shards)} shards")
+        table = render_table(["SHARD", "STREAM", "LENGTH", "GROUPS", "PENDING", "LAG"], rows)
+        lines += [_indent(table), ""]
     for stream in report["streams"]:
         last = stream["last_id"]
         when = (
-            f", last {last} ({fmt_ms(report['ts'] - _ms(last))} ago)"
+            f", last {last} ({fmt_ms(report['ts'] - stream_id(last)[0])} ago)"
             if last and last != "0-0"
             else ""
         )
@@ -315,6 +375,7 @@ def render(report: dict[str, Any]) -> str:
     lines.append(
         "risk halt: off" if halt is None else f"risk halt: ON {orjson.dumps(halt).decode()[:200]}"
     )
+    lines += _render_budgets(report.get("rate_budget"))
     dead = report["dead_letters"]
     newest = (
         "" if dead["newest_age_ms"] is None else f" (newest {fmt_ms(dead['newest_age_ms'])} ago)"
@@ -331,6 +392,28 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _render_budgets(budgets: dict[str, Any] | None) -> list[str]:
+    if budgets is None:
+        return []
+    head = (
+        f"rate budget: tier {budgets['tier']}, {budgets['reserve_percent']} % kept for the trader"
+    )
+    if not budgets["pairs"]:
+        return [f"{head}; no pair spent yet"]
+    rows = [
+        [
+            p["symbol"],
+            f"{p['used']} / {p['limit']}",
+            p["free"],
+            fmt_ms(p["refill_ms"]),
+            f"{p['open_orders']} / {p['open_cap']}",
+        ]
+        for p in budgets["pairs"]
+    ]
+    table = render_table(["PAIR", "USED", "FREE", "REFILL", "OPEN ORDERS"], rows)
+    return [head + ":", _indent(table)]
+
+
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
@@ -340,12 +423,3 @@ def _json_or_text(raw: bytes | str) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return as_text(raw)
-
-
-def _ms(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

@@ -24,8 +24,9 @@ from mmops import runner
 from mmops.app import App
 from mmops.reporting import render_table
 from trading.positions import decode_position
+from workers.discovery import RecentSessions, discover
 from workers.session_view import figures_of
-from workers.sweeper import RecentSessions, Sweeper, SweepReport, discover
+from workers.sweeper import Sweeper, SweepReport
 
 ZERO = Decimal(0)
 

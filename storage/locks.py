@@ -1,0 +1,72 @@
+"""Token-guarded Redis keys: a lock or a lease that only its holder renews or releases.
+
+SET NX PX takes the key with a token; renewing (PEXPIRE) and releasing (DEL) compare the
+token first, in one script, so a holder whose key expired and was taken by someone else
+can neither extend nor delete the new holder's key.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import redis.asyncio as aioredis
+
+# KEYS: key   ARGV: token, ttl ms — extend only our own key
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+# KEYS: key   ARGV: token — delete only our own key
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class TokenLock:
+    """`key` held with `token` for `ttl_ms`: acquire, renew, release; `held` is the last answer."""
+
+    def __init__(
+        self, redis: aioredis.Redis, key: str, ttl_ms: int, *, token: str | None = None
+    ) -> None:
+        self.redis = redis
+        self.key = key
+        self.ttl_ms = ttl_ms
+        self.token = token if token is not None else secrets.token_hex(8)
+        self.held = False
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    async def acquire(self) -> bool:
+        """SET NX PX: whether the key is ours now."""
+        self.held = bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        return self.held
+
+    async def renew(self) -> bool:
+        """Extend the key by ttl_ms if it still holds our token."""
+        self.held = bool(await self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
+        return self.held
+
+    async def release(self) -> None:
+        """Delete the key if it still holds our token; nothing if we do not hold it."""
+        if self.held:
+            self.held = False
+            await self._release(keys=[self.key], args=[self.token])
+
+
+class Lease(TokenLock):
+    """One holder across processes, kept by calling `refresh` well within the TTL.
+
+    The token names the holder (`<holder>/<random>`), so the key says who holds it.
+    """
+
+    def __init__(self, redis: aioredis.Redis, key: str, holder: str, ttl_ms: int) -> None:
+        super().__init__(redis, key, ttl_ms, token=f"{holder}/{secrets.token_hex(6)}")
+
+    async def refresh(self) -> bool:
+        """Renew the lease if it is ours, take it if it is free; whether we hold it now."""
+        if self.held and await self.renew():
+            return True
+        if not await self.acquire():  # ours after all (a renewal whose reply was lost)?
+            self.held = await self.redis.get(self.key) == self.token.encode()
+        return self.held
