@@ -12,7 +12,8 @@ fixture is the model); both close what they built after the test. `app` is `make
 Markers (pyproject): a test that uses the servers is marked by the fixtures it uses
 (`redis` → redis, `pg` → postgres, `env` → process) or by hand where the use is indirect
 (a sweeper reads PostgreSQL, a subprocess writes Redis); every other test is `unit`:
-no server, no process (`make test-fast` runs those).
+no server, no process (`make test-fast` runs those). A unit test that starts a process or
+asks for the servers fails, so a missing mark shows.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import asyncio
 import dataclasses
 import hashlib
 import os
+import subprocess
 import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -95,8 +97,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("unit")
 
 
+_running_unit: list[str] = []  # the unit test being set up or run, if any
+
+
+def _refuse_process(*args: Any, **kwargs: Any) -> None:
+    raise RuntimeError(f"{_running_unit[-1]} is a unit test but starts a process: mark it")
+
+
+@contextmanager
+def _unit_guard(item: pytest.Item) -> Iterator[None]:
+    """While a unit test is set up and run, starting a process (or the servers) fails it."""
+    if item.get_closest_marker("unit") is None:
+        yield
+        return
+    _running_unit.append(item.nodeid)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(subprocess.Popen, "__init__", _refuse_process)
+            yield
+    finally:
+        _running_unit.pop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _unit_guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _unit_guard(item):
+        return (yield)
+
+
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    if _running_unit:
+        pytest.fail(f"{_running_unit[-1]} is a unit test but asks for the servers: mark it")
     found = ensure_servers(
         os.environ.get("REDIS_URL", DEFAULT_REDIS),
         os.environ.get("DATABASE_URL", DEFAULT_POSTGRES),
