@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 
 import msgspec
 
@@ -28,6 +29,7 @@ from trading.fees import held_and_fee
 from trading.outcomes import Outcome, Result
 from trading.positions import Buy, new_position
 from trading.takeprofit import TakeProfitEngine
+from workers.buy_batch import BuyBatch
 from workers.closing import Closing
 from workers.parts import TradingParts
 from workers.runtime import Entry, Lane, Retry, Runtime
@@ -50,6 +52,7 @@ class CoverageHandler:
         self.clock: Clock = parts.clock
         self.redis = parts.redis
         self.closing = Closing(parts)
+        self.buys = BuyBatch(book=self.book, engine=self.engine, fill_ops=self._fill_ops)
         self.orders = OrderBook(parts.redis, parts.keys)
 
     def lane(self, event: Event) -> Lane:
@@ -112,6 +115,13 @@ class CoverageHandler:
         ]
 
     # --- buys ----------------------------------------------------------------------
+    def bulk(self, event: Event) -> bool:
+        """Buy fills take the batch path (workers/buy_batch.py)."""
+        return isinstance(event, Fill) and event.side == "buy"
+
+    async def handle_bulk(self, items: Sequence[tuple[Entry, Fill]]) -> list[float | None]:
+        return await self.buys.run(items)
+
     async def on_buy(self, entry: Entry, fill: Fill) -> Outcome:
         """Record the fill and claim its TP step in one compare-and-set, then place the TP."""
         sid, pid = fill.session_id, fill.order_id
