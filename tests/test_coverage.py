@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
-
-import pytest
 
 from base.clock import ManualClock
 from base.settings import Settings
@@ -21,13 +18,6 @@ from tests.helpers import (
 )
 from trading.client_ids import PREFIX, client_id
 from trading.positions import Buy, new_position
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings)
-    yield app
-    await app.close()
 
 
 async def test_buy_fill_gets_a_take_profit_at_the_tier_price(app: App) -> None:

@@ -19,7 +19,7 @@ from storage import schema
 from storage.ledger import decode_fill
 from storage.postgres import create_pool
 from storage.session_reader import FillRow, decode_fill_row, decode_position_row, ms_to_datetime
-from tests.conftest import wait_for, with_search_path
+from tests.conftest import MakeApp, wait_for, with_search_path
 from tests.pg_proxy import PgProxy
 from trading.positions import decode_position
 from workers.coverage import CoverageHandler
@@ -33,10 +33,8 @@ MONEY = D("1e-10")
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings, clock=ManualClock(T0 + 60_000))
-    yield app
-    await app.close()
+async def app(make_app: MakeApp) -> App:
+    return await make_app(clock=ManualClock(T0 + 60_000))
 
 
 @pytest.fixture

@@ -279,6 +279,7 @@ async def test_sigterm_mid_batch_finishes_and_acks_the_in_flight_entries(
 
 
 # --- Redis restarted ------------------------------------------------------------------------
+@pytest.mark.redis  # a redis-server of its own, restarted under the worker
 async def test_the_worker_reconnects_when_redis_restarts(
     env: dict[str, str],
     keys: Keys,
