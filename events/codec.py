@@ -209,9 +209,50 @@ def decode(fields: Fields | None, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
     """Validate one stream entry's fields and return the event, or raise EventError."""
     if fields is None:
         raise EventError(None, "entry payload is missing (trimmed from the stream)")
+    text = _texts(field_pairs(fields), max_bytes)
+    kind = text.pop("type", None)
+    if kind is None:
+        raise EventError("type", "missing")
+    spec = _FIELDS.get(kind)
+    if spec is None:
+        raise EventError("type", f"unknown event type {_show(kind)}")
+    if not text.keys() <= spec.keys():
+        unknown = next(key for key in text if key not in spec)
+        raise EventError(_field_name(unknown), f"unknown field for a {kind} event")
+    values: dict[str, Any] = {}
+    for name, (parse, required) in spec.items():
+        raw = text.get(name)
+        if raw is None:
+            if required:
+                raise EventError(name, "missing")
+            continue
+        values[name] = parse(name, raw)
+    return EVENT_TYPES[kind](**values)
+
+
+def _texts(pairs: Sequence[tuple[Any, Any]], max_bytes: int) -> dict[str, str]:
+    """The fields as text, in one pass (the hot path: bytes from Redis); the checks of the
+    slow path (`_text_of`) name what is wrong."""
+    text: dict[str, str] = {}
+    size = 0
+    try:
+        for raw_key, raw_value in pairs:
+            size += len(raw_key) + len(raw_value)
+            key = raw_key.decode() if type(raw_key) is bytes else raw_key
+            if size > max_bytes or key in text or type(key) is not str:
+                raise TypeError
+            text[key] = raw_value.decode() if type(raw_value) is bytes else raw_value
+            if type(text[key]) is not str:
+                raise TypeError
+    except (TypeError, AttributeError, UnicodeDecodeError):
+        return _text_of(pairs, max_bytes)
+    return text
+
+
+def _text_of(pairs: Sequence[tuple[Any, Any]], max_bytes: int) -> dict[str, str]:
     size = 0
     text: dict[str, str] = {}
-    for raw_key, raw_value in field_pairs(fields):
+    for raw_key, raw_value in pairs:
         key = _as_text(raw_key, "<field name>")
         if isinstance(raw_key, str | bytes):
             size += len(raw_key)
@@ -222,24 +263,7 @@ def decode(fields: Fields | None, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
         if key in text:
             raise EventError(_field_name(key), "repeated field")
         text[key] = _as_text(raw_value, _field_name(key))
-    kind = text.pop("type", None)
-    if kind is None:
-        raise EventError("type", "missing")
-    spec = _FIELDS.get(kind)
-    if spec is None:
-        raise EventError("type", f"unknown event type {_show(kind)}")
-    for key in text:
-        if key not in spec:
-            raise EventError(_field_name(key), f"unknown field for a {kind} event")
-    values: dict[str, Any] = {}
-    for name, (parse, required) in spec.items():
-        raw = text.get(name)
-        if raw is None:
-            if required:
-                raise EventError(name, "missing")
-            continue
-        values[name] = parse(name, raw)
-    return EVENT_TYPES[kind](**values)
+    return text
 
 
 def _number(value: Decimal) -> str:

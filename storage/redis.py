@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from base.logs import one_line
 from base.settings import redact_url
+from storage.wire import fast_packing
 
 # Errors after which the same command may succeed later: the entry stays pending.
 TRANSIENT_REDIS_ERRORS: tuple[type[Exception], ...] = (
@@ -44,14 +45,16 @@ def client(url: str, *, blocking: bool = False) -> aioredis.Redis:
 
     `blocking` clients are for XREADGROUP BLOCK: their socket timeout leaves room for it.
     """
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_timeout=None if blocking else 10,
-        socket_connect_timeout=5,
-        health_check_interval=15,
-        retry_on_timeout=False,
-        max_connections=256,
+    return fast_packing(
+        aioredis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=None if blocking else 10,
+            socket_connect_timeout=5,
+            health_check_interval=15,
+            retry_on_timeout=False,
+            max_connections=256,
+        )
     )
 
 

@@ -39,6 +39,7 @@ from trading.paper.scripts import (
     FILL_LUA,
     INIT_LUA,
     OBSERVE_LUA,
+    OBSERVE_MANY_LUA,
     OPEN_LUA,
     PLACE_LUA,
     SET_PRICE_LUA,
@@ -118,6 +119,7 @@ class PaperExchange:
         self._cancel = register(CANCEL_LUA)
         self._fill = register(FILL_LUA)
         self._observe = register(OBSERVE_LUA)
+        self._observe_many = register(OBSERVE_MANY_LUA)
         self._set_price = register(SET_PRICE_LUA)
         self._init = register(INIT_LUA)
         self._by_client = register(BY_CLIENT_LUA)
@@ -237,22 +239,24 @@ class PaperExchange:
 
     # --- fills ---------------------------------------------------------------------
     async def observe_fills(self, fills: Sequence[SeenFill]) -> None:
-        """observe_fill for several fills in one round trip (the coverage batch)."""
+        """observe_fill for several fills in one script call (the coverage batch)."""
+        if not fills:
+            return
         await self._ensure_init()
         k = self._k
         keys = [k["seen_fills"], k["free"], k["orders"], k["prices"], k["bids"], k["ticks"]]
-        calls = []
+        rows = []
         for f in fills:
             base, _ = split_symbol(f.symbol)
             rounding = ROUND_DOWN if f.side == "buy" else ROUND_UP
             units = bounded("quantity", to_units(f.quantity, rounding))
             triple, bid, tick = await self._price_args(f.symbol, f.price)
-            args = [f.fill_id, f.order_id, f.side, base, str(units), f.symbol, triple, bid, tick]
-            calls.append((self._observe, keys, args))
-        for f, result in zip(fills, await self._pipeliner.run_many(calls), strict=True):
-            if isinstance(result, Exception):
-                raise result
-            self._remember_tick(f.symbol, result[1])
+            rows.append(
+                [f.fill_id, f.order_id, f.side, base, str(units), f.symbol, triple, bid, tick]
+            )
+        stored = await self._run(self._observe_many, keys, [orjson.dumps(rows)], hot=True)
+        for f, tick in zip(fills, stored, strict=True):
+            self._remember_tick(f.symbol, tick)
 
     async def observe_fill(
         self,

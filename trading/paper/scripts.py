@@ -121,6 +121,31 @@ end
 """
 
 # KEYS: seen free orders prices bids ticks
+# ARGV[1]: JSON list of fills, each [fill_id, order_id, side, base, units, symbol,
+#   "LAST BID ASK", bid_e18, generic_tick]; returns each fill's stored tick ('' for none)
+OBSERVE_MANY_LUA = (
+    _LUA_SET_PRICE
+    + """
+local out = {}
+for i, f in ipairs(cjson.decode(ARGV[1])) do
+  out[i] = ''
+  if redis.call('SISMEMBER', KEYS[1], f[1]) == 0 then
+    if f[5] ~= '0' then
+      if f[3] == 'buy' then
+        redis.call('HINCRBY', KEYS[2], f[4], f[5])
+      elseif redis.call('HEXISTS', KEYS[3], f[2]) == 0 then
+        redis.call('HINCRBY', KEYS[2], f[4], '-' .. f[5])
+      end
+    end
+    redis.call('SADD', KEYS[1], f[1])
+    out[i] = set_price(KEYS[4], KEYS[5], KEYS[6], f[6], f[7], f[8], f[9])
+  end
+end
+return out
+"""
+)
+
+# KEYS: seen free orders prices bids ticks
 # ARGV: fill_id order_id side base units symbol "LAST BID ASK" bid_e18 generic_tick
 OBSERVE_LUA = (
     _LUA_SET_PRICE
