@@ -35,7 +35,8 @@ MASK = "***"
 
 class Redactor:
     """Replaces every registered secret in a text by ***, in the forms a line may show it:
-    as it is, JSON-escaped (a log line) and repr()-escaped (a message built with !r)."""
+    as it is or repr()-escaped (a message built with !r, an exception's repr), each also
+    JSON-escaped (inside a log line)."""
 
     def __init__(self) -> None:
         self._secrets: set[str] = set()
@@ -45,7 +46,8 @@ class Redactor:
         forms = set(self._secrets)
         for secret in secrets:
             if secret:
-                forms |= {secret, orjson.dumps(secret).decode()[1:-1], repr(secret)[1:-1]}
+                for shown in (secret, repr(secret)[1:-1]):  # as it is, and inside a repr()
+                    forms |= {shown, orjson.dumps(shown).decode()[1:-1]}  # and in a JSON line
         if forms != self._secrets:
             self._secrets = forms
             # longest first, so a secret that contains another is masked whole

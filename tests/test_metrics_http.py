@@ -206,7 +206,7 @@ async def test_the_worker_serves_healthz_on_a_free_port(env: dict[str, str]) -> 
     try:
         for _ in range(600):
             with contextlib.suppress(OSError):
-                status, body = await get(port)
+                status, _ = await get(port)
                 if status == "HTTP/1.1 200 OK":
                     break
             await asyncio.sleep(0.05)

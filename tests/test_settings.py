@@ -382,7 +382,9 @@ def test_a_bad_webhook_url_is_named_without_its_token(url: str) -> None:
 def test_tp_targets_must_keep_a_positive_price() -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({"TP_TIER_4_TARGET_PERCENT": "-100"})
-    assert str(caught.value).startswith("TP_TIER_4_TARGET_PERCENT: expected a percentage above -100")
+    assert str(caught.value).startswith(
+        "TP_TIER_4_TARGET_PERCENT: expected a percentage above -100"
+    )
     assert Settings.from_env({"TP_TIER_4_TARGET_PERCENT": "-99.9"}).tier_targets[3] == Decimal(
         "-0.999"
     )
