@@ -71,6 +71,7 @@ class Settings:
     max_deliveries: int = 5
     reclaim_idle_ms: int = 60_000
     max_entry_bytes: int = 4096
+    max_pairs: int = 500  # distinct pairs one session may trade (storage/session_pairs.py)
     # sweeper
     settlement_interval_minutes: Decimal = Decimal(3)
     settlement_lookback_hours: Decimal = Decimal(24)
@@ -508,6 +509,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_deliveries": _positive_int,
     "reclaim_idle_ms": _positive_int,
     "max_entry_bytes": _positive_int,
+    "max_pairs": _positive_int,
     "settlement_interval_minutes": _positive_decimal,
     "settlement_lookback_hours": _positive_decimal,
     "settlement_max_sessions": _positive_int,

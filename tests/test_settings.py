@@ -28,6 +28,7 @@ NUMERIC_AND_BOOL: dict[str, tuple[str, tuple[str, ...]]] = {
     "max_deliveries": ("MAX_DELIVERIES", POSITIVE_INT),
     "reclaim_idle_ms": ("RECLAIM_IDLE_MS", POSITIVE_INT),
     "max_entry_bytes": ("MAX_ENTRY_BYTES", POSITIVE_INT),
+    "max_pairs": ("MAX_PAIRS", POSITIVE_INT),
     "settlement_max_sessions": ("SETTLEMENT_MAX_SESSIONS", POSITIVE_INT),
     "migration_batch_size": ("MIGRATION_BATCH_SIZE", POSITIVE_INT),
     "migration_pool_size": ("MIGRATION_POOL_SIZE", POSITIVE_INT),

@@ -22,6 +22,7 @@ from storage import ops
 from storage.keys import Keys
 from storage.ops import Op
 from storage.orders import OrderBook
+from storage.session_pairs import SessionPairs
 from trading.book import Committed, Conflict, Duplicate, PositionBook
 from trading.exchange import Exchange, ExchangeError, Market
 from trading.fees import held_and_fee
@@ -29,7 +30,7 @@ from trading.positions import Buy, new_position
 from trading.takeprofit import Outcome, Result, TakeProfitEngine
 from workers.closing import Closing
 from workers.parts import TradingParts
-from workers.runtime import Entry, Lane, Retry, Runtime
+from workers.runtime import Entry, Invalid, Lane, Retry, Runtime
 
 log = logs.get("mmops.coverage")
 
@@ -50,6 +51,7 @@ class CoverageHandler:
         self.redis = parts.redis
         self.closing = Closing(parts)
         self.orders = OrderBook(parts.redis, parts.keys)
+        self.pairs = SessionPairs(parts.redis, parts.keys, parts.settings.max_pairs)
 
     def lane(self, event: Event) -> Lane:
         """Buys of different orders run side by side; other sells wait for the pair's
@@ -61,6 +63,7 @@ class CoverageHandler:
         return (event.session_id,)
 
     async def handle(self, entry: Entry, event: Event) -> None:
+        await self._admit_pairs(event)
         match event:
             case Fill(side="buy"):
                 await self.on_buy(entry, event)
@@ -96,6 +99,22 @@ class CoverageHandler:
                         ops.zadd(self.keys.sessions_ended, event.ts, sid, only_new=True),
                     ],
                 )
+
+    async def _admit_pairs(self, event: Event) -> None:
+        """MAX_PAIRS holds for every session, whatever names its pairs: an event that would
+        take its session past it is Invalid (dead-lettered), and admits nothing."""
+        if isinstance(event, SessionEnded):
+            return
+        symbols = event.pairs if isinstance(event, SessionStarted) else (event.symbol,)
+        refused = await self.pairs.admit(event.session_id, symbols)
+        if refused is not None:
+            field = "pairs" if isinstance(event, SessionStarted) else "symbol"
+            raise Invalid(
+                field,
+                f"{', '.join(refused.new[:3])}{' ...' if len(refused.new) > 3 else ''} would give "
+                f"session {event.session_id} {refused.total} distinct pairs, more than "
+                f"MAX_PAIRS={self.pairs.max_pairs}",
+            )
 
     async def _session_ops(self, sid: str, changes: list[Op]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
