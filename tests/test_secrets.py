@@ -9,6 +9,7 @@ import io
 import logging
 import signal
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -173,6 +174,21 @@ async def sink() -> AsyncIterator[WebhookSink]:
 
 
 @pytest.fixture
+async def redis_user(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[str]:
+    """REDIS_URL with an ACL user and password (REDIS_PW) made for this test only."""
+    user = f"mmops-leak-{uuid.uuid4().hex[:8]}"
+    await redis.acl_setuser(
+        user, enabled=True, passwords=[f"+{REDIS_PW}"], keys=["*"], channels=["*"],
+        commands=["+@all"],
+    )  # fmt: skip
+    try:
+        scheme, rest = settings.redis_url.split("://", 1)
+        yield f"{scheme}://{user}:{REDIS_PW}@{rest.split('@')[-1]}"
+    finally:
+        await redis.acl_deluser(user)
+
+
+@pytest.fixture
 async def echoing_kraken() -> AsyncIterator[FakeKraken]:
     async with FakeKraken(api_key=API_KEY, api_secret=API_SECRET) as server:
         yield server
@@ -185,11 +201,14 @@ async def test_a_run_that_exercises_every_secret_shows_none(
     redis: aioredis.Redis,
     sink: WebhookSink,
     echoing_kraken: FakeKraken,
+    redis_user: str,
 ) -> None:
     """`mmops up` against an exchange that echoes the credentials in its errors, a webhook
-    that echoes its URL, PostgreSQL reached with a password; every output is checked:
+    that echoes its URL, Redis and PostgreSQL reached with passwords; every output is checked:
     stdout, stderr, mm:alerts, mm:takeprofits, mm:dead and what the chat received."""
-    everything = f"{API_KEY} {API_SECRET} {WEBHOOK_PATH} {PG_PW} pw={PG_PW} url={sink.url}"
+    everything = (
+        f"{API_KEY} {API_SECRET} {WEBHOOK_PATH} {PG_PW} pw={PG_PW} url={sink.url} {redis_user}"
+    )
     for _ in range(6):
         echoing_kraken.inject("AddOrder", Fault.http(500, f"<html>bad request {everything}</html>"))
         echoing_kraken.inject(
@@ -201,6 +220,7 @@ async def test_a_run_that_exercises_every_secret_shows_none(
         "EXCHANGE_API_URL": echoing_kraken.url,
         "ALERT_WEBHOOK_URL": sink.url,
         "DATABASE_URL": settings.database_url + f"&password={PG_PW}",
+        "REDIS_URL": redis_user,
         "TP_PENDING_SETTLE_MS": "80000",
         "SETTLEMENT_INTERVAL_MINUTES": "0.01",
         "CONSUMER_NAME": "leak-test",
