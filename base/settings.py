@@ -86,7 +86,7 @@ class Settings:
     tp_aging_tier_2_hours: Decimal = Decimal(4)
     tp_aging_tier_3_hours: Decimal = Decimal(12)
     tp_maker_fee_percent: Decimal | None = None
-    tp_pending_settle_ms: int = 5_000
+    tp_pending_settle_ms: int | None = None  # None: derived from the exchange's worst call
     paper_balances: str = ""
     paper_faults: tuple[tuple[str, float], ...] = ()  # (kind, probability), chaos runs only
     paper_faults_seed: int | None = None

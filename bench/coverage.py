@@ -38,9 +38,15 @@ PRICES = {
 }
 
 
+_WALK: dict[str, float] = {}
+
+
 def fill_fields(sid: str, n: int, rng: random.Random) -> dict[str, str]:
+    """A buy fill of about 100 USD; each pair's price walks by at most 0.05 % a fill (a
+    market maker buys near the bid: its TP, 0.75 % above, rests on the book)."""
     symbol = PAIRS[n % len(PAIRS)]
-    price = PRICES.get(symbol, 10) * (1 + rng.uniform(-0.01, 0.01))
+    price = _WALK.get(symbol, PRICES.get(symbol, 10)) * (1 + rng.uniform(-0.0005, 0.0005))
+    _WALK[symbol] = price
     qty = max(100 / price, 0.001)  # about 100 USD a fill
     ordermin = float(KRAKEN_USD_PAIRS[symbol].min_amount)
     qty = max(qty, ordermin * 1.5)

@@ -11,7 +11,7 @@ the engine's tp_order hashes), then measures in one run:
   DO NOTHING, on a sample; (c) bare COPY of all N fills into an empty table with no
   constraints or indexes, both as asyncpg records (binary) and as pre-encoded text.
 
-Schema `bench_migrate` in DATABASE_URL's database and Redis keys under `bench:` are
+Schema `bench_migrate` in DATABASE_URL's database and Redis keys under `bench-migrate:` are
 dropped at the end. Usage: python bench/migrate.py [--fills 1000000] [--pairs 10]
 """
 
@@ -48,10 +48,12 @@ from storage.postgres import create_pool  # noqa: E402
 from storage.session_writer import FILL_COLUMNS, SessionWriter, TimestampText, copy_line  # noqa: E402
 from trading.client_ids import client_id  # noqa: E402
 from trading.positions import Buy, Close, Position, Step, StepStatus, encode_position  # noqa: E402
-from workers.migrator import Mode, SessionMigration, migrate_session  # noqa: E402
+from workers.migration import migrate_session  # noqa: E402
+from workers.migration.session import SessionMigration  # noqa: E402
+from workers.migration.sink import Mode  # noqa: E402
 
 SCHEMA = "bench_migrate"
-PREFIX = "bench:"
+PREFIX = "bench-migrate:"  # not under `bench:`, where bench/coverage.py keeps its keys
 SID = "bench-1"
 T0 = 1_763_700_000_000
 SYMBOLS = (
@@ -339,8 +341,8 @@ async def write_phase(
                 await writer.insert_fills(_replay(chunks))
             else:
                 await writer.copy(table, columns, _replay(chunks))
-        await writer.finish(plan.session_row(), plan.pair_rows())
-    return time.perf_counter() - started, plan.totals_fills, plan.totals_orders
+        await writer.finish(plan.tally.session_row(), plan.tally.pair_rows())
+    return time.perf_counter() - started, plan.tally.totals_fills, plan.tally.totals_orders
 
 
 def fill_record(fill: Fill) -> tuple[object, ...]:

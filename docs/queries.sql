@@ -3,7 +3,8 @@
 -- Each query starts with a "-- name: <name>" line, then what it answers; tests/test_queries.py
 -- runs every one of them against sessions built by the real coverage worker and migrator.
 --
--- Definitions (computed by workers/migrator.py when a session is migrated):
+-- Definitions (computed by workers/migration/ when a session is migrated; P&L and unit cost
+-- are trading/pnl.py's, the fee rule trading/fees.py's):
 --   realized P&L  per sell applied to a position: price * qty - sell fee - qty * unit cost,
 --                 quote currency; unit cost = (sum of price * qty + buy fees) / sum of qty
 --                 over the position's buy fills (the position model's own definition)

@@ -19,6 +19,7 @@ from storage.keys import Keys
 from storage.ledger import Ledger
 from trading.book import PositionBook
 from trading.exchange import Exchange
+from trading.placing import Placer
 from trading.takeprofit import TakeProfitEngine
 
 log = logs.get("mmops.app")
@@ -40,16 +41,18 @@ class App:
         cls, settings: Settings, *, clock: Clock | None = None, exchange: Exchange | None = None
     ) -> App:
         """Connect to Redis (ServerUnreachable names it) and build the shared parts."""
-        from trading.factory import make_exchange
+        from trading.factory import make_exchange, make_rate_budget
 
         conn = await redis_store.connect(settings.redis_url)
         keys = Keys(settings.key_prefix, settings.stream)
         clock = clock or SystemClock()
+        budget = make_rate_budget(settings, conn, keys)
         if exchange is None:
-            exchange = make_exchange(settings, conn, keys, clock)
+            exchange = make_exchange(settings, conn, keys, clock, budget=budget)
         book = PositionBook(Ledger(conn, keys))
+        placer = Placer(exchange, budget, max_wait_ms=settings.exchange_rate_max_wait_ms)
         engine = TakeProfitEngine(
-            book=book, exchange=exchange, keys=keys, settings=settings, clock=clock
+            book=book, exchange=exchange, keys=keys, settings=settings, clock=clock, placer=placer
         )
         return cls(
             settings=settings,

@@ -116,6 +116,11 @@ class Keys:
         """set of the symbols the session traded (learned from its fills)."""
         return f"{self.prefix}pairs:{{{sid}}}"
 
+    def changes(self, sid: str) -> str:
+        """stream of the session's changes after its end (positions, fills, orders touched),
+        read by the migrator to keep PostgreSQL in step; trimmed as it catches up."""
+        return f"{self.prefix}changes:{{{sid}}}"
+
     def tp_clients(self, sid: str) -> str:
         """hash client id -> position id of every step claimed (a TP fill may name only it)."""
         return f"{self.prefix}tp_clients:{{{sid}}}"

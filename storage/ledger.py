@@ -12,7 +12,7 @@ the version by that prefix and never decodes anything else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -25,9 +25,41 @@ from storage.ops import Op
 from storage.pipeliner import Pipeliner
 from storage.redis import as_text
 
-# KEYS: documents hash, fills hash.
+# Applies a list of storage.ops values ([kind, args...]); `decimal_incrby` is an exact
+# decimal counter: integer 1e-8 units in <field>_e8, the decimal text in <field>.
+_APPLY_OPS = """
+local function apply_ops(list)
+  for _, op in ipairs(list) do
+    local kind = table.remove(op, 1)
+    if kind == 'decimal_incrby' then
+      local v = redis.call('HINCRBY', op[1], op[2] .. '_e8', op[3])
+      local sign = ''
+      if v < 0 then sign = '-'; v = -v end
+      local whole = math.floor(v / 100000000)
+      redis.call('HSET', op[1], op[2], string.format('%s%d.%08d', sign, whole, v - whole * 100000000))
+    else
+      redis.call(unpack(op))
+    end
+  end
+end
+-- a session that has ended logs what each change touched (KEYS[3] session hash,
+-- KEYS[4] its changes stream): the migrator brings PostgreSQL in step from it
+local function log_change(positions, fills)
+  if redis.call('HEXISTS', KEYS[3], 'ended_at') == 1 then
+    redis.call('XADD', KEYS[4], '*', 'positions', positions, 'fills', fills)
+  end
+end
+local function version(raw)
+  if not raw then return 0 end
+  return tonumber(string.match(raw, '^{"v":(%d+)'))
+end
+"""
+
+# KEYS: documents hash, fills hash, session hash, changes stream.
 # ARGV: fill_id ('' for none), fill payload, n, then n × (id, expected version, json), then ops.
-_COMMIT = """
+_COMMIT = (
+    _APPLY_OPS
+    + """
 local fid = ARGV[1]
 local n = tonumber(ARGV[3])
 if fid ~= '' and redis.call('HEXISTS', KEYS[2], fid) == 1 then
@@ -37,32 +69,54 @@ end
 local i = 4
 for w = 1, n do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  local v = 0
-  if cur then v = tonumber(string.match(cur, '^{"v":(%d+)')) end
-  if v ~= tonumber(ARGV[i + 1]) then return {'conflict', ARGV[i], cur or false} end
+  if version(cur) ~= tonumber(ARGV[i + 1]) then return {'conflict', ARGV[i], cur or false} end
   i = i + 3
 end
 i = 4
+local touched = {}
 for w = 1, n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+  touched[w] = ARGV[i]
   i = i + 3
 end
 if fid ~= '' then redis.call('HSET', KEYS[2], fid, ARGV[2]) end
-for _, op in ipairs(cjson.decode(ARGV[i])) do
-  local kind = table.remove(op, 1)
-  if kind == 'decimal_incrby' then
-    -- an exact decimal counter: integer 1e-8 units in <field>_e8, the decimal text in <field>
-    local v = redis.call('HINCRBY', op[1], op[2] .. '_e8', op[3])
-    local sign = ''
-    if v < 0 then sign = '-'; v = -v end
-    local whole = math.floor(v / 100000000)
-    redis.call('HSET', op[1], op[2], string.format('%s%d.%08d', sign, whole, v - whole * 100000000))
-  else
-    redis.call(unpack(op))
-  end
-end
+apply_ops(cjson.decode(ARGV[i]))
+log_change(table.concat(touched, ','), fid)
 return {'ok'}
 """
+)
+
+# Several independent commits of one session in one call (the coverage batch path).
+# KEYS: documents hash, fills hash, session hash, changes stream.  ARGV[1]: JSON list of groups, each
+# [[[fill_id, payload], ...], [[id, expected version, json], ...], [op, ...]].
+# A group applies only if none of its fills was recorded and no version moved; the
+# answer is each group's status: 'ok', 'dup' or 'conflict'.
+_COMMIT_MANY = (
+    _APPLY_OPS
+    + """
+local out = {}
+for g, grp in ipairs(cjson.decode(ARGV[1])) do
+  local status = 'ok'
+  for _, f in ipairs(grp[1]) do
+    if redis.call('HEXISTS', KEYS[2], f[1]) == 1 then status = 'dup'; break end
+  end
+  if status == 'ok' then
+    for _, w in ipairs(grp[2]) do
+      if version(redis.call('HGET', KEYS[1], w[1])) ~= w[2] then status = 'conflict'; break end
+    end
+  end
+  if status == 'ok' then
+    local ids, fids = {}, {}
+    for k, w in ipairs(grp[2]) do redis.call('HSET', KEYS[1], w[1], w[3]); ids[k] = w[1] end
+    for k, f in ipairs(grp[1]) do redis.call('HSET', KEYS[2], f[1], f[2]); fids[k] = f[1] end
+    apply_ops(grp[3])
+    log_change(table.concat(ids, ','), table.concat(fids, ','))
+  end
+  out[g] = status
+end
+return out
+"""
+)
 
 _fill_encoder = msgspec.json.Encoder(decimal_format="string")
 _fill_decoder = msgspec.json.Decoder(Fill)
@@ -110,6 +164,19 @@ class VersionMoved:
 CommitReply = Applied | AlreadyRecorded | VersionMoved
 
 
+@dataclass(frozen=True, slots=True)
+class Group:
+    """One change of a `commit_many`: its fills (each recorded once: the group applies only
+    if none was recorded before), its documents' next versions and its side effects."""
+
+    fills: Sequence[Fill]
+    writes: Sequence[Write]
+    ops: Sequence[Op] = ()
+
+
+GroupStatus = str  # 'ok' | 'dup' (a fill was recorded before) | 'conflict' (a version moved)
+
+
 @dataclass
 class Ledger:
     """Compare-and-set commits on the documents hash of a session (`keys.positions(sid)`)."""
@@ -119,7 +186,37 @@ class Ledger:
 
     def __post_init__(self) -> None:
         self._commit = self.redis.register_script(_COMMIT)
+        self._many = self.redis.register_script(_COMMIT_MANY)
         self._pipeliner = Pipeliner(self.redis)
+
+    def _session_keys(self, sid: str) -> list[str]:
+        k = self.keys
+        return [k.positions(sid), k.fills(sid), k.session(sid), k.changes(sid)]
+
+    async def commit_many(
+        self, changes: Mapping[str, Sequence[Group]]
+    ) -> dict[str, list[GroupStatus]]:
+        """Session -> its groups, each applied atomically on its own; one script call per
+        session, all in one round trip. Session -> each group's status, in order. A failed
+        call (connection, script error) raises."""
+        calls = []
+        for sid, groups in changes.items():
+            body = [
+                [
+                    [[f.fill_id, encode_fill(f).decode()] for f in group.fills],
+                    [[w.id, w.expected, w.payload.decode()] for w in group.writes],
+                    [op.wire() for op in group.ops],
+                ]
+                for group in groups
+            ]
+            calls.append((self._many, self._session_keys(sid), [orjson.dumps(body)]))
+        results = await self._pipeliner.run_many(calls)
+        out: dict[str, list[GroupStatus]] = {}
+        for sid, result in zip(changes, results, strict=True):
+            if isinstance(result, Exception):
+                raise result
+            out[sid] = [as_text(status) for status in result]
+        return out
 
     async def commit(
         self,
@@ -139,9 +236,7 @@ class Ledger:
         for write in writes:
             args += [write.id, write.expected, write.payload]
         args.append(orjson.dumps([op.wire() for op in ops]))
-        reply = await self._pipeliner.run(
-            self._commit, [self.keys.positions(sid), self.keys.fills(sid)], args
-        )
+        reply = await self._pipeliner.run(self._commit, self._session_keys(sid), args)
         status = as_text(reply[0])
         if status == "ok":
             return Applied()

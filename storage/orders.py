@@ -16,7 +16,8 @@ from storage.keys import Keys
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 
-# KEYS: orders hash.  ARGV: order id, ts, rank, JSON (the event with its rank)
+# KEYS: orders hash, session hash, changes stream.
+# ARGV: order id, ts, rank, JSON (the event with its rank)
 _NEWER = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
@@ -26,6 +27,9 @@ if cur then
   if ts < old_ts or (ts == old_ts and rank <= old_rank) then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+if redis.call('HEXISTS', KEYS[2], 'ended_at') == 1 then
+  redis.call('XADD', KEYS[3], '*', 'orders', ARGV[1])
+end
 return 1
 """
 
@@ -51,7 +55,11 @@ class OrderBook:
         rank = status_rank(event.status)
         payload = _encoder.encode(event)[:-1] + b',"rank":%d}' % rank
         applied = await self._newer(
-            keys=[self.keys.orders(event.session_id)],
+            keys=[
+                self.keys.orders(event.session_id),
+                self.keys.session(event.session_id),
+                self.keys.changes(event.session_id),
+            ],
             args=[event.order_id, event.ts, rank, payload],
         )
         return bool(applied)

@@ -34,13 +34,32 @@ class Pipeliner:
         self._sending: set[asyncio.Future[None]] = set()
 
     async def run(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        return await self.submit(script, keys, args)
+
+    async def run_many(
+        self, calls: Sequence[tuple[LuaScript, Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        """Several calls in the same round trip; each result, or the exception it raised."""
+        futures = [self.submit(script, keys, args) for script, keys, args in calls]
+        results: list[Any] = []
+        for future in futures:
+            try:
+                results.append(await future)
+            except Exception as exc:  # the caller decides per call
+                results.append(exc)
+        return results
+
+    def submit(
+        self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
+        """Queue one call for the next flush (this event-loop tick's pipeline)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((script, keys, args, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._scheduled = False

@@ -13,6 +13,19 @@ from storage.redis import ServerUnreachable
 
 _CONNECT_ERRORS = (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError)
 
+# Errors after which the same work may succeed later: PostgreSQL is unreachable,
+# restarting or full of connections. Anything else is a bug or bad data and is raised.
+TRANSIENT_PG_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    ServerUnreachable,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
 
 def _unreachable(url: str, exc: BaseException) -> ServerUnreachable:
     return ServerUnreachable(

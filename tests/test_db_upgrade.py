@@ -19,6 +19,8 @@ TABLES = {"sessions", "orders", "fills", "session_pairs", "schema_migrations"}
 VERSIONS = [m.version for m in schema.migrations()]
 LATEST = max(VERSIONS)
 
+pytestmark = pytest.mark.postgres
+
 
 def upgrade(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -13,6 +13,8 @@ import redis.asyncio as aioredis
 from storage.servers import Servers
 from tests.conftest import MMOPS
 
+pytestmark = pytest.mark.postgres  # the demo migrates into a schema of its own
+
 
 @pytest.fixture
 async def demo_schema(servers: Servers, names: tuple[str, str]) -> AsyncIterator[str]:

@@ -26,6 +26,8 @@ from workers.runtime import Entry, Runtime
 NOWHERE_REDIS = "redis://127.0.0.1:1/0"
 NOWHERE_POSTGRES = "postgresql://postgres@127.0.0.1:1/test"
 
+pytestmark = [pytest.mark.process, pytest.mark.redis, pytest.mark.postgres]  # servers of its own
+
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:

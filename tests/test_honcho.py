@@ -8,14 +8,12 @@ import random
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from base.settings import Settings
 from mmops.app import App
 from storage.keys import Keys
 from tests.conftest import ROOT, wait_for
@@ -41,13 +39,6 @@ def free_base_port() -> int:
                 continue
         return base
     raise RuntimeError("no free port range")
-
-
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[App]:
-    opened = await App.open(settings)
-    yield opened
-    await opened.close()
 
 
 async def test_honcho_runs_the_procfile(

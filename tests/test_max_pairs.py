@@ -5,23 +5,20 @@ dead-lettered with the reason and admits nothing; with a real Redis and the cove
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import subprocess
-from collections.abc import AsyncIterator
 
 import pytest
 
 from base.settings import Settings
 from mmops.app import App
-from tests.conftest import MMOPS
+from tests.conftest import MMOPS, MakeApp
 from tests.helpers import drain_coverage, fill, now_ms, takeprofit_entries
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    opened = await App.open(dataclasses.replace(settings, max_pairs=2))
-    yield opened
-    await opened.close()
+async def app(make_app: MakeApp) -> App:
+    """An App whose sessions may trade two pairs."""
+    return await make_app(max_pairs=2)
 
 
 async def dead_letters(app: App) -> list[dict[str, str]]:
@@ -108,7 +105,7 @@ async def test_a_session_started_with_too_many_pairs_admits_none(app: App) -> No
     assert stats.dead == 2  # the session_started and the third pair's fill
 
 
-async def test_replays_of_accepted_events_are_accepted_again(app: App) -> None:
+async def test_replays_of_accepted_events_are_accepted_again(app: App, make_app: MakeApp) -> None:
     entries = [
         fill("s-4", "f-1", "o-1", symbol="BTC/USD"),
         fill("s-4", "f-2", "o-2", symbol="ETH/USD", price="3000"),
@@ -117,13 +114,10 @@ async def test_replays_of_accepted_events_are_accepted_again(app: App) -> None:
         await app.redis.xadd(app.keys.stream, fields)
     assert (await drain_coverage(app)).dead == 0
     # another process (no memory of admissions) meets the same events again
-    other = await App.open(app.settings)
-    try:
-        for fields in entries:
-            await other.redis.xadd(other.keys.stream, fields)
-        stats = await drain_coverage(other, "another-consumer")
-    finally:
-        await other.close()
+    other = await make_app(max_pairs=2)
+    for fields in entries:
+        await other.redis.xadd(other.keys.stream, fields)
+    stats = await drain_coverage(other, "another-consumer")
     assert stats.dead == 0 and stats.processed == 2
     assert await pairs_of(app, "s-4") == {"BTC/USD", "ETH/USD"}
 
@@ -134,29 +128,23 @@ def test_max_pairs_is_a_setting() -> None:
 
 
 async def test_the_real_command_dead_letters_a_pair_beyond_max_pairs(
-    env: dict[str, str], settings: Settings, redis: object
+    env: dict[str, str], app: App
 ) -> None:
-    app = await App.open(settings)
-    try:
-        await app.redis.xadd(app.keys.stream, fill("s-5", "f-1", "o-1", symbol="BTC/USD"))
-        await app.redis.xadd(
-            app.keys.stream, fill("s-5", "f-2", "o-2", symbol="ETH/USD", price="3000")
-        )
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [*MMOPS, "coverage", "--drain"],
-            env={**env, "MAX_PAIRS": "1"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        assert "Traceback" not in done.stderr
-        [dead] = await dead_letters(app)
-        assert dead["error"] == (
-            "symbol: ETH/USD would give session s-5 2 distinct pairs, more than MAX_PAIRS=1"
-        )
-        assert dead["group"] == "coverage"
-    finally:
-        await app.close()
+    await app.redis.xadd(app.keys.stream, fill("s-5", "f-1", "o-1", symbol="BTC/USD"))
+    await app.redis.xadd(app.keys.stream, fill("s-5", "f-2", "o-2", symbol="ETH/USD", price="3000"))
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*MMOPS, "coverage", "--drain"],
+        env={**env, "MAX_PAIRS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    [dead] = await dead_letters(app)
+    assert dead["error"] == (
+        "symbol: ETH/USD would give session s-5 2 distinct pairs, more than MAX_PAIRS=1"
+    )
+    assert dead["group"] == "coverage"

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from base.clock import ManualClock
-from base.settings import Settings
 from mmops.app import App
-from tests.conftest import MMOPS
+from tests.conftest import MMOPS, MakeApp
 from workers.coverage import CoverageHandler
 from workers.runtime import Runtime
 
@@ -21,10 +19,8 @@ T = NOW - 3_600_000  # the sessions ended an hour ago: inside the 48 h lookback
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings, clock=ManualClock(T + 60_000))
-    yield app
-    await app.close()
+async def app(make_app: MakeApp) -> App:
+    return await make_app(clock=ManualClock(T + 60_000))
 
 
 async def send(app: App, kind: str, **fields: object) -> None:

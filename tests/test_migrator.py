@@ -19,11 +19,12 @@ from storage import schema
 from storage.ledger import decode_fill
 from storage.postgres import create_pool
 from storage.session_reader import FillRow, decode_fill_row, decode_position_row, ms_to_datetime
-from tests.conftest import wait_for, with_search_path
+from tests.conftest import MakeApp, wait_for, with_search_path
 from tests.pg_proxy import PgProxy
 from trading.positions import decode_position
 from workers.coverage import CoverageHandler
-from workers.migrator import MigratorHandler, Status, migrate_session
+from workers.migration import MigrationStatus, migrate_session
+from workers.migrator import MigratorHandler
 from workers.runtime import RunStats, Runtime
 
 D = Decimal
@@ -32,10 +33,8 @@ MONEY = D("1e-10")
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings, clock=ManualClock(T0 + 60_000))
-    yield app
-    await app.close()
+async def app(make_app: MakeApp) -> App:
+    return await make_app(clock=ManualClock(T0 + 60_000))
 
 
 @pytest.fixture
@@ -405,9 +404,9 @@ async def test_rerun_inserts_nothing_and_new_fills_add_only_themselves(
     before = await snapshot(pg, "s-1")
 
     again = await migrate_session(app, migrator.pool, "s-1")
-    assert again.status is Status.ALREADY
+    assert again.status is MigrationStatus.ALREADY
     forced = await migrate_session(app, migrator.pool, "s-1", force=True)  # the staging path
-    assert forced.status is Status.MIGRATED and not forced.fast
+    assert forced.status is MigrationStatus.MIGRATED and not forced.fast
     assert (forced.new_fills, forced.new_orders) == (0, 0)
     assert await snapshot(pg, "s-1") == before
 
@@ -463,7 +462,7 @@ async def test_dry_run_writes_nothing_and_acks(
     assert await app.redis.zscore(app.keys.sessions_ended, "s-d") is not None
     result = await migrate_session(dry, None, "s-d")
     assert (result.status, result.fills, result.orders, result.pairs, result.duplicates) == (
-        Status.DRY_RUN,
+        MigrationStatus.DRY_RUN,
         7,
         9,
         2,

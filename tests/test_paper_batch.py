@@ -222,6 +222,7 @@ def comparable(result: Order | ExchangeError) -> tuple[Any, ...]:
     return (type(result).__name__, str(result))
 
 
+@pytest.mark.redis
 @settings(max_examples=40, deadline=None)
 @given(
     opened=st.lists(st.sampled_from(["a", "b"]), max_size=2, unique=True),

@@ -150,12 +150,16 @@ async def cluster(cluster_node: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+@pytest.mark.redis
+@pytest.mark.process  # a cluster-enabled redis-server of its own
 async def test_the_node_refuses_cross_slot_scripts(cluster: aioredis.Redis) -> None:
     """The control: this server really checks slots, so the test below means something."""
     with pytest.raises(ResponseError, match="same slot"):
         await cluster.eval("return 1", 2, "paper:{a}:x", "paper:{b}:y")
 
 
+@pytest.mark.redis
+@pytest.mark.process
 async def test_the_paper_exchange_runs_on_a_cluster_node(cluster: aioredis.Redis) -> None:
     keys = Keys("t1:")
     ex = PaperExchange(redis=cluster, keys=keys, starting_balances={"USD": D("100")})

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from base.settings import Settings
 from storage.keys import Keys
+from tests.conftest import second_connection
 from trading.exchange import (
     BadSymbol,
     DuplicateClientId,
@@ -48,14 +48,25 @@ def make(
 
 
 @pytest.fixture
+def redis(redis_or_fake: aioredis.Redis) -> aioredis.Redis:
+    """Every test here runs on fakeredis (the unit layer) and on the test Redis."""
+    return redis_or_fake
+
+
+@pytest.fixture
+def keys(names: tuple[str, str]) -> Keys:
+    return Keys(names[0])
+
+
+@pytest.fixture
 def ex(redis: aioredis.Redis, keys: Keys) -> PaperExchange:
     return make(redis, keys)
 
 
 @pytest.fixture
-async def other_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+async def other_client(redis: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
     """A second connection, as another worker process would have."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = second_connection(redis)
     yield client
     await client.aclose()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
 from collections.abc import AsyncIterator
@@ -14,9 +13,9 @@ import asyncpg
 import pytest
 
 from base.clock import ManualClock
-from base.settings import Settings
 from mmops.app import App
 from mmops.commands import report
+from tests.conftest import MakeApp
 from workers.coverage import CoverageHandler
 from workers.migrator import MigratorHandler
 from workers.runtime import Runtime
@@ -42,14 +41,12 @@ def named_queries() -> dict[str, str]:
 
 
 @pytest.fixture
-async def migrated(
-    settings: Settings, redis: object, pg: asyncpg.Pool
-) -> AsyncIterator[dict[str, Any]]:
+async def migrated(make_app: MakeApp, pg: asyncpg.Pool) -> AsyncIterator[dict[str, Any]]:
     """Session A on day 1 (a BTC TP round trip won, an ETH FIFO round trip lost) and session B
     on day 2 (coverage in DRY_RUN: its BTC buy stays uncovered; an ETH round trip won)."""
     clock = ManualClock(DAY1 + 60_000)
-    app = await App.open(settings, clock=clock)
-    dry = await App.open(dataclasses.replace(settings, dry_run=True), clock=clock)
+    app = await make_app(clock=clock)
+    dry = await make_app(clock=clock, dry_run=True)
     migrator = await MigratorHandler.create(app)
     try:
 
@@ -132,8 +129,6 @@ async def migrated(
         }
     finally:
         await migrator.close()
-        await dry.close()
-        await app.close()
 
 
 def test_every_query_has_a_header_and_sql() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
@@ -13,6 +11,7 @@ from base.clock import ManualClock
 from base.settings import Settings
 from mmops.app import App
 from storage.keys import Keys
+from tests.conftest import MakeApp
 from workers.retention import trim
 
 NOW = 1_763_700_000_000
@@ -21,12 +20,8 @@ AGES_H = (10, 5, 3, 1, 0)  # entry ages in hours, oldest first
 
 
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[App]:
-    opened = await App.open(
-        dataclasses.replace(settings, stream_retention_hours=Decimal(2)), clock=ManualClock(NOW)
-    )
-    yield opened
-    await opened.close()
+async def app(make_app: MakeApp) -> App:
+    return await make_app(clock=ManualClock(NOW), stream_retention_hours=Decimal(2))
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -13,6 +12,7 @@ import pytest
 from base.clock import ManualClock
 from base.settings import Settings
 from mmops.app import App
+from tests.conftest import MakeApp
 from tests.helpers import drain_coverage, fill, orders_per_client_id, takeprofit_entries
 from trading.client_ids import client_id
 from trading.paper import PaperExchange
@@ -68,10 +68,8 @@ async def open_app(settings: Settings, clock: ManualClock, **changes: object) ->
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object, clock: ManualClock) -> AsyncIterator[App]:
-    app = await open_app(settings, clock, portfolio_daily_loss_limit=D("500"))
-    yield app
-    await app.close()
+async def app(make_app: MakeApp, clock: ManualClock) -> App:
+    return await make_app(clock=clock, portfolio_daily_loss_limit=D("500"))
 
 
 async def buy_btc(app: App, sid: str = "s-1", pid: str = "o-1") -> None:
@@ -94,6 +92,7 @@ def paper(app: App) -> PaperExchange:
     return app.exchange
 
 
+@pytest.mark.postgres  # the sweeper reads recent sessions from PostgreSQL
 async def test_a_price_drop_sets_the_halt_and_the_next_utc_day_clears_it(
     app: App, clock: ManualClock
 ) -> None:
@@ -145,6 +144,7 @@ async def test_a_price_drop_sets_the_halt_and_the_next_utc_day_clears_it(
         await sweeper.close()
 
 
+@pytest.mark.postgres
 async def test_emergency_exit_cancels_the_tps_and_sells_at_the_bid_once(
     settings: Settings, redis: object, clock: ManualClock
 ) -> None:
@@ -185,6 +185,7 @@ async def test_emergency_exit_cancels_the_tps_and_sells_at_the_bid_once(
         await app.close()
 
 
+@pytest.mark.postgres
 async def test_without_a_limit_nothing_is_computed_but_an_old_halt_is_cleared(
     settings: Settings, redis: object, clock: ManualClock
 ) -> None:

@@ -189,10 +189,9 @@ async def assert_covered_exactly_once(
     assert await redis.xlen(keys.dead) == 0
 
 
-async def mid_batch(redis: aioredis.Redis, keys: Keys, batch: int, after: int) -> bool:
-    """True while a batch is part-way done (its entries are handled one by one, acked together)."""
-    done = await count_tps(redis, keys)
-    return done >= after and batch // 5 <= done % batch <= batch * 3 // 5
+async def mid_batch(redis: aioredis.Redis, keys: Keys, batch: int) -> bool:
+    """True once the first batch is acked and the second is delivered and not acked."""
+    return await count_tps(redis, keys) == batch and len(await group_pending(redis, keys)) == batch
 
 
 # --- SIGKILL -------------------------------------------------------------------------------
@@ -203,9 +202,8 @@ async def test_a_worker_killed_mid_batch_is_reclaimed_by_another(
 ) -> None:
     batch, total = 200, 1200
     ids = await seed(redis, keys, range(total))
-    a = start("a", CONSUMER_BATCH_SIZE=str(batch))
-    await wait_for(lambda: mid_batch(redis, keys, batch, after=batch), timeout=30)
-    a.signal(signal.SIGKILL)
+    # the second batch's TPs are placed on the exchange, not yet recorded, when it dies
+    a = start("a", CONSUMER_BATCH_SIZE=str(batch), MMOPS_CRASH_POINT="order_placed@2")
     assert await a.exited() == -signal.SIGKILL
 
     # the dead consumer holds its in-flight batch, unacked
@@ -265,8 +263,9 @@ async def test_sigterm_mid_batch_finishes_and_acks_the_in_flight_entries(
 ) -> None:
     batch, total = 200, 1200
     ids = await seed(redis, keys, range(total))
-    a = start("a", CONSUMER_BATCH_SIZE=str(batch))
-    await wait_for(lambda: mid_batch(redis, keys, batch, after=batch), timeout=30)
+    # the exchange stalls for 3 s in the middle of the second batch: SIGTERM comes then
+    a = start("a", CONSUMER_BATCH_SIZE=str(batch), MMOPS_STALL_POINT="order_placed@2:3000")
+    await wait_for(lambda: mid_batch(redis, keys, batch), timeout=30)
     a.signal(signal.SIGTERM)
     assert await a.exited() == 0, a.output()
     assert "SIGTERM received" in a.output()
@@ -280,6 +279,7 @@ async def test_sigterm_mid_batch_finishes_and_acks_the_in_flight_entries(
 
 
 # --- Redis restarted ------------------------------------------------------------------------
+@pytest.mark.redis  # a redis-server of its own, restarted under the worker
 async def test_the_worker_reconnects_when_redis_restarts(
     env: dict[str, str],
     keys: Keys,

@@ -17,12 +17,10 @@ from events import Fill, SessionEnded, decode
 from mmops.app import App
 from mmops.simulator import SimConfig, SimulationError, Simulator
 from storage.keys import Keys
-from tests.conftest import MMOPS, ROOT
+from tests.conftest import MMOPS, ROOT, MakeWorker
 from trading.exchange import OrderStatus
 from trading.factory import make_exchange
 from trading.paper import PaperExchange
-from workers.coverage import CoverageHandler
-from workers.runtime import Runtime
 
 
 def simulator(
@@ -41,16 +39,13 @@ async def entries(redis: aioredis.Redis, stream: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture
-async def coverage(settings: Settings) -> AsyncIterator[App]:
+async def coverage(app: App, worker: MakeWorker) -> AsyncIterator[App]:
     """A coverage worker running in this event loop while the test simulates."""
-    app = await App.open(settings)
-    handler = CoverageHandler(app)
-    runtime = Runtime(app.redis, app.keys, settings, handler, "sim-test", stop=app.stop)
+    runtime = await worker("coverage", consumer="sim-test")
     task = asyncio.ensure_future(runtime.run())
     yield app
     app.stop.set()
     await task
-    await app.close()
 
 
 async def test_same_seed_same_trader_events(
@@ -153,6 +148,7 @@ def test_bad_parameters_one_line() -> None:
         SimConfig(sessions=0).validate()
 
 
+@pytest.mark.redis  # the simulator process writes to the test Redis
 def test_command(env: dict[str, str], settings: Settings) -> None:
     done = subprocess.run(
         [

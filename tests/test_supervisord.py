@@ -25,7 +25,6 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from base.settings import Settings
 from mmops.app import App
 from storage.keys import Keys
 from tests.conftest import ROOT, wait_for
@@ -121,13 +120,6 @@ async def supervisor(
                     os.killpg(process.pid, signal.SIGKILL)
                 process.kill()
                 await process.wait()
-
-
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[App]:
-    opened = await App.open(settings)
-    yield opened
-    await opened.close()
 
 
 async def add(redis: aioredis.Redis, keys: Keys, events: list[dict[str, str]]) -> None:

@@ -19,7 +19,7 @@ import pytest
 from base.clock import ManualClock
 from base.settings import Settings
 from mmops.app import App
-from tests.conftest import MMOPS, wait_for
+from tests.conftest import MMOPS, MakeApp, wait_for
 from tests.helpers import drain_coverage, fill, now_ms, orders_per_client_id, takeprofit_entries
 from trading.client_ids import client_id
 from trading.exchange import CircuitOpen
@@ -28,6 +28,8 @@ from trading.positions import Buy, encode_position, new_position
 from workers.lease import lease_ttl_ms
 from workers.sweep_pass import SessionSweep, SweepStatus
 from workers.sweeper import Sweeper
+
+pytestmark = pytest.mark.postgres  # the sweeper reads recent sessions from PostgreSQL
 
 D = Decimal
 HOUR = 3_600_000
@@ -51,10 +53,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object, clock: ManualClock) -> AsyncIterator[App]:
-    app = await App.open(settings, clock=clock)
-    yield app
-    await app.close()
+async def app(make_app: MakeApp, clock: ManualClock) -> App:
+    return await make_app(clock=clock)
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import orjson
 import pytest
 
-from base.settings import Settings
 from mmops.app import App
 from mmops.commands.sweep import coverage
 from tests.conftest import MMOPS
@@ -18,13 +16,6 @@ from tests.helpers import drain_coverage, fill, now_ms
 from trading.positions import Buy, encode_position, new_position
 
 D = Decimal
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings)
-    yield app
-    await app.close()
 
 
 async def seed_uncovered(app: App, sid: str, pid: str, *, age_ms: int, qty: str = "0.01") -> None:
@@ -86,6 +77,7 @@ async def test_coverage_per_session_and_pair(app: App) -> None:
     )
 
 
+@pytest.mark.postgres  # the sweeper reads recent sessions from PostgreSQL
 async def test_exit_codes_before_and_after_a_sweep(app: App, env: dict[str, str]) -> None:
     await seed_uncovered(
         app, "s-late", "o-1", age_ms=60_000
@@ -128,6 +120,7 @@ async def test_exit_codes_before_and_after_a_sweep(app: App, env: dict[str, str]
     assert "ok: nothing uncovered longer than 0.6 s" in ok.stdout
 
 
+@pytest.mark.postgres
 async def test_sweep_once_exits_1_when_the_pass_had_errors(app: App, env: dict[str, str]) -> None:
     position = new_position(
         session_id="s-bad", position_id="o-1", symbol="NOT-A-SYMBOL", opened_at=now_ms()

@@ -8,14 +8,14 @@ CAS refuses it and hands back the stored version.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
 from events.schema import Fill
 from storage.keys import Keys
-from storage.ledger import AlreadyRecorded, Applied, Ledger, Write
+from storage.ledger import AlreadyRecorded, Applied, Group, Ledger, Write
 from storage.ops import Op
 from storage.redis import as_text
 from trading.positions import Position, decode_position, encode_position
@@ -103,6 +103,19 @@ class PositionBook:
         if isinstance(reply, AlreadyRecorded):
             return Duplicate(current)
         return Conflict(reply.id, current)
+
+    def write(self, position: Position) -> Write:
+        """The ledger write of a position's next version."""
+        return Write(position.id, position.v - 1, encode_position(position))
+
+    def remember(self, position: Position) -> None:
+        """A version this process committed (through `commit_many`)."""
+        self._remember(position.session_id, position.id, position)
+
+    async def commit_many(self, changes: Mapping[str, Sequence[Group]]) -> dict[str, list[str]]:
+        """The ledger's `commit_many`: per session, each group's status ('ok', 'dup',
+        'conflict'); the caller remembers what it committed."""
+        return await self.ledger.commit_many(changes) if changes else {}
 
     def _remember(self, sid: str, pid: str, position: Position | None) -> None:
         key = (sid, pid)

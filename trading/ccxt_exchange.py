@@ -48,6 +48,7 @@ from trading.exchange import (
     PermanentError,
     Quote,
     RateLimited,
+    SeenFill,
     SellRequest,
     TransientError,
 )
@@ -313,6 +314,9 @@ class CcxtExchange:
         if bid is None or ask is None:
             raise PermanentError(f"{self.name} {what}: the ticker has no bid/ask")
         return Quote(bid=dec(bid), ask=dec(ask))
+
+    async def observe_fills(self, fills: Sequence[SeenFill]) -> None:
+        """A real exchange knows its fills: nothing to do."""
 
     async def observe_fill(
         self,

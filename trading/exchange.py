@@ -48,6 +48,18 @@ class SellRequest:
     post_only: bool = True
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeenFill:
+    """A trader fill, as `Exchange.observe_fills` takes it (`fill_id` unique per exchange)."""
+
+    fill_id: str
+    order_id: str
+    symbol: str
+    side: str
+    price: Decimal
+    quantity: Decimal
+
+
 class OrderStatus(enum.StrEnum):
     OPEN = "open"
     CLOSED = "closed"  # fully filled
@@ -188,6 +200,10 @@ class Exchange(Protocol):
         quantity: Decimal,
     ) -> None:
         """A trader fill was seen. The paper exchange moves balances and prices; real ones ignore it."""
+        ...
+
+    async def observe_fills(self, fills: Sequence[SeenFill]) -> None:
+        """`observe_fill` for several fills at once (one round trip where it matters)."""
         ...
 
     async def close(self) -> None: ...

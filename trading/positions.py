@@ -19,6 +19,7 @@ import msgspec
 
 from base.money import MONEY, computed_in
 from storage.redis import stream_id
+from trading import pnl
 from trading.pricing import cost_per_unit
 
 ZERO = Decimal(0)
@@ -84,6 +85,18 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return sum((f.qty for f in self.fills), ZERO)
 
 
+@computed_in(MONEY)
+def uncovered_quantity(filled: Decimal, covered: Decimal, closed_other: Decimal) -> Decimal:
+    """Bought and neither in a pending, live or filled TP nor sold by another sell."""
+    return max(ZERO, filled - covered - closed_other)
+
+
+@computed_in(MONEY)
+def open_quantity(filled: Decimal, closed_other: Decimal, tp_filled: Decimal) -> Decimal:
+    """Bought and not sold yet (by a TP fill or another sell)."""
+    return max(ZERO, filled - closed_other - tp_filled)
+
+
 class Totals(NamedTuple):
     filled: Decimal  # bought (net of a fee charged in the base asset)
     cost: Decimal  # Σ price × quantity + buy fees, in quote
@@ -94,17 +107,17 @@ class Totals(NamedTuple):
     @property
     @computed_in(MONEY)
     def uncovered(self) -> Decimal:
-        return max(ZERO, self.filled - self.covered - self.closed_other)
+        return uncovered_quantity(self.filled, self.covered, self.closed_other)
 
     @property
     @computed_in(MONEY)
     def open_quantity(self) -> Decimal:
-        return max(ZERO, self.filled - self.closed_other - self.tp_filled)
+        return open_quantity(self.filled, self.closed_other, self.tp_filled)
 
     @property
     @computed_in(MONEY)
     def unit_cost(self) -> Decimal:
-        return self.cost / self.filled if self.filled > 0 else ZERO
+        return pnl.unit_cost(self.cost, self.filled) if self.filled > 0 else ZERO
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -126,7 +139,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         filled = cost = ZERO
         for b in self.buys:
             filled += b.qty
-            cost += b.price * b.qty + b.fee
+            cost += pnl.buy_cost(b.price, b.qty, b.fee)
         covered = tp_filled = ZERO
         for s in self.steps:
             covered += s.covering
@@ -196,17 +209,13 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         if not self.buys:
             return []
         unit = self.unit_cost if unit_cost is None else unit_cost
-        out = [(c.ts, c.price * c.qty - c.fee - c.qty * unit) for c in self.closes]
-        for step in self.steps:
-            if step.fills:
-                out += [(c.ts, c.price * c.qty - c.fee - c.qty * unit) for c in step.fills]
-        return out
+        return [(c.ts, pnl.round_trip_pnl(c.price, c.qty, c.fee, unit)) for c in self.sells()]
 
     @property
     @computed_in(MONEY)
     def realized_pnl(self) -> Decimal:
         """Sell proceeds − buy cost − both fees, over the quantity sold so far (quote)."""
-        return sum((pnl for _, pnl in self.realized()), ZERO)
+        return sum((value for _, value in self.realized()), ZERO)
 
     @computed_in(MONEY)
     def unrealized_pnl(self, bid: Decimal) -> Decimal:

@@ -19,6 +19,7 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal, localcontext
 
 from base.money import DOWN, MONEY, UP, computed_in
 from trading.exchange import Market
+from trading.pnl import buy_cost, unit_cost
 
 MS_PER_HOUR = 3_600_000
 
@@ -47,17 +48,18 @@ def position_cost(buys: Iterable[tuple[Decimal, Decimal, Decimal]]) -> tuple[Dec
     cost = Decimal(0)
     quantity = Decimal(0)
     for price, qty, fee in buys:
-        cost += price * qty + fee
+        cost += buy_cost(price, qty, fee)
         quantity += qty
     return cost, quantity
 
 
+@computed_in(MONEY)
 def cost_per_unit(buys: Iterable[tuple[Decimal, Decimal, Decimal]]) -> Decimal:
     """(Σ price × quantity + Σ fees) / Σ quantity (rounded half-even at MONEY's digits)."""
     cost, quantity = position_cost(buys)
     if quantity <= 0:
         raise ValueError("cost_per_unit of an empty position")
-    return MONEY.divide(cost, quantity)
+    return unit_cost(cost, quantity)
 
 
 @computed_in(UP)

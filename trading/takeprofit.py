@@ -15,7 +15,7 @@ changes; `cover` and `resolve_pending` compose them.
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -31,45 +31,21 @@ from storage.ops import Op
 from trading.book import CommitResult, Committed, Conflict, PositionBook
 from trading.client_ids import client_id
 from trading.exchange import (
-    CircuitOpen,
-    DuplicateClientId,
     Exchange,
-    InsufficientFunds,
     Market,
     Order,
     OrderStatus,
-    PermanentError,
-    PostOnlyRejected,
-    Quote,
     TransientError,
 )
+from trading.factory import check_pending_settle
+from trading.outcomes import MAX_CAS_TRIES, Outcome, Result
+from trading.placing import RATE_BUDGET, Placer
 from trading.positions import Position, Step, StepStatus
-from trading.pricing import Tiers, quote_take_profit, round_up
+from trading.pricing import Tiers, quote_take_profit
+from trading.settling import StepSettler
 from trading.tp_records import Refusal, TpRecords
 
 log = logs.get("mmops.takeprofit")
-
-MAX_CAS_TRIES = 16
-MAX_REASON = 300
-
-
-class Result(enum.StrEnum):
-    CREATED = "created"
-    NOTHING = "nothing"  # fully covered already
-    DUST = "dust"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-    PENDING = "pending"  # outcome unknown (exchange unreachable): the sweeper settles it
-    BUSY = "busy"  # another caller claimed this step moments ago: look again shortly
-    CANCELLED = "cancelled"
-    FILLED = "filled"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    result: Result
-    position: Position | None = None
-    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +62,21 @@ def tiers_from(settings: Settings) -> Tiers:
     return Tiers(hours=settings.tier_hours, targets=settings.tier_targets)
 
 
+DEFAULT_SETTLE_MS = 5_000
+SETTLE_MARGIN_MS = 1_000
+
+
+def settle_window(settings: Settings, exchange: Exchange) -> int:
+    """How long a claimed step is left to its claimer before anyone re-sends it: longer than
+    one place call of the exchange adapter can last (issue 10 #11). TP_PENDING_SETTLE_MS,
+    when set, must be at least that (SettingsError naming it otherwise)."""
+    worst = int(getattr(exchange, "worst_call_ms", 0))
+    if settings.tp_pending_settle_ms is None:
+        return max(DEFAULT_SETTLE_MS, worst + SETTLE_MARGIN_MS)
+    check_pending_settle(settings.tp_pending_settle_ms, worst)
+    return settings.tp_pending_settle_ms
+
+
 class TakeProfitEngine:
     def __init__(
         self,
@@ -96,18 +87,29 @@ class TakeProfitEngine:
         settings: Settings,
         clock: Clock,
         pending_settle_ms: int | None = None,
+        placer: Placer | None = None,
     ) -> None:
         self.book = book
         self.exchange = exchange
+        self.placer = placer or Placer(exchange)
         self.keys = keys
         self.settings = settings
         self.clock = clock
         self.records = TpRecords(keys, clock)
+        self.settler = StepSettler(
+            book=book,
+            exchange=exchange,
+            placer=self.placer,
+            records=self.records,
+            keys=keys,
+            settings=settings,
+            clock=clock,
+        )
         self.tiers = tiers_from(settings)
         fee = settings.tp_maker_fee_percent
         self.maker_fee = None if fee is None else fee / 100
         self.pending_settle_ms = (
-            settings.tp_pending_settle_ms if pending_settle_ms is None else pending_settle_ms
+            settle_window(settings, exchange) if pending_settle_ms is None else pending_settle_ms
         )
 
     # --- covering ----------------------------------------------------------------
@@ -246,53 +248,22 @@ class TakeProfitEngine:
         crash_point("step_claimed")
         return await self.place(plan.position, plan.step, market)
 
+    # --- the exchange's answers: trading/settling.py ------------------------------
     async def place(self, pos: Position, step: Step, market: Market) -> Outcome:
         """Send a claimed step to the exchange and record what came of it."""
-        if self.settings.dry_run:  # DRY_RUN holds on every path, re-sends included
-            return await self.give_up(pos, step, "skipped", "dry_run")
-        price = step.price
-        for attempt in (1, 2):
-            try:
-                order = await self.exchange.place_limit_sell(
-                    symbol=pos.symbol, amount=step.qty, price=price, client_id=step.client_id
-                )
-                crash_point("order_placed")
-                if price != step.price:
-                    step = _replace(step, price=price)
-                return await self.confirm(pos, step, order)
-            except PostOnlyRejected as exc:
-                if attempt == 2:
-                    return await self.give_up(
-                        pos, step, "failed", f"post-only rejected twice: {exc}"
-                    )
-                quote = await self._quote_or_none(pos.symbol)
-                if quote is None:
-                    return await self.give_up(pos, step, "failed", f"post-only rejected: {exc}")
-                price = max(quote.ask, round_up(quote.bid + market.tick, market.tick))
-            except DuplicateClientId:
-                found = await self.exchange.fetch_order_by_client_id(
-                    symbol=pos.symbol, client_id=step.client_id
-                )
-                if found is None:
-                    why = "exchange reports the client id in use but no order"
-                    return Outcome(Result.PENDING, pos, why)
-                return await self.confirm(pos, step, found)
-            except InsufficientFunds as exc:
-                return await self.give_up(pos, step, "skipped", f"insufficient balance: {exc}")
-            except CircuitOpen as exc:
-                return await self.give_up(pos, step, "failed", f"exchange unavailable: {exc}")
-            except PermanentError as exc:
-                return await self.give_up(pos, step, "failed", str(exc))
-            except TransientError as exc:
-                log.warning("TP %s outcome unknown, left pending: %s", step.client_id, exc)
-                return Outcome(Result.PENDING, pos, str(exc))
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self.settler.place(pos, step, market)
 
-    async def _quote_or_none(self, symbol: str) -> Quote | None:
-        try:
-            return await self.exchange.quote(symbol)
-        except (TransientError, PermanentError):
-            return None
+    async def place_many(self, claims: Sequence[tuple[Position, Step, Market]]) -> list[Outcome]:
+        return await self.settler.place_many(claims)
+
+    async def confirm(self, pos: Position, step: Step, order: Order) -> Outcome:
+        return await self.settler.confirm(pos, step, order)
+
+    async def confirm_many(self, placed: Sequence[tuple[Position, Step, Order]]) -> list[Outcome]:
+        return await self.settler.confirm_many(placed)
+
+    async def give_up(self, pos: Position, step: Step, kind: Refusal, reason: str) -> Outcome:
+        return await self.settler.give_up(pos, step, kind, reason)
 
     async def resolve_pending(self, pos: Position) -> Outcome:
         """Settle a pending step: adopt the exchange's order, or re-send it if there is none.
@@ -315,72 +286,6 @@ class TakeProfitEngine:
         market = await self.exchange.market(pos.symbol)
         return await self.place(pos, step, market)
 
-    async def confirm(self, pos: Position, step: Step, order: Order) -> Outcome:
-        """Record the exchange's acknowledgement of a step, with its TP record and events."""
-        now = self.clock.now_ms()
-        for _ in range(MAX_CAS_TRIES):
-            current = pos.step(step.n)
-            if current.status != StepStatus.PENDING or current.client_id != step.client_id:
-                return Outcome(Result.NOTHING, pos)  # someone confirmed it first
-            status = StepStatus.FILLED if order.status == OrderStatus.CLOSED else StepStatus.LIVE
-            if order.status == OrderStatus.CANCELED:
-                status = StepStatus.CANCELLED
-            if status == StepStatus.LIVE and current.filled >= order.amount:
-                status = StepStatus.FILLED  # its fills arrived before its confirmation
-            done = _replace(
-                current,  # not `step`: fills recorded meanwhile are kept
-                status=status,
-                order_id=order.id,
-                price=order.price,
-                qty=order.amount,
-                acked_at=now,
-                cancelled=order.remaining if status == StepStatus.CANCELLED else Decimal(0),
-            )
-            changed = pos.with_step(done)
-            result = await self.book.commit(
-                pos.session_id, [changed], ops=self.records.created(changed, done, order)
-            )
-            if isinstance(result, Committed):
-                log.debug(
-                    "TP %s placed",
-                    order.id,
-                    extra={"session_id": pos.session_id, "position_id": pos.id},
-                )
-                TAKEPROFITS.labels("created").inc()
-                return Outcome(Result.CREATED, changed)
-            assert isinstance(result, Conflict)
-            if result.current is None:
-                return Outcome(Result.NOTHING)
-            pos = result.current
-        return Outcome(Result.PENDING, pos, "could not record the TP (CAS retries exhausted)")
-
-    async def give_up(self, pos: Position, step: Step, kind: Refusal, reason: str) -> Outcome:
-        """The exchange placed nothing for this step: record why; the step covers nothing."""
-        reason = reason[:MAX_REASON]
-        for _ in range(MAX_CAS_TRIES):
-            current = pos.step(step.n)
-            if current.status != StepStatus.PENDING or current.client_id != step.client_id:
-                return Outcome(Result.NOTHING, pos)
-            changed = pos.with_step(_replace(current, status=StepStatus.FAILED, reason=reason))
-            ops = self.records.refused(kind, changed, step, reason)
-            result = await self.book.commit(pos.session_id, [changed], ops=ops)
-            if isinstance(result, Committed):
-                log.info(
-                    "TP %s %s: %s",
-                    step.client_id,
-                    kind,
-                    reason,
-                    extra={"session_id": pos.session_id, "position_id": pos.id},
-                )
-                TAKEPROFITS.labels(kind).inc()
-                result_kind = Result.SKIPPED if kind == "skipped" else Result.FAILED
-                return Outcome(result_kind, changed, reason)
-            assert isinstance(result, Conflict)
-            if result.current is None:
-                return Outcome(Result.NOTHING)
-            pos = result.current
-        return Outcome(Result.PENDING, pos, "could not record the failure (CAS retries exhausted)")
-
     # --- repricing -----------------------------------------------------------------
     def stale_steps(self, pos: Position) -> list[Step]:
         """Live TPs priced for a younger tier than the position's age now calls for."""
@@ -391,6 +296,9 @@ class TakeProfitEngine:
         """Cancel a live TP; a TP the exchange reports filled is recorded as filled instead."""
         if self.settings.dry_run:
             return Outcome(Result.NOTHING, pos, "dry_run: not cancelled")
+        age_ms = self.clock.now_ms() - (step.acked_at or step.claimed_at)
+        if not await self.placer.may_cancel(pos.symbol, age_ms):
+            return Outcome(Result.NOTHING, pos, f"{RATE_BUDGET}: cancel waits for the counter")
         order = await self.exchange.cancel_order(symbol=pos.symbol, order_id=step.order_id)
         return await self.record_order_state(pos, step, order, reason=reason)
 
@@ -417,6 +325,7 @@ class TakeProfitEngine:
             )
             result = await self.book.commit(pos.session_id, [changed], ops=ops)
             if isinstance(result, Committed):
+                await self.placer.closed(pos.symbol)
                 if cancelled is not None:
                     TAKEPROFITS.labels("cancelled").inc()
                     return Outcome(Result.CANCELLED, changed)

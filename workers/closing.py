@@ -29,8 +29,9 @@ from storage.streams import pending_before
 from trading.book import Conflict, PositionBook
 from trading.client_ids import is_ours
 from trading.fees import held_and_fee
+from trading.outcomes import Result
 from trading.positions import Close, Position, Step, StepStatus, fifo_allocate
-from trading.takeprofit import Result, TakeProfitEngine
+from trading.takeprofit import TakeProfitEngine
 from workers.handler import Retry
 from workers.parts import TradingParts
 from workers.runtime import Entry, Runtime
@@ -83,6 +84,8 @@ class Closing:
                 for pos in writes:
                     if pos.over_covered > 0:
                         await self.engine.trim(pos)
+            elif writes and _filled_now(writes[0], fill):
+                await self.engine.placer.closed(fill.symbol)  # no longer open: the cap
             return
         raise RuntimeError(f"positions of {sid} kept changing; will retry")
 
@@ -167,6 +170,11 @@ def _tp_step(pos: Position, fill: Fill) -> Step | None:
     if step is None and fill.client_order_id:
         step = next((s for s in pos.steps if s.client_id == fill.client_order_id), None)
     return step
+
+
+def _filled_now(pos: Position, fill: Fill) -> bool:
+    step = _tp_step(pos, fill)
+    return step is not None and step.status == StepStatus.FILLED
 
 
 def _with_tp_fill(pos: Position, fill: Fill, close: Close) -> Position | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 
 import msgspec
 
@@ -26,9 +27,12 @@ from storage.session_pairs import SessionPairs
 from trading.book import Committed, Conflict, Duplicate, PositionBook
 from trading.exchange import Exchange, ExchangeError, Market
 from trading.fees import held_and_fee
+from trading.outcomes import Outcome, Result
 from trading.positions import Buy, new_position
-from trading.takeprofit import Outcome, Result, TakeProfitEngine
+from trading.takeprofit import TakeProfitEngine
+from workers.buy_batch import BuyBatch
 from workers.closing import Closing
+from workers.lanes import NOT_HANDLED
 from workers.parts import TradingParts
 from workers.runtime import Entry, Invalid, Lane, Retry, Runtime
 
@@ -50,6 +54,7 @@ class CoverageHandler:
         self.clock: Clock = parts.clock
         self.redis = parts.redis
         self.closing = Closing(parts)
+        self.buys = BuyBatch(book=self.book, engine=self.engine, fill_ops=self._fill_ops)
         self.orders = OrderBook(parts.redis, parts.keys)
         self.pairs = SessionPairs(parts.redis, parts.keys, parts.settings.max_pairs)
 
@@ -130,6 +135,25 @@ class CoverageHandler:
         ]
 
     # --- buys ----------------------------------------------------------------------
+    def bulk(self, event: Event) -> bool:
+        """Buy fills take the batch path (workers/buy_batch.py)."""
+        return isinstance(event, Fill) and event.side == "buy"
+
+    async def handle_bulk(self, items: Sequence[tuple[Entry, Fill]]) -> list[float | None]:
+        """A fill whose pair its session may not take (MAX_PAIRS) goes the one-by-one way,
+        which dead-letters it."""
+        symbols = list(dict.fromkeys((fill.session_id, fill.symbol) for _, fill in items))
+        refusals = await asyncio.gather(*(self.pairs.admit(sid, (s,)) for sid, s in symbols))
+        refused = {key for key, refusal in zip(symbols, refusals, strict=True) if refusal}
+        if not refused:
+            return await self.buys.run(items)
+        taken = [item for item in items if (item[1].session_id, item[1].symbol) not in refused]
+        outcomes = iter(await self.buys.run(taken) if taken else [])
+        return [
+            NOT_HANDLED if (fill.session_id, fill.symbol) in refused else next(outcomes)
+            for _, fill in items
+        ]
+
     async def on_buy(self, entry: Entry, fill: Fill) -> Outcome:
         """Record the fill and claim its TP step in one compare-and-set, then place the TP."""
         sid, pid = fill.session_id, fill.order_id

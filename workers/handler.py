@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +38,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Transient, *TRANSIENT_REDIS
 class Handler(Protocol):
     """A worker's logic. Optional attributes: `stream` (a stream other than the input
     stream, e.g. mm:alerts), `decode(fields)` (another payload format) and
-    `attach(runtime)` (called once with the runtime that consumes for it)."""
+    `attach(runtime)` (called once with the runtime that consumes for it), and the bulk
+    pair `bulk(event) -> bool` / `handle_bulk(items) -> outcomes` (entries it can handle
+    together; per entry None when done or NOT_HANDLED to go the one-by-one way)."""
 
     group: str
 
@@ -51,6 +54,14 @@ class Handler(Protocol):
         pending, Invalid to dead-letter it; any other exception counts as a failure of
         this entry."""
         ...
+
+
+class BulkHandler(Handler, Protocol):
+    """A handler that also takes some entries of a batch together."""
+
+    def bulk(self, event: Any) -> bool: ...
+
+    async def handle_bulk(self, items: Sequence[tuple[Entry, Any]]) -> list[float | None]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 Lane = tuple[str, ...]
 
 LEFT_PENDING = -1.0  # an entry failed: it and the entries behind it wait for a reclaim
+NOT_HANDLED = -2.0  # a bulk handler left the entry to the one-by-one path
 
 
 def dependencies(lanes: Sequence[Lane]) -> list[list[int]]:

@@ -17,8 +17,9 @@ from base import logs
 from base.clock import Clock
 from trading.client_ids import is_ours
 from trading.exchange import Exchange, Order, OrderStatus
+from trading.outcomes import Outcome, Result
 from trading.positions import Position, Step
-from trading.takeprofit import Outcome, Result, TakeProfitEngine
+from trading.takeprofit import TakeProfitEngine
 from workers.session_view import SessionView
 
 log = logs.get("mmops.reconcile")

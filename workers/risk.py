@@ -25,9 +25,9 @@ from base.clock import iso, utc_day
 from base.logs import one_line
 from trading.book import Committed, Conflict
 from trading.exchange import CircuitOpen, DuplicateClientId, ExchangeError, Order, TransientError
+from trading.outcomes import MAX_CAS_TRIES, Outcome, Result
 from trading.positions import Position, Step
 from trading.pricing import is_dust, tp_amount
-from trading.takeprofit import MAX_CAS_TRIES, Outcome, Result
 from workers.parts import TradingParts
 from workers.session_view import SessionView
 

@@ -26,8 +26,8 @@ from base.clock import iso
 from base.logs import one_line
 from storage.locks import TokenLock
 from trading.exchange import ExchangeError
+from trading.outcomes import Outcome, Result
 from trading.positions import Position, Step, StepStatus, decode_position
-from trading.takeprofit import Outcome, Result
 from workers.parts import TradingParts
 from workers.reconcile import Finding, OpenBook, reconcile_step
 from workers.session_view import FiguresCache, SessionView, figures_of

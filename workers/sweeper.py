@@ -44,7 +44,7 @@ from workers.stream_care import SWEEPER_CONSUMER_PREFIX, StreamCare, StreamRepor
 from workers.sweep_pass import SessionReport, SessionSweep, SweepStatus
 
 if TYPE_CHECKING:
-    from workers.migrator import MigratorHandler
+    from workers.migration import Migrator
 
 log = logs.get("mmops.sweeper")
 
@@ -103,7 +103,7 @@ class Sweeper:
         self.risk = RiskGuard(app)
         self.recent = RecentSessions(app.settings.database_url)
         self._reported: set[str] = set()  # unknown orders and overdue migrations already alerted
-        self._migrator: MigratorHandler | None = None  # its pool serves the migration safety net
+        self._migrator: Migrator | None = None  # the migration safety net's (its own pool)
 
     @classmethod
     async def create(cls, app: TradingParts) -> Sweeper:
@@ -305,13 +305,13 @@ class Sweeper:
         if self.settings.dry_run:
             return "not migrated: DRY_RUN"
         try:
-            from workers import migrator
+            from workers import migration
         except ImportError as exc:
             return f"the migrator is not available ({one_line(exc)})"
         try:
             if self._migrator is None:
-                self._migrator = await migrator.MigratorHandler.create(self.app)
-            result = await migrator.migrate_session(self.app, self._migrator.pool, sid)
+                self._migrator = await migration.Migrator.open(self.app)
+            result = await self._migrator.migrate(sid)
         except Exception as exc:
             log.warning(
                 "migration of %s by the sweeper failed: %s",
@@ -319,7 +319,7 @@ class Sweeper:
                 one_line(exc),
                 extra={"session_id": sid},
             )
-            if self._migrator is not None and isinstance(exc, migrator.TRANSIENT_PG_ERRORS):
+            if self._migrator is not None and isinstance(exc, migration.TRANSIENT_PG_ERRORS):
                 await self._migrator.close()
                 self._migrator = None
             return f"migration failed: {type(exc).__name__}: {one_line(exc)}"

@@ -27,11 +27,10 @@ from mmops.commands.report import money
 from mmops.progress import Progress
 from mmops.reporting import render_table
 from storage import redis as redis_store
-from storage import schema
 from storage import session_reader as reader
 from storage.keys import Keys
-from storage.postgres import create_pool
-from workers.migrator import TRANSIENT_PG_ERRORS, MigrationResult, Status, migrate_session
+from storage.postgres import TRANSIENT_PG_ERRORS, create_pool
+from workers.migration import MigrationResult, MigrationStatus, Migrator
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -101,7 +100,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 @dataclass
 class CliParts:
-    """What migrate_session needs, without an exchange (the CLI places no orders)."""
+    """What the migration needs, without an exchange (the CLI places no orders)."""
 
     settings: Settings
     redis: aioredis.Redis
@@ -118,6 +117,7 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
     redis = await redis_store.connect(settings.redis_url)
     parts = CliParts(settings, redis, Keys(settings.key_prefix, settings.stream), SystemClock())
     pool: asyncpg.Pool | None = None
+    migrator: Migrator | None = None
     try:
         sids = await _sessions(parts, args)
         if args.stats:
@@ -128,14 +128,13 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
             print("no sessions to migrate")
             return 0
         batch = args.batch_size or settings.migration_batch_size
-        if not settings.dry_run:
-            pool = await create_pool(settings.database_url, max_size=batch + 1)
-            async with pool.acquire() as conn:
-                await schema.upgrade(conn)
-        results = await migrate_all(parts, pool, sids, batch=batch, force=args.force)
+        migrator = await Migrator.open(parts, pool_size=batch + 1)
+        results = await migrate_all(migrator, sids, batch=batch, force=args.force)
     finally:
         if pool is not None:
             await pool.close()
+        if migrator is not None:
+            await migrator.close()
         await redis.aclose()
     print(results_table(results, dry_run=settings.dry_run))
     failed = [r for r in results if not r.ok]
@@ -153,22 +152,24 @@ async def _sessions(parts: CliParts, args: argparse.Namespace) -> list[str]:
 
 
 async def migrate_all(
-    parts: CliParts, pool: asyncpg.Pool | None, sids: list[str], *, batch: int, force: bool
+    migrator: Migrator, sids: list[str], *, batch: int, force: bool
 ) -> list[MigrationResult]:
     """Migrate in batches of `batch` concurrent sessions; a failure is a result, not an exit."""
     results: list[MigrationResult] = []
-    progress = Progress(len(sids), "dry run" if parts.settings.dry_run else "migrating")
+    progress = Progress(len(sids), "dry run" if migrator.parts.settings.dry_run else "migrating")
 
     async def one(sid: str) -> MigrationResult:
         started = time.perf_counter()
         try:
-            result = await migrate_session(parts, pool, sid, force=force)
+            result = await migrator.migrate(sid, force=force)
         except TRANSIENT_PG_ERRORS as exc:
-            result = MigrationResult(sid, Status.FAILED, f"PostgreSQL unavailable: {one_line(exc)}")
+            result = MigrationResult(
+                sid, MigrationStatus.FAILED, f"PostgreSQL unavailable: {one_line(exc)}"
+            )
         except Exception as exc:  # one bad session must not stop the others; reported in the table
             result = MigrationResult(
                 sid,
-                Status.FAILED,
+                MigrationStatus.FAILED,
                 f"{type(exc).__name__}: {one_line(exc)}",
                 duration_ms=int((time.perf_counter() - started) * 1000),
             )
@@ -186,8 +187,8 @@ async def migrate_all(
 def results_table(results: list[MigrationResult], *, dry_run: bool) -> str:
     rows = []
     for r in results:
-        status = "skipped" if r.status is Status.ALREADY else str(r.status)
-        counted = r.status in (Status.MIGRATED, Status.DRY_RUN)
+        status = "skipped" if r.status is MigrationStatus.ALREADY else str(r.status)
+        counted = r.status in (MigrationStatus.MIGRATED, MigrationStatus.DRY_RUN)
         rows.append(
             [
                 r.session_id,
@@ -197,7 +198,7 @@ def results_table(results: list[MigrationResult], *, dry_run: bool) -> str:
                 r.pairs if counted else "",
                 money(r.pnl) if counted else "",
                 money(r.fees) if counted else "",
-                r.new_fills if r.status is Status.MIGRATED else "",
+                r.new_fills if r.status is MigrationStatus.MIGRATED else "",
                 r.duplicates if counted else "",
                 r.duration_ms if counted else "",
                 r.reason,
@@ -220,7 +221,8 @@ def results_table(results: list[MigrationResult], *, dry_run: bool) -> str:
         "dry run: nothing written; what each session would have in PostgreSQL" if dry_run else ""
     )
     counts = Counter(
-        "skipped (completed)" if r.status is Status.ALREADY else str(r.status) for r in results
+        "skipped (completed)" if r.status is MigrationStatus.ALREADY else str(r.status)
+        for r in results
     )
     summary = f"{len(results)} sessions: " + ", ".join(
         f"{n} {status}" for status, n in sorted(counts.items())

@@ -27,6 +27,7 @@ from trading.exchange import (
     PermanentError,
     PostOnlyRejected,
     Quote,
+    SeenFill,
     SellRequest,
     TransientError,
 )
@@ -235,6 +236,24 @@ class PaperExchange:
         return Quote(bid=Decimal(bid), ask=Decimal(ask))
 
     # --- fills ---------------------------------------------------------------------
+    async def observe_fills(self, fills: Sequence[SeenFill]) -> None:
+        """observe_fill for several fills in one round trip (the coverage batch)."""
+        await self._ensure_init()
+        k = self._k
+        keys = [k["seen_fills"], k["free"], k["orders"], k["prices"], k["bids"], k["ticks"]]
+        calls = []
+        for f in fills:
+            base, _ = split_symbol(f.symbol)
+            rounding = ROUND_DOWN if f.side == "buy" else ROUND_UP
+            units = bounded("quantity", to_units(f.quantity, rounding))
+            triple, bid, tick = await self._price_args(f.symbol, f.price)
+            args = [f.fill_id, f.order_id, f.side, base, str(units), f.symbol, triple, bid, tick]
+            calls.append((self._observe, keys, args))
+        for f, result in zip(fills, await self._pipeliner.run_many(calls), strict=True):
+            if isinstance(result, Exception):
+                raise result
+            self._remember_tick(f.symbol, result[1])
+
     async def observe_fill(
         self,
         *,
