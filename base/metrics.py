@@ -1,13 +1,10 @@
-"""Prometheus metrics and the /metrics + /healthz endpoint every worker process serves."""
+"""Prometheus metrics and the process's liveness (Health); mmops/metrics_http.py serves them."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
 
@@ -55,6 +52,13 @@ TAKEPROFITS = Counter(
     ["type"],
     registry=REGISTRY,
 )
+HTTP_DROPPED = Counter(
+    "mmops_metrics_http_dropped",
+    "Clients of the metrics endpoint dropped: deadline, oversized (head too long), evicted"
+    " (all connections taken)",
+    ["reason"],
+    registry=REGISTRY,
+)
 
 
 class Health:
@@ -78,38 +82,3 @@ class Health:
 
 
 HEALTH = Health()
-
-
-async def serve(host: str, port: int, health: Health = HEALTH) -> asyncio.Server:
-    """A tiny HTTP server: GET /metrics (Prometheus text) and GET /healthz (JSON, 200/503)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while await asyncio.wait_for(reader.readline(), 5) not in (b"\r\n", b"\n", b""):
-                pass
-            path = request.split(b" ")[1] if request.count(b" ") >= 2 else b"/"
-            if path.startswith(b"/healthz"):
-                healthy, ages = health.report()
-                body = orjson.dumps({"healthy": healthy, "heartbeat_age_seconds": ages})
-                status, ctype = (
-                    ("200 OK" if healthy else "503 Service Unavailable"),
-                    "application/json",
-                )
-            elif path.startswith(b"/metrics"):
-                health.report()
-                body, status, ctype = generate_latest(REGISTRY), "200 OK", CONTENT_TYPE_LATEST
-            else:
-                body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port)

@@ -6,6 +6,7 @@ A bad value stops the process with one line naming the setting and what it expec
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -13,12 +14,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 T = TypeVar("T")
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 KRAKEN_TIERS = ("starter", "intermediate", "pro")
+# The Redis client's socket timeout (storage/redis.py): a reply slower than this is an error.
+REDIS_SOCKET_TIMEOUT_S = 10
+# A blocking XREADGROUP must come back well before that timeout, or every idle read ends
+# in a socket timeout that looks like an unreachable server: at most half of it.
+MAX_BLOCK_MS = REDIS_SOCKET_TIMEOUT_S * 1000 // 2
+MIN_SECRET_CHARS = 4  # shorter values are not redacted: '***' for every 'a' would say nothing
 
 
 class SettingsError(ValueError):
@@ -64,6 +71,7 @@ class Settings:
     max_deliveries: int = 5
     reclaim_idle_ms: int = 60_000
     max_entry_bytes: int = 4096
+    max_pairs: int = 500  # distinct pairs one session may trade (storage/session_pairs.py)
     # sweeper
     settlement_interval_minutes: Decimal = Decimal(3)
     settlement_lookback_hours: Decimal = Decimal(24)
@@ -131,6 +139,7 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        _exchange_id(self.exchange)
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
                 f"LOG_LEVEL: expected one of {' '.join(LOG_LEVELS)}, got {self.log_level!r}"
@@ -154,6 +163,17 @@ class Settings:
             raise SettingsError(
                 f"MM_STREAM_SHARDS: expected a number >= 1, got {self.stream_shards}"
             )
+        if self.block_ms > MAX_BLOCK_MS:
+            raise SettingsError(
+                f"CONSUMER_BLOCK_MS: expected at most {MAX_BLOCK_MS} (a blocking read must return "
+                f"well before the Redis client's {REDIS_SOCKET_TIMEOUT_S} s socket timeout), "
+                f"got {self.block_ms}"
+            )
+        if self.alert_webhook_url is not None:
+            _check_webhook_url(self.alert_webhook_url)
+        for name, percent in zip(_TARGET_NAMES, self.target_percents, strict=True):
+            if percent <= -100:
+                raise SettingsError(f"{name}: expected a percentage above -100, got {percent}")
         tiers = (self.tp_aging_tier_1_hours, self.tp_aging_tier_2_hours, self.tp_aging_tier_3_hours)
         if not tiers[0] < tiers[1] < tiers[2]:
             raise SettingsError(
@@ -205,19 +225,129 @@ class Settings:
         return (self.tp_aging_tier_1_hours, self.tp_aging_tier_2_hours, self.tp_aging_tier_3_hours)
 
     @property
-    def tier_targets(self) -> tuple[Decimal, Decimal, Decimal, Decimal]:
-        """Net targets as fractions (0.005 = 0.5 %), youngest tier first."""
-        percents = (
+    def target_percents(self) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        return (
             self.tp_base_target_percent,
             self.tp_tier_2_target_percent,
             self.tp_tier_3_target_percent,
             self.tp_tier_4_target_percent,
         )
-        return tuple(p / 100 for p in percents)  # type: ignore[return-value]
+
+    @property
+    def tier_targets(self) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        """Net targets as fractions (0.005 = 0.5 %), youngest tier first."""
+        return tuple(p.scaleb(-2) for p in self.target_percents)  # type: ignore[return-value]
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value these settings hold, in the forms a message may show them:
+        the exchange's key and secret, the passwords of REDIS_URL, DATABASE_URL and
+        EXCHANGE_API_URL, and ALERT_WEBHOOK_URL's path and query (Slack and Discord put
+        the token there). base/logs.py redacts them from every log line and CLI error."""
+        found: list[str] = [s for s in (self.exchange_api_key, self.exchange_api_secret) if s]
+        for url in (self.redis_url, self.database_url, self.exchange_api_url):
+            if url:
+                found += url_passwords(url)
+        if self.alert_webhook_url:
+            found += webhook_secrets(self.alert_webhook_url)
+        out: dict[str, None] = {}
+        for value in found:
+            for form in (value, unquote(value)):
+                if len(form) >= MIN_SECRET_CHARS:
+                    out[form] = None
+        return tuple(out)
 
     @property
     def interval_seconds(self) -> float:
         return float(self.settlement_interval_minutes * 60)
+
+
+_SECRET_HOLDERS = (
+    "redis_url",
+    "database_url",
+    "exchange_api_key",
+    "exchange_api_secret",
+    "exchange_api_url",
+    "alert_webhook_url",
+)
+
+
+def env_secrets(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Settings.secrets() of the raw environment, valid or not: what the CLI protects
+    before the settings are parsed, so even a bad setting's message cannot show one."""
+    source = os.environ if env is None else env
+    raw = {f: source.get(_ENV_NAMES.get(f, f.upper()), "").strip() for f in _SECRET_HOLDERS}
+    given: dict[str, Any] = {f: v for f, v in raw.items() if v}
+    return Settings(**given).secrets()
+
+
+_TARGET_NAMES = (
+    "TP_BASE_TARGET_PERCENT",
+    "TP_TIER_2_TARGET_PERCENT",
+    "TP_TIER_3_TARGET_PERCENT",
+    "TP_TIER_4_TARGET_PERCENT",
+)
+
+
+def _exchange_id(exchange: str) -> None:
+    """EXCHANGE is paper or one of ccxt's exchange ids (ccxt.exchanges), checked at start."""
+    if exchange == "paper":
+        return
+    import ccxt  # only for a real exchange: importing ccxt takes a while
+
+    known: list[str] = list(ccxt.exchanges)
+    if exchange in known:
+        return
+    close = difflib.get_close_matches(exchange.lower(), [*known, "paper"], n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise SettingsError(f"EXCHANGE: {exchange[:40]!r} is not paper or a ccxt exchange id{hint}")
+
+
+def _check_webhook_url(url: str) -> None:
+    """http(s)://host[:port]/path. The value is never shown: its path or query may be a
+    token, and a URL that does not parse says nothing reliable about where that is."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(
+            "ALERT_WEBHOOK_URL: expected an http:// or https:// URL with a host, e.g. "
+            "https://hooks.slack.com/services/...; the value is not shown (it may hold a token)"
+        )
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password of a URL's user:password@ and of its ?password= query parameter."""
+    found: list[str] = []
+    match = _USERINFO_PASSWORD.match(url)
+    if match:
+        found.append(url[len(match.group("head")) + 1 : match.end() - 1])
+    _, _, query = url.partition("?")
+    found += [v for k, v in parse_qsl(query.partition("#")[0]) if k.lower() == "password"]
+    return [p for p in found if p]
+
+
+def webhook_secrets(url: str) -> list[str]:
+    """What of a webhook URL is secret: everything after the host (Slack:
+    /services/T…/B…/TOKEN, Discord: /api/webhooks/ID/TOKEN), its last path segment and
+    long segments on their own, query values, and a user:password."""
+    found = url_passwords(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [*found, url]
+    if not parts.hostname:  # no host to tell apart from the rest: all of it is secret
+        return [*found, url]
+    rest = url.split(parts.netloc, 1)[1] if parts.netloc else url
+    if rest.strip("/"):
+        found.append(rest)
+    segments = [s for s in parts.path.split("/") if s]
+    if segments:
+        found.append(segments[-1])
+        found += [s for s in segments if len(s) >= 16]
+    found += [v for _, v in parse_qsl(parts.query)]
+    return found
 
 
 def _check_cluster_url(url: str) -> None:
@@ -379,6 +509,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_deliveries": _positive_int,
     "reclaim_idle_ms": _positive_int,
     "max_entry_bytes": _positive_int,
+    "max_pairs": _positive_int,
     "settlement_interval_minutes": _positive_decimal,
     "settlement_lookback_hours": _positive_decimal,
     "settlement_max_sessions": _positive_int,

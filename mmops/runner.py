@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 def run(main: Callable[[Settings], Awaitable[T]], **overrides: Any) -> T:
     settings = Settings.from_env(None, **overrides)
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.secrets())
     try:
         import uvloop
 

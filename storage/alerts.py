@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from base.logs import redact
 from storage.keys import Keys
 
 
 def alert_fields(
     kind: str, message: str, now_ms: int, figures: dict[str, object]
 ) -> dict[str, str]:
-    fields = {"kind": kind, "message": message, "ts": str(now_ms)}
-    fields.update({k: str(v) for k, v in figures.items()})
+    """The entry's fields; no secret in them (an alert may be POSTed to a chat)."""
+    fields = {"kind": kind, "message": redact(message), "ts": str(now_ms)}
+    fields.update({k: redact(str(v)) for k, v in figures.items()})
     return fields
 
 

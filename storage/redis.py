@@ -16,7 +16,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from base.logs import one_line
-from base.settings import redact_url
+from base.settings import REDIS_SOCKET_TIMEOUT_S, redact_url
 from storage.wire import fast_packing
 
 # Errors after which the same command may succeed later: the entry stays pending.
@@ -49,7 +49,7 @@ def client(url: str, *, blocking: bool = False) -> aioredis.Redis:
         aioredis.Redis.from_url(
             url,
             decode_responses=False,
-            socket_timeout=None if blocking else 10,
+            socket_timeout=None if blocking else REDIS_SOCKET_TIMEOUT_S,
             socket_connect_timeout=5,
             health_check_interval=15,
             retry_on_timeout=False,
@@ -63,7 +63,7 @@ def cluster_client(url: str, *, blocking: bool = False) -> RedisCluster:
     return RedisCluster.from_url(
         url,
         decode_responses=False,
-        socket_timeout=None if blocking else 10,
+        socket_timeout=None if blocking else REDIS_SOCKET_TIMEOUT_S,
         socket_connect_timeout=5,
         health_check_interval=15,
         max_connections=256,  # per node

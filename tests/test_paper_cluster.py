@@ -20,7 +20,7 @@ from storage.keys import Keys
 from storage.servers import free_port, redis_server_binary
 from tests.conftest import wait_for
 from tests.test_paper_batch import RecordingExchange
-from trading.exchange import Order, SellRequest, TransientError
+from trading.exchange import Order, SeenFill, SellRequest, TransientError
 from trading.paper import PaperExchange, PaperFaults, scripts
 from trading.paper.exchange import KEY_NAMES
 
@@ -53,6 +53,10 @@ async def exercise(ex: PaperExchange) -> None:
     await ex.observe_fill(
         fill_id="f2", order_id="b2", symbol="BTC/USD", side="buy", price=D("50000"), quantity=D("1")
     )
+    await ex.observe_fills(
+        [SeenFill(fill_id="f3", order_id="b3", symbol="ETH/USD", side="buy", price=D("3000"),
+                  quantity=D("0"))]
+    )  # fmt: skip
     first, _, _ = await ex.place_limit_sells(
         [
             SellRequest(symbol="BTC/USD", amount=D("0.2"), price=D("51000"), client_id="c1"),

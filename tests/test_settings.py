@@ -28,6 +28,7 @@ NUMERIC_AND_BOOL: dict[str, tuple[str, tuple[str, ...]]] = {
     "max_deliveries": ("MAX_DELIVERIES", POSITIVE_INT),
     "reclaim_idle_ms": ("RECLAIM_IDLE_MS", POSITIVE_INT),
     "max_entry_bytes": ("MAX_ENTRY_BYTES", POSITIVE_INT),
+    "max_pairs": ("MAX_PAIRS", POSITIVE_INT),
     "settlement_max_sessions": ("SETTLEMENT_MAX_SESSIONS", POSITIVE_INT),
     "migration_batch_size": ("MIGRATION_BATCH_SIZE", POSITIVE_INT),
     "migration_pool_size": ("MIGRATION_POOL_SIZE", POSITIVE_INT),
@@ -325,3 +326,123 @@ def test_db_upgrade_with_an_unreachable_postgres_names_the_url_only(env: dict[st
     assert len(lines) == 1, done.stderr
     assert "postgresql://mm:***@127.0.0.1:1/mm" in lines[0]
     assert "s3cret" not in done.stderr + done.stdout
+
+
+# --- operator traps (issue 11) ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "hint"),
+    [("krakn", " (did you mean kraken?)"), ("Kraken", " (did you mean kraken?)"), ("zzzz", "")],
+)
+def test_an_unknown_exchange_is_one_line_naming_exchange(raw: str, hint: str) -> None:
+    """Checked against ccxt.exchanges at start, before the API key check."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"EXCHANGE": raw})
+    assert str(caught.value) == f"EXCHANGE: {raw!r} is not paper or a ccxt exchange id{hint}"
+
+
+def test_every_ccxt_id_and_paper_are_exchanges() -> None:
+    import ccxt
+
+    for exchange in ("paper", "kraken", *ccxt.exchanges[:5]):
+        assert Settings.from_env({"EXCHANGE": exchange, "DRY_RUN": "1"}).exchange == exchange
+
+
+def test_consumer_block_ms_must_return_well_before_the_socket_timeout() -> None:
+    from base.settings import MAX_BLOCK_MS, REDIS_SOCKET_TIMEOUT_S
+    from storage.redis import client
+
+    # the bound follows the client's own socket timeout
+    conn = client("redis://127.0.0.1:1/0")
+    assert conn.connection_pool.connection_kwargs["socket_timeout"] == REDIS_SOCKET_TIMEOUT_S
+    assert MAX_BLOCK_MS * 2 == REDIS_SOCKET_TIMEOUT_S * 1000
+    assert Settings.from_env({"CONSUMER_BLOCK_MS": str(MAX_BLOCK_MS)}).block_ms == MAX_BLOCK_MS
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"CONSUMER_BLOCK_MS": "12000"})
+    assert str(caught.value).startswith(f"CONSUMER_BLOCK_MS: expected at most {MAX_BLOCK_MS} ")
+    assert "got 12000" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "hooks.slack.com/services/T000/B000/XyZs3cretT0ken",
+        "ftp://hooks.slack.com/services/T000/B000/XyZs3cretT0ken",
+        "https:///services/T000/B000/XyZs3cretT0ken",
+        "https://hooks.slack.com:99999/services/T000/B000/XyZs3cretT0ken",
+        "//hooks.slack.com/services/T000/B000/XyZs3cretT0ken",
+    ],
+)
+def test_a_bad_webhook_url_is_named_without_its_token(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"ALERT_WEBHOOK_URL": url})
+    message = str(caught.value)
+    assert message.startswith("ALERT_WEBHOOK_URL: expected an http:// or https:// URL with a host")
+    assert "XyZs3cretT0ken" not in message and "T000" not in message
+
+
+def test_tp_targets_must_keep_a_positive_price() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"TP_TIER_4_TARGET_PERCENT": "-100"})
+    assert str(caught.value).startswith(
+        "TP_TIER_4_TARGET_PERCENT: expected a percentage above -100"
+    )
+    assert Settings.from_env({"TP_TIER_4_TARGET_PERCENT": "-99.9"}).tier_targets[3] == Decimal(
+        "-0.999"
+    )
+
+
+def test_secrets_lists_every_secret_value() -> None:
+    s = Settings.from_env(
+        {
+            "EXCHANGE": "kraken",
+            "EXCHANGE_API_KEY": "k3y-abc",
+            "EXCHANGE_API_SECRET": "s3cret-xyz",
+            "EXCHANGE_API_URL": "https://proxy:px-pw@proxy.internal",
+            "REDIS_URL": "rediss://acl-user:redis%40pw@redis.internal:6380/2",
+            "DATABASE_URL": "postgresql://mm@db.internal:5432/mm?password=pg-pw",
+            "ALERT_WEBHOOK_URL": "https://hooks.example/services/T0KEN1/B0KEN2/t0kenlast",
+        }
+    )
+    secrets = set(s.secrets())
+    for value in ("k3y-abc", "s3cret-xyz", "px-pw", "redis%40pw", "redis@pw", "pg-pw"):
+        assert value in secrets
+    assert "/services/T0KEN1/B0KEN2/t0kenlast" in secrets
+    assert "t0kenlast" in secrets
+    # names that are not secret are not redacted everywhere
+    assert not secrets & {"hooks.example", "services", "acl-user", "mm", "proxy.internal"}
+
+
+def test_env_secrets_reads_even_invalid_settings() -> None:
+    from base.settings import env_secrets
+
+    secrets = env_secrets(
+        {"ALERT_WEBHOOK_URL": "hooks.slack.com/services/T/B/s3cretTok", "DRY_RUN": "maybe"}
+    )
+    assert "hooks.slack.com/services/T/B/s3cretTok" in secrets
+
+
+def test_an_unknown_exchange_stops_the_real_command_in_one_line(env: dict[str, str]) -> None:
+    for command in (("coverage", "--drain"), ("status",)):
+        done = _run({**env, "EXCHANGE": "krakn"}, *command)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == (
+            "mmops: EXCHANGE: 'krakn' is not paper or a ccxt exchange id (did you mean kraken?)\n"
+        )
+
+
+def test_a_long_consumer_block_stops_the_real_command_in_one_line(env: dict[str, str]) -> None:
+    done = _run({**env, "CONSUMER_BLOCK_MS": "15000"}, "coverage")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("mmops: CONSUMER_BLOCK_MS: expected at most 5000 ")
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_webhook_url_without_scheme_stops_the_real_command_without_its_token(
+    env: dict[str, str],
+) -> None:
+    url = "hooks.slack.com/services/T000/B000/XyZs3cretT0ken"
+    done = _run({**env, "ALERT_WEBHOOK_URL": url}, "sweeper")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("mmops: ALERT_WEBHOOK_URL: expected an http:// or https:// URL")
+    assert len(done.stderr.splitlines()) == 1
+    assert "XyZs3cretT0ken" not in done.stdout + done.stderr

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import ccxt
 
+from base.logs import redact
 from trading.exchange import (
     BadSymbol,
     ExchangeError,
@@ -113,9 +114,10 @@ class ErrorTranslator:
         self._secrets = secrets
 
     def scrub(self, text: str) -> str:
+        """The text without the exchange's credentials nor any secret the process knows."""
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return " ".join(text.split())[:500]
+        return " ".join(redact(text).split())[:500]
 
     # -- the exchange's error strings -----------------------------------------------------
 

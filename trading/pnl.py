@@ -3,7 +3,7 @@
 A position's unit cost counts its buy fees: (Σ price × quantity + Σ buy fees) / Σ
 quantity. A sell of `qty` at `price` realizes its proceeds minus its fee minus the
 sold quantity's cost, in quote. Pure functions, computed in the caller's Decimal
-context (the position model: the default one; the migration: an exact 60-digit one).
+context (the position model: MONEY, base/money.py; the migration: an exact 60-digit one).
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Pure data and arithmetic; storage/ledger.py persists it. A position's quantities are
 derived from what happened to it (buy fills, closes, TP steps), never stored twice.
+
+Arithmetic runs in base/money.py's MONEY context, whatever the caller's: quantities,
+costs and proceeds are exact; the unit cost (a division) and what is derived from it
+(P&L) round half-even at MONEY's 160th significant digit.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from base.money import MONEY, computed_in
 from storage.redis import stream_id
 from trading import pnl
 from trading.pricing import cost_per_unit
@@ -70,19 +75,23 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     trigger_ms: int = 0  # XADD time of the event that caused the step (latency_ms)
 
     @property
+    @computed_in(MONEY)
     def covering(self) -> Decimal:
         return self.qty - self.cancelled if self.status in COVERING else ZERO
 
     @property
+    @computed_in(MONEY)
     def filled(self) -> Decimal:
         return sum((f.qty for f in self.fills), ZERO)
 
 
+@computed_in(MONEY)
 def uncovered_quantity(filled: Decimal, covered: Decimal, closed_other: Decimal) -> Decimal:
     """Bought and neither in a pending, live or filled TP nor sold by another sell."""
     return max(ZERO, filled - covered - closed_other)
 
 
+@computed_in(MONEY)
 def open_quantity(filled: Decimal, closed_other: Decimal, tp_filled: Decimal) -> Decimal:
     """Bought and not sold yet (by a TP fill or another sell)."""
     return max(ZERO, filled - closed_other - tp_filled)
@@ -96,14 +105,17 @@ class Totals(NamedTuple):
     tp_filled: Decimal  # sold by the TPs
 
     @property
+    @computed_in(MONEY)
     def uncovered(self) -> Decimal:
         return uncovered_quantity(self.filled, self.covered, self.closed_other)
 
     @property
+    @computed_in(MONEY)
     def open_quantity(self) -> Decimal:
         return open_quantity(self.filled, self.closed_other, self.tp_filled)
 
     @property
+    @computed_in(MONEY)
     def unit_cost(self) -> Decimal:
         return pnl.unit_cost(self.cost, self.filled) if self.filled > 0 else ZERO
 
@@ -121,6 +133,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     first_entry: str = ""  # stream id of the first buy: FIFO's "oldest" (docs/contract.md §3)
 
     # --- quantities ------------------------------------------------------------
+    @computed_in(MONEY)
     def totals(self) -> Totals:
         """Every quantity of the position, summed in one walk (the one definition of each)."""
         filled = cost = ZERO
@@ -168,6 +181,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return self.open_quantity > 0
 
     @property
+    @computed_in(MONEY)
     def on_book(self) -> Decimal:
         """TP quantity that may still sell: the unfilled rest of live and pending steps."""
         return sum(
@@ -175,6 +189,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         )
 
     @property
+    @computed_in(MONEY)
     def over_covered(self) -> Decimal:
         """TP quantity on the book beyond what is still held (after a FIFO sell closed some)."""
         return max(ZERO, self.on_book - self.open_quantity)
@@ -188,6 +203,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         for step in self.steps:
             yield from step.fills
 
+    @computed_in(MONEY)
     def realized(self, unit_cost: Decimal | None = None) -> list[tuple[int, Decimal]]:
         """(ts, P&L) of every sell: proceeds − the sold quantity's cost (buy fees in) − sell fee."""
         if not self.buys:
@@ -196,10 +212,12 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return [(c.ts, pnl.round_trip_pnl(c.price, c.qty, c.fee, unit)) for c in self.sells()]
 
     @property
+    @computed_in(MONEY)
     def realized_pnl(self) -> Decimal:
         """Sell proceeds − buy cost − both fees, over the quantity sold so far (quote)."""
         return sum((value for _, value in self.realized()), ZERO)
 
+    @computed_in(MONEY)
     def unrealized_pnl(self, bid: Decimal) -> Decimal:
         """Value of the open quantity at `bid` minus its cost (buy fees included)."""
         if not self.buys:
@@ -259,6 +277,7 @@ def new_position(*, session_id: str, position_id: str, symbol: str, opened_at: i
     return Position(v=0, id=position_id, session_id=session_id, symbol=symbol, opened_at=opened_at)
 
 
+@computed_in(MONEY)
 def held_before(position: Position, entry_id: str) -> Decimal:
     """Quantity still held by `position` counting only buys that precede entry `entry_id`
     in the stream (buys recorded without their entry id count as earlier)."""
@@ -276,6 +295,7 @@ def fifo_order(position: Position) -> tuple[int, int, int, str]:
     return (0, position.opened_at, 0, position.id)
 
 
+@computed_in(MONEY)
 def fifo_allocate(
     positions: Iterable[Position], symbol: str, quantity: Decimal, *, before: str = ""
 ) -> list[tuple[Position, Decimal]]:

@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 
 from base import logs
 from base.clock import iso
-from base.logs import one_line
+from base.logs import one_line, redact
 from storage.keys import Keys
 from storage.redis import as_text
 from storage.streams import Pairs
@@ -59,6 +59,7 @@ def alert_text(alert: Mapping[str, str]) -> str:
     text = f"[mmops] {kind}: {message}"
     if figures:
         text += "\n" + ", ".join(figures)
+    text = redact(text)  # whoever wrote the alert, no secret leaves for the chat
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
@@ -120,7 +121,7 @@ class WebhookForwarder:
                     if 200 <= resp.status < 300:
                         self.sent += 1
                         return
-                    detail = (await resp.text())[:200].replace("\n", " ")
+                    detail = redact((await resp.text())[:200].replace("\n", " "))
                     if resp.status != 429 and resp.status < 500:
                         self.refused += 1
                         log.warning(

@@ -23,6 +23,7 @@ from storage import ops
 from storage.keys import Keys
 from storage.ops import Op
 from storage.orders import OrderBook
+from storage.session_pairs import SessionPairs
 from trading.book import Committed, Conflict, Duplicate, PositionBook
 from trading.exchange import Exchange, ExchangeError, Market
 from trading.fees import held_and_fee
@@ -31,8 +32,9 @@ from trading.positions import Buy, new_position
 from trading.takeprofit import TakeProfitEngine
 from workers.buy_batch import BuyBatch
 from workers.closing import Closing
+from workers.lanes import NOT_HANDLED
 from workers.parts import TradingParts
-from workers.runtime import Entry, Lane, Retry, Runtime
+from workers.runtime import Entry, Invalid, Lane, Retry, Runtime
 
 log = logs.get("mmops.coverage")
 
@@ -54,6 +56,7 @@ class CoverageHandler:
         self.closing = Closing(parts)
         self.buys = BuyBatch(book=self.book, engine=self.engine, fill_ops=self._fill_ops)
         self.orders = OrderBook(parts.redis, parts.keys)
+        self.pairs = SessionPairs(parts.redis, parts.keys, parts.settings.max_pairs)
 
     def lane(self, event: Event) -> Lane:
         """Buys of different orders run side by side; other sells wait for the pair's
@@ -65,6 +68,7 @@ class CoverageHandler:
         return (event.session_id,)
 
     async def handle(self, entry: Entry, event: Event) -> None:
+        await self._admit_pairs(event)
         match event:
             case Fill(side="buy"):
                 await self.on_buy(entry, event)
@@ -101,6 +105,22 @@ class CoverageHandler:
                     ],
                 )
 
+    async def _admit_pairs(self, event: Event) -> None:
+        """MAX_PAIRS holds for every session, whatever names its pairs: an event that would
+        take its session past it is Invalid (dead-lettered), and admits nothing."""
+        if isinstance(event, SessionEnded):
+            return
+        symbols = event.pairs if isinstance(event, SessionStarted) else (event.symbol,)
+        refused = await self.pairs.admit(event.session_id, symbols)
+        if refused is not None:
+            field = "pairs" if isinstance(event, SessionStarted) else "symbol"
+            raise Invalid(
+                field,
+                f"{', '.join(refused.new[:3])}{' ...' if len(refused.new) > 3 else ''} would give "
+                f"session {event.session_id} {refused.total} distinct pairs, more than "
+                f"MAX_PAIRS={self.pairs.max_pairs}",
+            )
+
     async def _session_ops(self, sid: str, changes: list[Op]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             for op in changes:
@@ -120,7 +140,19 @@ class CoverageHandler:
         return isinstance(event, Fill) and event.side == "buy"
 
     async def handle_bulk(self, items: Sequence[tuple[Entry, Fill]]) -> list[float | None]:
-        return await self.buys.run(items)
+        """A fill whose pair its session may not take (MAX_PAIRS) goes the one-by-one way,
+        which dead-letters it."""
+        symbols = list(dict.fromkeys((fill.session_id, fill.symbol) for _, fill in items))
+        refusals = await asyncio.gather(*(self.pairs.admit(sid, (s,)) for sid, s in symbols))
+        refused = {key for key, refusal in zip(symbols, refusals, strict=True) if refusal}
+        if not refused:
+            return await self.buys.run(items)
+        taken = [item for item in items if (item[1].session_id, item[1].symbol) not in refused]
+        outcomes = iter(await self.buys.run(taken) if taken else [])
+        return [
+            NOT_HANDLED if (fill.session_id, fill.symbol) in refused else next(outcomes)
+            for _, fill in items
+        ]
 
     async def on_buy(self, entry: Entry, fill: Fill) -> Outcome:
         """Record the fill and claim its TP step in one compare-and-set, then place the TP."""

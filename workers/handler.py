@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from base.settings import Settings
-from events import Event
+from events import Event, EventError
 from storage.redis import TRANSIENT_REDIS_ERRORS
 from storage.streams import Entry
 from workers.lanes import Lane
@@ -21,6 +21,11 @@ class Retry(Exception):
     def __init__(self, reason: str, after_ms: int = 500) -> None:
         super().__init__(reason)
         self.after_ms = after_ms
+
+
+class Invalid(EventError):
+    """An event valid on the wire that the state it meets makes invalid (e.g. a session's
+    MAX_PAIRS): the runtime dead-letters it at once with this one-line reason."""
 
 
 class Transient(Exception):
@@ -46,7 +51,8 @@ class Handler(Protocol):
 
     async def handle(self, entry: Entry, event: Any) -> None:
         """Make the event's effects durable, then return. Raise Retry/Transient to leave it
-        pending; any other exception counts as a failure of this entry."""
+        pending, Invalid to dead-letter it; any other exception counts as a failure of
+        this entry."""
         ...
 
 
@@ -104,6 +110,7 @@ __all__ = [
     "ConsumerConfig",
     "Event",
     "Handler",
+    "Invalid",
     "Lane",
     "Retry",
     "RunStats",

@@ -40,6 +40,7 @@ from workers.handler import (
     BulkHandler,
     ConsumerConfig,
     Handler,
+    Invalid,
     Retry,
     RunStats,
     Transient,
@@ -465,6 +466,9 @@ class Runtime:
             self.stats.note(f"{entry.id} not ready: {exc}")
             log.debug("deferred %s: %s", entry.id, exc, extra={"group": self.group})
             return at
+        except Invalid as exc:  # invalid for the state it met: a dead letter, not a failure
+            await self._dead_letter([(entry, str(exc))])
+            return None
         except TRANSIENT_ERRORS as exc:
             # a dependency hiccup (e.g. a stale connection after a Redis restart): try again
             # shortly, a few times; then it is left to the reclaim. Not a failure of the entry.
@@ -521,6 +525,7 @@ __all__ = [
     "ConsumerConfig",
     "Entry",
     "Handler",
+    "Invalid",
     "Lane",
     "Retry",
     "RunStats",

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
-from base import logs, metrics
+from base import logs
 from base.settings import Settings
-from mmops import runner
+from mmops import metrics_http, runner
 from mmops.app import App, run_until_stopped
 from workers.groups import GROUPS, runtime_for
 
@@ -55,11 +55,14 @@ def _run(names: tuple[str, ...], *, embedded: bool = False, until_drained: bool 
 
 
 async def serve(settings: Settings, names: tuple[str, ...], *, until_drained: bool = False) -> None:
-    app = await App.open(settings)
+    # the metrics port first: a port in use stops the process before it connects anywhere
+    server = await metrics_http.serve(settings)
+    try:
+        app = await App.open(settings)
+    except BaseException:
+        await metrics_http.close(server)
+        raise
     app.install_signal_handlers()
-    server = None
-    if settings.metrics_port is not None:
-        server = await metrics.serve(settings.metrics_host, settings.metrics_port)
     closers: list[Callable[[], Awaitable[object]]] = []
     try:
         tasks = await build(app, names, until_drained=until_drained, closers=closers)
@@ -73,8 +76,7 @@ async def serve(settings: Settings, names: tuple[str, ...], *, until_drained: bo
     finally:
         for close in closers:
             await close()
-        if server is not None:
-            server.close()
+        await metrics_http.close(server)
         await app.close()
         log.info("stopped")
 
