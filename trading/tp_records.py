@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Literal
 
 from base.clock import Clock, iso
+from base.money import MONEY
 from storage import ops
 from storage.keys import Keys
 from storage.ops import Op
@@ -135,7 +136,7 @@ class TpRecords:
                 replaces=step.replaces,
             ),
             ops.hincrby(metrics, "created", 1),
-            ops.decimal_incrby(metrics, "total_value", order.amount * order.price),
+            ops.decimal_incrby(metrics, "total_value", MONEY.multiply(order.amount, order.price)),
             *after,
         ]
 

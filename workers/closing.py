@@ -20,6 +20,7 @@ from decimal import Decimal
 import msgspec
 
 from base import logs
+from base.money import MONEY
 from events import Fill
 from storage import ops
 from storage.keys import Keys
@@ -73,7 +74,13 @@ class Closing:
                 shares = fifo_allocate(positions.values(), fill.symbol, quantity, before=entry.id)
                 writes = [
                     position.with_close(
-                        Close(fill.fill_id, qty, fill.price, fee * qty / quantity, fill.ts)
+                        Close(
+                            fill.fill_id,
+                            qty,
+                            fill.price,
+                            MONEY.divide(fee * qty, quantity),
+                            fill.ts,
+                        )
                     )
                     for position, qty in shares
                 ]
