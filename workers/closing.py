@@ -78,7 +78,7 @@ class Closing:
                             fill.fill_id,
                             qty,
                             fill.price,
-                            MONEY.divide(fee * qty, quantity),
+                            MONEY.divide(MONEY.multiply(fee, qty), quantity),
                             fill.ts,
                         )
                     )
