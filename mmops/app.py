@@ -49,7 +49,7 @@ class App:
         budget = make_rate_budget(settings, conn, keys)
         if exchange is None:
             exchange = make_exchange(settings, conn, keys, clock, budget=budget)
-        book = PositionBook(Ledger(conn, keys))
+        book = PositionBook(Ledger(conn, keys, cluster=settings.redis_cluster))
         placer = Placer(exchange, budget, max_wait_ms=settings.exchange_rate_max_wait_ms)
         engine = TakeProfitEngine(
             book=book, exchange=exchange, keys=keys, settings=settings, clock=clock, placer=placer

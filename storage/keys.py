@@ -116,6 +116,10 @@ class Keys:
         """set of the symbols the session traded (learned from its fills)."""
         return f"{self.prefix}pairs:{{{sid}}}"
 
+    def outbox(self, sid: str) -> str:
+        """stream of a commit's writes to global keys, on a Redis Cluster (storage/outbox.py)."""
+        return f"{self.prefix}outbox:{{{sid}}}"
+
     def changes(self, sid: str) -> str:
         """stream of the session's changes after its end (positions, fills, orders touched),
         read by the migrator to keep PostgreSQL in step; trimmed as it catches up."""

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from events.schema import Fill
 from storage.keys import Keys
 from storage.ops import Op
+from storage.outbox import Outbox, split
 from storage.pipeliner import Pipeliner
 from storage.redis import as_text
 
@@ -55,8 +56,9 @@ local function version(raw)
 end
 """
 
-# KEYS: documents hash, fills hash, session hash, changes stream.
-# ARGV: fill_id ('' for none), fill payload, n, then n × (id, expected version, json), then ops.
+# KEYS: documents hash, fills hash, session hash, changes stream, outbox stream.
+# ARGV: fill_id ('' for none), fill payload, n, then n × (id, expected version, json), then
+# ops, then the writes for other slots ('' for none: storage/outbox.py). -> {'ok', outbox id}
 _COMMIT = (
     _APPLY_OPS
     + """
@@ -82,19 +84,22 @@ end
 if fid ~= '' then redis.call('HSET', KEYS[2], fid, ARGV[2]) end
 apply_ops(cjson.decode(ARGV[i]))
 log_change(table.concat(touched, ','), fid)
-return {'ok'}
+local box = ''
+if ARGV[i + 1] ~= '' then box = redis.call('XADD', KEYS[5], '*', 'ops', ARGV[i + 1]) end
+return {'ok', box}
 """
 )
 
 # Several independent commits of one session in one call (the coverage batch path).
-# KEYS: documents hash, fills hash, session hash, changes stream.  ARGV[1]: JSON list of groups, each
-# [[[fill_id, payload], ...], [[id, expected version, json], ...], [op, ...]].
-# A group applies only if none of its fills was recorded and no version moved; the
-# answer is each group's status: 'ok', 'dup' or 'conflict'.
+# KEYS: documents hash, fills hash, session hash, changes stream, outbox stream.
+# ARGV[1]: JSON list of groups, each [[[fill_id, payload], ...], [[id, expected version,
+# json], ...], [op, ...], writes for other slots ('' for none)]. A group applies only if
+# none of its fills was recorded and no version moved. -> {statuses, outbox ids}: each
+# group's 'ok', 'dup' or 'conflict', and the outbox entries written.
 _COMMIT_MANY = (
     _APPLY_OPS
     + """
-local out = {}
+local out, boxes = {}, {}
 for g, grp in ipairs(cjson.decode(ARGV[1])) do
   local status = 'ok'
   for _, f in ipairs(grp[1]) do
@@ -111,10 +116,11 @@ for g, grp in ipairs(cjson.decode(ARGV[1])) do
     for k, f in ipairs(grp[1]) do redis.call('HSET', KEYS[2], f[1], f[2]); fids[k] = f[1] end
     apply_ops(grp[3])
     log_change(table.concat(ids, ','), table.concat(fids, ','))
+    if grp[4] ~= '' then boxes[#boxes + 1] = redis.call('XADD', KEYS[5], '*', 'ops', grp[4]) end
   end
   out[g] = status
 end
-return out
+return {out, boxes}
 """
 )
 
@@ -183,15 +189,24 @@ class Ledger:
 
     redis: aioredis.Redis
     keys: Keys
+    cluster: bool = False  # writes to global keys go through the session's outbox
 
     def __post_init__(self) -> None:
         self._commit = self.redis.register_script(_COMMIT)
         self._many = self.redis.register_script(_COMMIT_MANY)
         self._pipeliner = Pipeliner(self.redis)
+        self.outbox = Outbox(self.redis, self.keys)
 
     def _session_keys(self, sid: str) -> list[str]:
         k = self.keys
-        return [k.positions(sid), k.fills(sid), k.session(sid), k.changes(sid)]
+        return [k.positions(sid), k.fills(sid), k.session(sid), k.changes(sid), k.outbox(sid)]
+
+    def _route(self, sid: str, ops: Sequence[Op]) -> tuple[Sequence[Op], bytes]:
+        """(ops the script runs, writes for other slots to put in the outbox)."""
+        if not self.cluster:
+            return ops, b""
+        local, away = split(self.keys.positions(sid), ops)
+        return local, Outbox.encode(away) if away else b""
 
     async def commit_many(
         self, changes: Mapping[str, Sequence[Group]]
@@ -201,21 +216,29 @@ class Ledger:
         call (connection, script error) raises."""
         calls = []
         for sid, groups in changes.items():
-            body = [
-                [
-                    [[f.fill_id, encode_fill(f).decode()] for f in group.fills],
-                    [[w.id, w.expected, w.payload.decode()] for w in group.writes],
-                    [op.wire() for op in group.ops],
-                ]
-                for group in groups
-            ]
+            body = []
+            for group in groups:
+                local, away = self._route(sid, group.ops)
+                body.append(
+                    [
+                        [[f.fill_id, encode_fill(f).decode()] for f in group.fills],
+                        [[w.id, w.expected, w.payload.decode()] for w in group.writes],
+                        [op.wire() for op in local],
+                        away.decode(),
+                    ]
+                )
             calls.append((self._many, self._session_keys(sid), [orjson.dumps(body)]))
         results = await self._pipeliner.run_many(calls)
         out: dict[str, list[GroupStatus]] = {}
         for sid, result in zip(changes, results, strict=True):
             if isinstance(result, Exception):
                 raise result
-            out[sid] = [as_text(status) for status in result]
+            statuses, boxes = result
+            out[sid] = [as_text(status) for status in statuses]
+            if boxes:
+                await self.outbox.drain(sid, [as_text(b) for b in boxes])
+            elif self.cluster and "dup" in out[sid]:  # see commit()
+                await self.outbox.drain(sid)
         return out
 
     async def commit(
@@ -235,13 +258,18 @@ class Ledger:
         ]
         for write in writes:
             args += [write.id, write.expected, write.payload]
-        args.append(orjson.dumps([op.wire() for op in ops]))
+        local, away = self._route(sid, ops)
+        args += [orjson.dumps([op.wire() for op in local]), away]
         reply = await self._pipeliner.run(self._commit, self._session_keys(sid), args)
         status = as_text(reply[0])
         if status == "ok":
+            if reply[1]:
+                await self.outbox.drain(sid, [as_text(reply[1])])
             return Applied()
         doc_id = as_text(reply[1])
         current = bytes(reply[2]) if reply[2] else None
         if status == "dup":
+            if self.cluster:  # a redelivery after a crash may find its writes still to move
+                await self.outbox.drain(sid)
             return AlreadyRecorded(doc_id, current)
         return VersionMoved(doc_id, current)

@@ -122,11 +122,10 @@ class CoverageHandler:
             )
 
     async def _session_ops(self, sid: str, changes: list[Op]) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for op in changes:
-                pipe.execute_command(*op.command())
-            pipe.zadd(self.keys.sessions, {sid: self.clock.now_ms()})
-            await pipe.execute()
+        """A session event's writes, with the activity index: one atomic commit (its global
+        writes through the session's outbox on a Redis Cluster)."""
+        index = ops.zadd(self.keys.sessions, self.clock.now_ms(), sid)
+        await self.book.ledger.commit(sid, [], ops=[*changes, index])
 
     def _fill_ops(self, fill: Fill) -> list[Op]:
         return [
