@@ -84,7 +84,9 @@ class BuyBatch:
         order: list[_Position] = []
         for share in positions.values():
             share.market = markets.get(share.items[0][1].symbol)
-            group = self._group(share)
+            # the session's activity index once per session and batch (a group that is
+            # not applied goes the one-by-one way, which writes it itself)
+            group = self._group(share, index=share.sid not in groups)
             if _busy(share.plan):
                 continue  # a step of it is being placed: the one-by-one path waits for it
             groups.setdefault(share.sid, []).append(group)
@@ -114,7 +116,7 @@ class BuyBatch:
         }
         return [outcome.get(entry.id, NOT_HANDLED) for entry, _ in items]
 
-    def _group(self, share: _Position) -> Group:
+    def _group(self, share: _Position, *, index: bool) -> Group:
         """The share's fills applied in stream order and its TP claimed: one CAS group."""
         first_entry, first_fill = share.items[0]
         cached = self.book.cached(share.sid, share.pid)
@@ -135,7 +137,8 @@ class BuyBatch:
             bought = bought.with_buy(
                 Buy(fill.fill_id, fill.price, quantity, fee, fill.ts, entry.id)
             )
-            ops += self._fill_ops(fill)
+        if index:
+            ops += self._fill_ops(first_fill)
         if share.market is not None:
             share.plan = self.engine.plan(bought, share.market, trigger_ms=first_entry.ms)
             ops += share.plan.ops

@@ -128,10 +128,9 @@ class CoverageHandler:
         await self.book.ledger.commit(sid, [], ops=[*changes, index])
 
     def _fill_ops(self, fill: Fill) -> list[Op]:
-        return [
-            ops.zadd(self.keys.sessions, self.clock.now_ms(), fill.session_id),
-            ops.sadd(self.keys.pairs(fill.session_id), fill.symbol),
-        ]
+        """What recording a fill also writes: the session's activity (the sweeper's index).
+        Its pair was admitted to `pairs:{sid}` before (`_admit_pairs`)."""
+        return [ops.zadd(self.keys.sessions, self.clock.now_ms(), fill.session_id)]
 
     # --- buys ----------------------------------------------------------------------
     def bulk(self, event: Event) -> bool:
