@@ -20,7 +20,7 @@ from storage.keys import Keys
 from storage.servers import free_port, redis_server_binary
 from tests.conftest import wait_for
 from tests.test_paper_batch import RecordingExchange
-from trading.exchange import Order, SellRequest, TransientError
+from trading.exchange import Order, SeenFill, SellRequest, TransientError
 from trading.paper import PaperExchange, PaperFaults, scripts
 from trading.paper.exchange import KEY_NAMES
 
@@ -50,8 +50,17 @@ async def exercise(ex: PaperExchange) -> None:
     await ex.observe_fill(
         fill_id="f1", order_id="b1", symbol="FOO/USD", side="buy", price=D("2"), quantity=D("3")
     )
-    await ex.observe_fill(
-        fill_id="f2", order_id="b2", symbol="BTC/USD", side="buy", price=D("50000"), quantity=D("1")
+    await ex.observe_fills(  # the batch form (the coverage hot path): its own script
+        [
+            SeenFill(
+                fill_id="f2",
+                order_id="b2",
+                symbol="BTC/USD",
+                side="buy",
+                price=D("50000"),
+                quantity=D("1"),
+            )
+        ]
     )
     first, _, _ = await ex.place_limit_sells(
         [
