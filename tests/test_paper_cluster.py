@@ -50,8 +50,17 @@ async def exercise(ex: PaperExchange) -> None:
     await ex.observe_fill(
         fill_id="f1", order_id="b1", symbol="FOO/USD", side="buy", price=D("2"), quantity=D("3")
     )
-    await ex.observe_fill(
-        fill_id="f2", order_id="b2", symbol="BTC/USD", side="buy", price=D("50000"), quantity=D("1")
+    await ex.observe_fills(  # the batch form (the coverage hot path): its own script
+        [
+            SeenFill(
+                fill_id="f2",
+                order_id="b2",
+                symbol="BTC/USD",
+                side="buy",
+                price=D("50000"),
+                quantity=D("1"),
+            )
+        ]
     )
     await ex.observe_fills(
         [SeenFill(fill_id="f3", order_id="b3", symbol="ETH/USD", side="buy", price=D("3000"),
