@@ -10,13 +10,13 @@ import msgspec
 Side = Literal["buy", "sell"]
 
 
-class SessionStarted(msgspec.Struct, frozen=True, kw_only=True, tag="session_started"):
+class SessionStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="session_started"):
     session_id: str
     pairs: tuple[str, ...]
     ts: int
 
 
-class Fill(msgspec.Struct, frozen=True, kw_only=True, tag="fill"):
+class Fill(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="fill"):
     session_id: str
     fill_id: str
     order_id: str
@@ -39,7 +39,7 @@ class Fill(msgspec.Struct, frozen=True, kw_only=True, tag="fill"):
         return self.symbol.split("/", 1)[1]
 
 
-class Order(msgspec.Struct, frozen=True, kw_only=True, tag="order"):
+class Order(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="order"):
     session_id: str
     order_id: str
     symbol: str
@@ -51,7 +51,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True, tag="order"):
     ts: int
 
 
-class SessionEnded(msgspec.Struct, frozen=True, kw_only=True, tag="session_ended"):
+class SessionEnded(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="session_ended"):
     session_id: str
     ts: int
     fills: int | None = None  # the trader's own count of the session's fills

@@ -67,7 +67,7 @@ class OrderStatus(enum.StrEnum):
     REJECTED = "rejected"
 
 
-class Order(msgspec.Struct, frozen=True, kw_only=True):
+class Order(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An exchange order. A msgspec Struct: a sweep builds 100k of them per pass."""
 
     id: str

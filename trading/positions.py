@@ -1,6 +1,8 @@
 """The position model (DESIGN §3): one position per buy order, its closes and its TP steps.
 
-Pure data and arithmetic; storage/ledger.py persists it. A position's quantities are
+Pure data and arithmetic; storage/ledger.py persists it. The Structs are immutable
+trees of numbers and strings — they cannot form reference cycles — so the cyclic garbage
+collector does not track them (`gc=False`): the coverage hot path makes one per fill. A position's quantities are
 derived from what happened to it (buy fills, closes, TP steps), never stored twice.
 
 Arithmetic runs in base/money.py's MONEY context, whatever the caller's: quantities,
@@ -25,7 +27,7 @@ from trading.pricing import cost_per_unit
 ZERO = Decimal(0)
 
 
-class Buy(msgspec.Struct, frozen=True, array_like=True):
+class Buy(msgspec.Struct, frozen=True, array_like=True, gc=False):
     fill_id: str
     price: Decimal
     qty: Decimal  # net of a fee charged in the base asset
@@ -34,7 +36,7 @@ class Buy(msgspec.Struct, frozen=True, array_like=True):
     entry: str = ""  # stream id of the fill's entry ("" in positions stored before it was kept)
 
 
-class Close(msgspec.Struct, frozen=True, array_like=True):
+class Close(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A sell fill applied to this position (by a TP's fill or FIFO from another sell)."""
 
     fill_id: str
@@ -56,7 +58,7 @@ MAY_SELL = frozenset({StepStatus.PENDING, StepStatus.LIVE})
 COVERING = frozenset({StepStatus.PENDING, StepStatus.LIVE, StepStatus.FILLED, StepStatus.CANCELLED})
 
 
-class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One coverage step: at most one exchange order, identified by its client id."""
 
     n: int
@@ -120,7 +122,7 @@ class Totals(NamedTuple):
         return pnl.unit_cost(self.cost, self.filled) if self.filled > 0 else ZERO
 
 
-class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     v: int  # version: must stay the first field (the ledger's CAS reads it by prefix)
     id: str
     session_id: str

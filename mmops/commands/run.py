@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -54,6 +55,19 @@ def _run(names: tuple[str, ...], *, embedded: bool = False, until_drained: bool 
     return 0
 
 
+GC_THRESHOLDS = (10_000, 50, 1_000)
+
+
+def quiet_garbage_collector() -> None:
+    """A worker allocates a few objects per entry, none in reference cycles: what was built
+    at start is frozen out of the cyclic collector's sight and it runs far less often
+    (bench/coverage.py --profile: the collector took 17-28 % of a worker's CPU at the
+    defaults, its oldest-generation passes 15-42 ms each: the latency tail)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(settings: Settings, names: tuple[str, ...], *, until_drained: bool = False) -> None:
     # the metrics port first: a port in use stops the process before it connects anywhere
     server = await metrics_http.serve(settings)
@@ -66,6 +80,7 @@ async def serve(settings: Settings, names: tuple[str, ...], *, until_drained: bo
     closers: list[Callable[[], Awaitable[object]]] = []
     try:
         tasks = await build(app, names, until_drained=until_drained, closers=closers)
+        quiet_garbage_collector()
         log.info(
             "started %s as %s",
             " ".join(names),
