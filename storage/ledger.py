@@ -122,8 +122,13 @@ _fill_encoder = msgspec.json.Encoder(decimal_format="string")
 _fill_decoder = msgspec.json.Decoder(Fill)
 
 
-def encode_fill(fill: Fill) -> bytes:
-    return _fill_encoder.encode(fill)
+def encode_fill(fill: Fill, entry: str = "") -> bytes:
+    """The fill as stored in `fills:{sid}`: the event's JSON, plus `"entry"` (the stream id of
+    its event) when known; the migration counts the fills before a session's end by it."""
+    raw = _fill_encoder.encode(fill)
+    if not entry:
+        return raw
+    return raw[:-1] + b',"entry":"' + entry.encode() + b'"}'
 
 
 def decode_fill(raw: bytes) -> Fill:
@@ -172,6 +177,7 @@ class Group:
     fills: Sequence[Fill]
     writes: Sequence[Write]
     ops: Sequence[Op] = ()
+    entries: Sequence[str] = ()  # the stream id of each fill's event (stored with it), if known
 
 
 GroupStatus = str  # 'ok' | 'dup' (a fill was recorded before) | 'conflict' (a version moved)
@@ -203,7 +209,10 @@ class Ledger:
         for sid, groups in changes.items():
             body = [
                 [
-                    [[f.fill_id, encode_fill(f).decode()] for f in group.fills],
+                    [
+                        [f.fill_id, encode_fill(f, e).decode()]
+                        for f, e in zip(group.fills, _entries(group), strict=True)
+                    ],
                     [[w.id, w.expected, w.payload.decode()] for w in group.writes],
                     [op.wire() for op in group.ops],
                 ]
@@ -225,12 +234,14 @@ class Ledger:
         *,
         fill: Fill | None = None,
         ops: Sequence[Op] = (),
+        entry: str = "",
     ) -> CommitReply:
         """Apply `writes` and `ops` atomically if no version moved. With `fill`, only if
-        that fill id was never recorded for the session, and record it with the change."""
+        that fill id was never recorded for the session, and record it with the change
+        (with `entry`, the stream id of its event)."""
         args: list[str | bytes | int] = [
             fill.fill_id if fill else "",
-            encode_fill(fill) if fill else b"",
+            encode_fill(fill, entry) if fill else b"",
             len(writes),
         ]
         for write in writes:
@@ -245,3 +256,7 @@ class Ledger:
         if status == "dup":
             return AlreadyRecorded(doc_id, current)
         return VersionMoved(doc_id, current)
+
+
+def _entries(group: Group) -> Sequence[str]:
+    return group.entries if group.entries else [""] * len(group.fills)

@@ -147,7 +147,11 @@ class CoverageHandler:
                 )
             writes = [plan.position if plan is not None else bought]
             result = await self.book.commit(
-                sid, writes, fill=fill, ops=[*self._fill_ops(fill), *(plan.ops if plan else [])]
+                sid,
+                writes,
+                fill=fill,
+                ops=[*self._fill_ops(fill), *(plan.ops if plan else [])],
+                entry=entry.id,
             )
             if isinstance(result, Committed):
                 await observed
