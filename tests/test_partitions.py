@@ -25,14 +25,14 @@ from tests.test_migrator import (
     test_rerun_inserts_nothing_and_new_fills_add_only_themselves as migrator_rerun_answers,
 )
 from tests.test_queries import migrated  # noqa: F401 - the sessions the answers are about
+from tests.test_queries import test_queries_known_answers as query_answers
+from tests.test_queries import test_report_tables as report_answers
 from tests.test_session_life import (
     test_after_the_sync_the_tables_equal_a_whole_migration_of_the_same_state as sync_equals_whole,
 )
 from tests.test_session_life import (
     test_without_fills_later_tp_fills_and_reprices_reach_postgres as sync_answers,
 )
-from tests.test_queries import test_queries_known_answers as query_answers
-from tests.test_queries import test_report_tables as report_answers
 from workers.migrator import MigratorHandler
 
 PARTITIONS = 4
