@@ -61,7 +61,7 @@ async def test_status_lists_ended_sessions_still_open(
     app: App, migrator: MigratorHandler, env: dict[str, str]
 ) -> None:
     await two_sessions(app, migrator)
-    code, out, err = await mmops(env, "status", "--json")
+    _, out, err = await mmops(env, "status", "--json")
     listed = {s["session_id"]: s for s in json.loads(out)["ended_sessions"]["sessions"]}
     assert set(listed) == {"s-open", "s-wait"}, err  # s-shut is closed
     s_open = listed["s-open"]
@@ -70,7 +70,7 @@ async def test_status_lists_ended_sessions_still_open(
     waiting = listed["s-wait"]
     assert waiting["state"] == "waiting for fills" and waiting["open_positions"] == 1
 
-    code, text, _ = await mmops(env, "status")
+    _, text, _ = await mmops(env, "status")
     lines = text.splitlines()
     head = next(n for n, line in enumerate(lines) if line.startswith("sessions ended and still"))
     assert "CHANGES NOT IN PG" in lines[head + 1] and "LIVE TPS" in lines[head + 1]
@@ -78,7 +78,7 @@ async def test_status_lists_ended_sessions_still_open(
     assert row[-4:-1] == ["2", "1", "2"]  # live TPs, changes not in PostgreSQL, fills so far
 
     await InStep(migrator.migrator).tick()
-    code, out, _ = await mmops(env, "status", "--json")
+    _, out, _ = await mmops(env, "status", "--json")
     s_open = next(
         s for s in json.loads(out)["ended_sessions"]["sessions"] if s["session_id"] == "s-open"
     )
