@@ -186,6 +186,7 @@ class SessionWriter:
         self.session_id = session_id
         self.force_staging = staging
         self.fast = False
+        self.first = False  # the session was never migrated: this transaction is its first
         self._tx: asyncpg.transaction.Transaction | None = None
         self._staged: set[str] = set()
 
@@ -198,13 +199,16 @@ class SessionWriter:
         # the aggregates over the session's fills sort/hash up to a million rows: in memory,
         # not in temporary files (this transaction only)
         await self.conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
-        fresh = await self.conn.fetchval(
+        row = await self.conn.fetchrow(
             """SELECT NOT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND migrated_at IS NOT NULL)
-                  AND NOT EXISTS (SELECT 1 FROM fills WHERE session_id = $1)
-                  AND NOT EXISTS (SELECT 1 FROM orders WHERE session_id = $1)""",
+                      AS first,
+                  NOT EXISTS (SELECT 1 FROM fills WHERE session_id = $1)
+                  AND NOT EXISTS (SELECT 1 FROM orders WHERE session_id = $1) AS empty""",
             self.session_id,
         )
-        self.fast = bool(fresh) and not self.force_staging
+        assert row is not None
+        self.first = bool(row["first"])
+        self.fast = self.first and bool(row["empty"]) and not self.force_staging
         return self
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:

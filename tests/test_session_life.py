@@ -7,6 +7,7 @@ period is crossed by moving it, never by sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -304,3 +305,42 @@ async def test_a_settings_grace_of_a_fraction_of_a_minute(
         assert len(await alerts(app, "migration_incomplete")) == 1
     finally:
         await handler.close()
+
+
+async def test_two_migrations_past_the_grace_alert_once(
+    app: App, migrator: MigratorHandler, pg: asyncpg.Pool, clock: ManualClock
+) -> None:
+    await buy(app, "s-2")
+    await send(app, "session_ended", session_id="s-2", ts=T0 + 2000, fills=2)
+    await drain_coverage(app)
+    clock.advance(minutes=10)
+    results = await asyncio.gather(
+        *(migrate_session(app, pg, "s-2", wait_for_coverage=False) for _ in range(3))
+    )
+    assert {r.status for r in results} <= {MigrationStatus.MIGRATED, MigrationStatus.ALREADY}
+    assert len(await alerts(app, "migration_incomplete")) == 1
+
+
+# --- sessions migrated before the sync existed; what is_synced says ---------------------
+async def test_a_session_migrated_before_the_sync_is_re_migrated_whole_on_its_first_change(
+    app: App, migrator: MigratorHandler, pg: asyncpg.Pool
+) -> None:
+    await buy(app, "s-old")
+    await send(app, "session_ended", session_id="s-old", ts=T0 + 2000)
+    await drain_coverage(app)
+    assert not await changes.is_synced(app.redis, app.keys, "s-old")  # not migrated yet
+    await drain_migrator(app, migrator)
+    # as an older mmops left it: no cursor, no position rows
+    await pg.execute("UPDATE sessions SET sync_cursor = NULL WHERE id = 's-old'")
+    await pg.execute("DELETE FROM positions WHERE session_id = 's-old'")
+    tp = await tp_fill(app, "s-old", "t-1", "o-1", T0 + 3000)
+    await drain_coverage(app)
+    assert not await changes.is_synced(app.redis, app.keys, "s-old")  # a change not applied
+
+    [synced] = (await InStep(migrator.migrator).tick()).synced
+    assert synced.note == "re-migrated whole: migrated"
+    s = await session_row(pg, "s-old")
+    assert s["sync_cursor"] is not None and s["closed_at"] is not None
+    assert (s["total_fills"], s["total_pnl"]) == (2, exit_pnl(tp).quantize(D("1e-10")))
+    assert await pg.fetchval("SELECT count(*) FROM positions WHERE session_id = 's-old'") == 1
+    assert await changes.is_synced(app.redis, app.keys, "s-old")

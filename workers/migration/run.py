@@ -195,7 +195,8 @@ async def migrate_session(
     tally = plan.tally
     reason = ""
     if check and count is not None and tally.fills_before_end != count.expected:
-        reason = await _count_differs(parts, sid, tally.fills_before_end, count)
+        # alerted by the transaction that migrated the session first (several migrators)
+        reason = await _count_differs(parts, sid, tally.fills_before_end, count, plan.first)
     result = dataclasses.replace(
         plan.result(MigrationStatus.MIGRATED, _ms_since(started)), reason=reason
     )
@@ -252,7 +253,9 @@ def _waiting(sid: str, recorded: int, count: Count) -> MigrationResult:
     )
 
 
-async def _count_differs(parts: MigrationParts, sid: str, before_end: int, count: Count) -> str:
+async def _count_differs(
+    parts: MigrationParts, sid: str, before_end: int, count: Count, first: bool
+) -> str:
     """Migrated anyway: after the grace period with fills missing (alerted), or with more
     fills before the end than the trader counted (logged: waiting cannot change that)."""
     if before_end > count.expected:
@@ -263,6 +266,8 @@ async def _count_differs(parts: MigrationParts, sid: str, before_end: int, count
         f"{before_end} of the {count.expected} fills before the end recorded after "
         "MIGRATION_GRACE_MINUTES; migrated what there is"
     )
+    if not first:
+        return reason
     await parts.alert(
         "migration_incomplete",
         f"session {sid}: {reason} (a fill recorded later reaches PostgreSQL by the sync)",
@@ -289,6 +294,7 @@ async def _write(
         plan = SessionMigration(
             redis, keys, header, now, Mode.FAST if writer.fast else Mode.STAGING
         )
+        plan.first = writer.first
         # under the lock, before the state is read: every change logged up to here is in it
         plan.tally.sync_cursor = await change_log.last_id(redis, keys, sid)
         await plan.run(writer, count_before_end=count is not None)

@@ -39,6 +39,7 @@ class SessionMigration:
         self.keys = keys
         self.mode = mode
         self.tally = SessionTally(header, now)
+        self.first = False  # the session's first migration (set from its writer)
 
     @property
     def fast(self) -> bool:
