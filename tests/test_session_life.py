@@ -23,6 +23,7 @@ from mmops.app import App
 from storage import changes, schema
 from storage.postgres import create_pool
 from tests.conftest import with_search_path
+from tests.pg_proxy import PgProxy
 from tests.test_migrator import (
     T0,
     alerts,
@@ -344,3 +345,41 @@ async def test_a_session_migrated_before_the_sync_is_re_migrated_whole_on_its_fi
     assert (s["total_fills"], s["total_pnl"]) == (2, exit_pnl(tp).quantize(D("1e-10")))
     assert await pg.fetchval("SELECT count(*) FROM positions WHERE session_id = 's-old'") == 1
     assert await changes.is_synced(app.redis, app.keys, "s-old")
+
+
+async def test_postgres_cut_before_the_sync_commits_applies_nothing_then_lands_once(
+    app: App, pg: asyncpg.Pool, settings: Settings
+) -> None:
+    await buy(app, "s-cut")
+    await send(app, "session_ended", session_id="s-cut", ts=T0 + 2000)
+    await drain_coverage(app)
+    assert (await migrate_session(app, pg, "s-cut")).status is MigrationStatus.MIGRATED
+    tp = await tp_fill(app, "s-cut", "t-1", "o-1", T0 + 3000)
+    await drain_coverage(app)
+    before = await session_row(pg, "s-cut")
+
+    proxy = await PgProxy(settings.database_url).start()
+    through = dataclasses.replace(
+        app, settings=dataclasses.replace(settings, database_url=proxy.url)
+    )
+    handler = await MigratorHandler.create(through)
+    try:
+        proxy.cut_when = lambda data: b"sync_cursor = $5" in data  # the step's last statement
+        cut = await InStep(handler.migrator).tick()
+        assert proxy.was_cut.is_set() and len(cut.errors) == 1
+        assert await session_row(pg, "s-cut") == before  # nothing of it committed
+        assert not await changes.is_synced(app.redis, app.keys, "s-cut")
+        proxy.cut_when = None
+        await proxy.restore()
+        done = InStep(handler.migrator)
+        for _ in range(3):  # the pool's connections were cut: the first tries may fail
+            if not (await done.tick()).errors:
+                break
+    finally:
+        await handler.close()
+        await proxy.close()
+    s = await session_row(pg, "s-cut")
+    assert (s["total_fills"], s["total_pnl"]) == (2, exit_pnl(tp).quantize(D("1e-10")))
+    assert s["closed_at"] is not None
+    assert await pg.fetchval("SELECT count(*) FROM fills WHERE session_id = 's-cut'") == 2
+    assert await changes.is_synced(app.redis, app.keys, "s-cut")
