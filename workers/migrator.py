@@ -71,8 +71,6 @@ class MigratorHandler:
         result = await self.migrator.migrate(
             sid, wait_for_coverage=False, expected_fills=event.fills
         )
-        if result.status is MigrationStatus.WAITING:
-            raise Retry(result.reason, after_ms=COVERAGE_WAIT_MS)
         if result.status is MigrationStatus.WAITING_FILLS and self.pool is not None:
             await self.in_step.wait_for(sid, entry.id, event.ts, event.fills)
 

@@ -27,6 +27,7 @@ from base import logs
 from base.logs import one_line
 from storage import changes as change_log
 from storage import session_totals as totals
+from storage.postgres import TRANSIENT_PG_ERRORS
 from storage.redis import TRANSIENT_REDIS_ERRORS, as_text
 from storage.session_reader import ms_to_datetime
 from workers.migration.result import MigrationResult, MigrationStatus
@@ -59,7 +60,10 @@ class InStep:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set."""
         while not stop.is_set():
-            await self.tick()
+            try:
+                await self.tick()
+            except (*TRANSIENT_REDIS_ERRORS, *TRANSIENT_PG_ERRORS) as exc:  # next tick retries
+                log.warning("migrator's periodic work: %s; retrying", one_line(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
 
