@@ -13,6 +13,9 @@ import time
 
 # The points, in the order a buy fill passes them.
 POINTS = ("fill_recorded", "step_claimed", "order_placed", "before_ack")
+# The migrator's sync of an ended session: between its PostgreSQL commit and the trim of
+# the session's changes stream (workers/migration/sync.py).
+MIGRATOR_POINTS = ("sync_committed",)
 
 
 def _parse(raw: str) -> tuple[str, int]:

@@ -320,7 +320,7 @@ async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 
 async def truncate(conn: asyncpg.Connection) -> None:
-    await conn.execute("TRUNCATE fills, orders, sessions, session_pairs")
+    await conn.execute("TRUNCATE fills, orders, sessions, session_pairs, positions")
     await conn.execute("CHECKPOINT")
 
 

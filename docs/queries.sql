@@ -16,8 +16,14 @@
 --                 sell's fee + the sold quantity's share of its position's buy fees)
 --   uncovered_positions  positions at the end with quantity neither sold nor under a TP
 --                 (dust below the market's minimum order is not counted)
---   open_positions       positions at the end still holding inventory (under a TP or not)
--- Money columns are rounded half-even to 1e-10 when stored.
+--   open_positions       positions still holding inventory (under a TP or not)
+--   closed_at     set once no position of the session is open and none of its TPs is live:
+--                 from then on its P&L is final. Until then the migrator keeps the session's
+--                 rows in step with every change after its end (TP fills, reprices, order
+--                 statuses), so every figure includes the fills after the end.
+--   positions     one row per position with its figures (exact sums); session_pairs and
+--                 sessions hold their sums, rounded.
+-- Money columns of sessions, session_pairs and fills are rounded half-even to 1e-10 when stored.
 --
 -- Layouts: every query reads the same on plain tables and after `mmops db upgrade
 -- --partitions N` (fills and orders hash-partitioned by session_id; tests/test_partitions*.py
@@ -102,3 +108,21 @@ FROM (SELECT (f.timestamp AT TIME ZONE 'UTC')::date AS day, sum(f.realized_pnl) 
       WHERE f.realized_pnl IS NOT NULL AND s.migrated_at IS NOT NULL
       GROUP BY 1) d
 ORDER BY d.day;
+
+
+-- name: sessions_still_open
+-- Sessions that have ended but are not closed: a position still open or a TP still live.
+-- Their P&L is provisional (TPs may still fill); fills_after_end counts the fills whose time
+-- is after the session's end (in PostgreSQL as the migrator keeps it in step).
+SELECT s.id AS session_id,
+       s.ended_at,
+       s.open_positions,
+       (SELECT count(*) FROM orders o
+        WHERE o.session_id = s.id AND o.is_take_profit
+          AND o.status IN ('live', 'pending', 'partially_filled'))::int AS live_tps,
+       (SELECT count(*) FROM fills f
+        WHERE f.session_id = s.id AND f.timestamp > s.ended_at)::int AS fills_after_end,
+       s.total_pnl
+FROM sessions s
+WHERE s.migrated_at IS NOT NULL AND s.ended_at IS NOT NULL AND s.closed_at IS NULL
+ORDER BY s.ended_at, s.id;

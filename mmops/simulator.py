@@ -3,9 +3,11 @@
 It plays the market maker upstream of mmops: sessions over Kraken USD pairs whose
 prices follow a random walk, buy fills (some orders filled in several parts) and a
 `session_ended` with the session's own fill count. Prices are mirrored into the paper
-exchange (`set_price`); when a pair's price reaches a live take-profit of an active
-session, the simulator fills it on the paper exchange (`fill_order`) and emits the
-trader's sell fill with `order_id` = the TP's order id, as the real trader would.
+exchange (`set_price`); when a pair's price reaches a live take-profit of a session, the
+simulator fills it on the paper exchange (`fill_order`) and emits the trader's sell fill
+with `order_id` = the TP's order id, as the real trader would — also after the session
+ended: TPs outlive their session. `after_end` seconds of prices (and TP fills) follow the
+last session's end.
 
 Reproducibility: the trader's own events (sessions, buy orders, prices, sizes) are a
 function of `seed` and `tag` alone; event times are wall-clock. Sell fills depend on
@@ -66,6 +68,7 @@ class SimConfig:
     seed: int = 0
     volatility: float = 0.3  # std. dev. of the log price, percent per sqrt(second)
     tag: str = ""  # part of every id; "" = the seed and the start time (ids never collide)
+    after_end: float = 0.0  # seconds prices keep moving once the last session ended
 
     def validate(self) -> None:
         if self.sessions < 1:
@@ -78,6 +81,8 @@ class SimConfig:
             raise SimulationError(f"--duration: expected a number > 0, got {self.duration}")
         if not (math.isfinite(self.volatility) and self.volatility >= 0):
             raise SimulationError(f"--volatility: expected a number >= 0, got {self.volatility}")
+        if not (math.isfinite(self.after_end) and self.after_end >= 0):
+            raise SimulationError(f"--after-end: expected a number >= 0, got {self.after_end}")
         if len(self.tag) > 24 or not all(c.isalnum() or c in "._-" for c in self.tag):
             raise SimulationError("--tag: expected up to 24 characters of [A-Za-z0-9._-]")
 
@@ -131,6 +136,7 @@ class SimStats:
     buy_orders: int = 0
     partial_orders: int = 0
     sells: int = 0
+    sells_after_end: int = 0  # TP fills of sessions that had ended
     sessions_started: int = 0
     sessions_ended: int = 0
     session_ids: list[str] = field(default_factory=list)
@@ -244,8 +250,30 @@ class Simulator:
                 if result is not None:
                     await result
             if finished:
-                return self.stats
+                break
             await asyncio.sleep(FLUSH_S)
+        await self._after_end(started, on_progress, progress_every)
+        return self.stats
+
+    async def _after_end(
+        self, started: float, on_progress: ProgressCallback | None, progress_every: float
+    ) -> None:
+        """`after_end` seconds of prices and TP fills once every session has ended."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.config.after_end
+        last_progress = loop.time() - started
+        while loop.time() < until:
+            await asyncio.sleep(FLUSH_S)
+            now = loop.time() - started
+            for pair in self.pairs:
+                self._walk(pair, now)
+            await self._prices_and_tp_fills(now)
+            self.stats.elapsed = now
+            if on_progress is not None and now - last_progress >= progress_every:
+                last_progress = now
+                result = on_progress(self.stats)
+                if result is not None:
+                    await result
 
     # --- trader events -------------------------------------------------------------
     def _ts(self, t: float) -> int:
@@ -390,7 +418,7 @@ class Simulator:
 
     async def _refresh_tps(self) -> None:
         """Live TPs of the active sessions, by symbol (one read of the open orders)."""
-        live = {s.sid: s for s in self.sessions if s.started and not s.ended}
+        live = {s.sid: s for s in self.sessions if s.started}  # TPs outlive their session
         if not live:
             self._tps = {}
             return
@@ -414,7 +442,7 @@ class Simulator:
 
     async def _fill_tp(self, tp: _LiveTp) -> Fill | None:
         session = next((s for s in self.sessions if s.sid == tp.sid), None)
-        if session is None or session.ended:
+        if session is None:
             return None
         before = await self.exchange.fetch_order(symbol=tp.symbol, order_id=tp.order_id)
         if before is None or before.status != OrderStatus.OPEN:
@@ -426,6 +454,7 @@ class Simulator:
         session.fills += 1
         session.last_ts = max(session.last_ts, time.time_ns() // 1_000_000)
         self.stats.sells += 1
+        self.stats.sells_after_end += session.ended
         self.stats.pairs[tp.symbol].sells += 1
         return Fill(
             session_id=session.sid,

@@ -148,6 +148,12 @@ class Keys:
         """zset sid -> ended_at (epoch ms) of sessions not migrated yet."""
         return self.prefix + "mm:sessions:ended"
 
+    @property
+    def migration_waiting(self) -> str:
+        """hash sid -> JSON: sessions whose end the migrator saw and acked, waiting (in the
+        grace period) for fills the end counted; its periodic check migrates them."""
+        return self.prefix + "mm:migration:waiting"
+
     def dead_marker(self, stream: str, entry_id: str) -> str:
         """set once an entry of `stream` is dead-lettered; in `mm:dead`'s hash slot."""
         return f"{{{self.dead}}}:seen:{stream}:{entry_id}"

@@ -46,7 +46,7 @@ end
 -- a session that has ended logs what each change touched (KEYS[3] session hash,
 -- KEYS[4] its changes stream): the migrator brings PostgreSQL in step from it
 local function log_change(positions, fills)
-  if redis.call('HEXISTS', KEYS[3], 'ended_at') == 1 then
+  if (positions ~= '' or fills ~= '') and redis.call('HEXISTS', KEYS[3], 'ended_at') == 1 then
     redis.call('XADD', KEYS[4], '*', 'positions', positions, 'fills', fills)
   end
 end
@@ -130,8 +130,13 @@ _fill_encoder = msgspec.json.Encoder(decimal_format="string")
 _fill_decoder = msgspec.json.Decoder(Fill)
 
 
-def encode_fill(fill: Fill) -> bytes:
-    return _fill_encoder.encode(fill)
+def encode_fill(fill: Fill, entry: str = "") -> bytes:
+    """The fill as stored in `fills:{sid}`: the event's JSON, plus `"entry"` (the stream id of
+    its event) when known; the migration counts the fills before a session's end by it."""
+    raw = _fill_encoder.encode(fill)
+    if not entry:
+        return raw
+    return raw[:-1] + b',"entry":"' + entry.encode() + b'"}'
 
 
 def decode_fill(raw: bytes) -> Fill:
@@ -180,6 +185,7 @@ class Group:
     fills: Sequence[Fill]
     writes: Sequence[Write]
     ops: Sequence[Op] = ()
+    entries: Sequence[str] = ()  # the stream id of each fill's event (stored with it), if known
 
 
 GroupStatus = str  # 'ok' | 'dup' (a fill was recorded before) | 'conflict' (a version moved)
@@ -223,8 +229,8 @@ class Ledger:
             for group in groups:
                 local, away = self._route(sid, group.ops)
                 fills = []
-                for f in group.fills:
-                    payloads.append(encode_fill(f))
+                for f, entry in zip(group.fills, _entries(group), strict=True):
+                    payloads.append(encode_fill(f, entry))
                     fills.append([f.fill_id, len(payloads) + 1])
                 writes = []
                 for w in group.writes:
@@ -253,12 +259,14 @@ class Ledger:
         *,
         fill: Fill | None = None,
         ops: Sequence[Op] = (),
+        entry: str = "",
     ) -> CommitReply:
         """Apply `writes` and `ops` atomically if no version moved. With `fill`, only if
-        that fill id was never recorded for the session, and record it with the change."""
+        that fill id was never recorded for the session, and record it with the change
+        (with `entry`, the stream id of its event)."""
         args: list[str | bytes | int] = [
             fill.fill_id if fill else "",
-            encode_fill(fill) if fill else b"",
+            encode_fill(fill, entry) if fill else b"",
             len(writes),
         ]
         for write in writes:
@@ -278,3 +286,7 @@ class Ledger:
                 await self.outbox.drain(sid)
             return AlreadyRecorded(doc_id, current)
         return VersionMoved(doc_id, current)
+
+
+def _entries(group: Group) -> Sequence[str]:
+    return group.entries if group.entries else [""] * len(group.fills)

@@ -52,6 +52,10 @@ class SessionPairs:
     max_pairs: int
     _admitted: set[tuple[str, str]] = field(default_factory=set)
 
+    def known(self, sid: str, symbol: str) -> bool:
+        """Whether this process has seen the pair admitted for the session."""
+        return (sid, symbol) in self._admitted
+
     async def admit(self, sid: str, symbols: Sequence[str]) -> Refusal | None:
         """Add the symbols to the session's pairs if it keeps at most `max_pairs`;
         otherwise add nothing and say how many pairs it would have had."""

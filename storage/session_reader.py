@@ -1,8 +1,10 @@
 """Reading one session's state out of Redis (docs/architecture.md), streamed in chunks.
 
 The migrator never loads a session whole: hashes are walked with HSCAN and decoded a
-chunk at a time, so memory stays flat whatever the session's size. HSCAN may return
-an entry twice (the hash can be rehashed while it is walked); callers de-duplicate.
+chunk at a time, so memory stays flat whatever the session's size. HSCAN and SSCAN may
+return an element twice (the table can be rehashed while it is walked, e.g. shrunk by
+deletions): every scan here returns each field once (`Once`), so a re-visited position
+or TP order is never counted twice.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from storage.redis import as_text
 SCAN_COUNT = 1000  # HSCAN COUNT: entries per round trip (a hint; Redis may return more)
 
 _order_decoder = msgspec.json.Decoder(Order)
+decode_order = _order_decoder.decode  # a stored `order` event (orders:{sid})
 
 
 class FillRow(msgspec.Struct, gc=False):
@@ -45,6 +48,7 @@ class FillRow(msgspec.Struct, gc=False):
     ts: int
     fee_currency: str | None = None
     order_type: str | None = None
+    entry: str = ""  # stream id of the fill's event ("" for fills recorded before it was kept)
 
 
 decode_fill_row = msgspec.json.Decoder(FillRow).decode
@@ -88,6 +92,7 @@ class PositionRow(msgspec.Struct, kw_only=True, gc=False, frozen=True):
 
     id: str
     symbol: str
+    opened_at: int = 0
     buys: tuple[BuyRow, ...] = ()
     closes: tuple[CloseRow, ...] = ()  # sells on other orders, allocated FIFO
     steps: tuple[StepRow, ...] = ()
@@ -158,30 +163,71 @@ async def read_header(redis: aioredis.Redis, keys: Keys, sid: str) -> SessionHea
     )
 
 
-async def scan_values(
+class Once:
+    """The elements a scan has returned so far: SCAN-family commands guarantee every
+    element that stays in the table is returned at least once, not at most once."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: set[bytes | str] = set()
+
+    def first(self, element: bytes | str) -> bool:
+        """True the first time `element` is met."""
+        if element in self.seen:
+            return False
+        self.seen.add(element)
+        return True
+
+
+async def scan_items_raw(
     redis: aioredis.Redis, key: str, count: int = SCAN_COUNT
-) -> AsyncIterator[list[bytes]]:
-    """The hash's values, a chunk per HSCAN round trip."""
+) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+    """The hash's (field, value) pairs, a chunk per HSCAN round trip, each field once."""
+    once = Once()
     cursor = 0
     while True:
         cursor, chunk = await redis.hscan(key, cursor, count=count)
         if chunk:
             assert isinstance(chunk, dict)
-            yield [v for v in chunk.values() if isinstance(v, bytes)]
+            fresh = [
+                (k, v)
+                for k, v in chunk.items()
+                if isinstance(k, bytes) and isinstance(v, bytes) and once.first(k)
+            ]
+            if fresh:
+                yield fresh
         if cursor == 0:
             return
+
+
+async def scan_values(
+    redis: aioredis.Redis, key: str, count: int = SCAN_COUNT
+) -> AsyncIterator[list[bytes]]:
+    """The hash's values, a chunk per HSCAN round trip, each field's once."""
+    async for items in scan_items_raw(redis, key, count):
+        yield [v for _, v in items]
 
 
 async def scan_items(
     redis: aioredis.Redis, key: str, count: int = SCAN_COUNT
 ) -> AsyncIterator[list[tuple[str, bytes]]]:
-    """The hash's (field, value) pairs, a chunk per HSCAN round trip."""
+    """The hash's (field, value) pairs, a chunk per HSCAN round trip, each field once."""
+    async for items in scan_items_raw(redis, key, count):
+        yield [(as_text(k), v) for k, v in items]
+
+
+async def scan_members(
+    redis: aioredis.Redis, key: str, count: int = SCAN_COUNT
+) -> AsyncIterator[list[str]]:
+    """The set's members, a chunk per SSCAN round trip, each once."""
+    once = Once()
     cursor = 0
     while True:
-        cursor, chunk = await redis.hscan(key, cursor, count=count)
-        if chunk:
-            assert isinstance(chunk, dict)
-            yield [(as_text(k), v) for k, v in chunk.items() if isinstance(v, bytes)]
+        cursor, members = await redis.sscan(key, cursor, count=count)
+        fresh = [m for m in map(as_text, members) if once.first(m)]
+        if fresh:
+            yield fresh
         if cursor == 0:
             return
 
@@ -239,15 +285,12 @@ async def tp_records(
 ) -> list[TpRecord]:
     """The TP records of the session whose order id is not in `skip` (normally none)."""
     wanted: list[str] = []
-    cursor = 0
-    while True:
-        cursor, members = await redis.sscan(keys.tp_orders(sid), cursor, count=count)
-        wanted += [oid for oid in map(as_text, members) if oid not in skip]
-        if cursor == 0:
-            break
+    async for members in scan_members(redis, keys.tp_orders(sid), count):
+        wanted += [oid for oid in members if oid not in skip]
+    wanted.sort()
     out: list[TpRecord] = []
     for start in range(0, len(wanted), count):
-        ids = sorted(set(wanted[start : start + count]))
+        ids = wanted[start : start + count]
         async with redis.pipeline(transaction=False) as pipe:
             for oid in ids:
                 pipe.hgetall(keys.tp_order(sid, oid))

@@ -25,6 +25,8 @@ from decimal import Decimal
 
 import asyncpg
 
+from storage.session_totals import FEE_IN_QUOTE
+
 FILL_COLUMNS = (
     "id",
     "session_id",
@@ -55,11 +57,28 @@ ORDER_COLUMNS = (
     "tier",
     "filled_quantity",
     "created_at",
+    "status_at",  # time of the `order` event that set the status (NULL: ours, or from fills)
+    "status_rank",  # storage.orders.status_rank: an update never moves a status backwards
+)
+POSITION_COLUMNS = (
+    "session_id",
+    "id",
+    "symbol",
+    "opened_at",
+    "quantity",
+    "open_quantity",
+    "on_book",
+    "uncovered",
+    "realized_pnl",
+    "round_trips",
+    "wins",
+    "spread_sum",
+    "trade_fees",
 )
 WORK_MEM = "256MB"
 NULL = ""  # COPY ... NULL '': an empty field is NULL (no NOT NULL text column is ever empty)
 
-_STAGE = {"fills": "mm_stage_fills", "orders": "mm_stage_orders"}
+_STAGE = {"fills": "mm_stage_fills", "orders": "mm_stage_orders", "positions": "mm_stage_positions"}
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -127,6 +146,9 @@ class SessionRow:
     started_at: dt.datetime | None
     ended_at: dt.datetime | None
     migrated_at: dt.datetime
+    fills_expected: int | None = None  # the `fills` of session_ended
+    sync_cursor: str = "0-0"  # the last changes:{sid} entry included
+    closed: bool = False  # no open position, no TP on the book: closed_at is set (kept if set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +162,9 @@ class PairRow:
     round_trips: int
     wins: int
     trade_fees: Decimal  # fees inside total_pnl: sells' fees + the sold quantity's buy fees
+    total_volume: Decimal = Decimal(0)
+    open_positions: int = 0
+    uncovered_positions: int = 0
 
 
 @dataclass(slots=True)
@@ -161,6 +186,7 @@ class SessionWriter:
         self.session_id = session_id
         self.force_staging = staging
         self.fast = False
+        self.first = False  # the session was never migrated: this transaction is its first
         self._tx: asyncpg.transaction.Transaction | None = None
         self._staged: set[str] = set()
 
@@ -173,13 +199,16 @@ class SessionWriter:
         # the aggregates over the session's fills sort/hash up to a million rows: in memory,
         # not in temporary files (this transaction only)
         await self.conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
-        fresh = await self.conn.fetchval(
+        row = await self.conn.fetchrow(
             """SELECT NOT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND migrated_at IS NOT NULL)
-                  AND NOT EXISTS (SELECT 1 FROM fills WHERE session_id = $1)
-                  AND NOT EXISTS (SELECT 1 FROM orders WHERE session_id = $1)""",
+                      AS first,
+                  NOT EXISTS (SELECT 1 FROM fills WHERE session_id = $1)
+                  AND NOT EXISTS (SELECT 1 FROM orders WHERE session_id = $1) AS empty""",
             self.session_id,
         )
-        self.fast = bool(fresh) and not self.force_staging
+        assert row is not None
+        self.first = bool(row["first"])
+        self.fast = self.first and bool(row["empty"]) and not self.force_staging
         return self
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -222,10 +251,15 @@ class SessionWriter:
         return _count(await self.conn.execute(_MERGE_FILLS))
 
     async def derive_orders(
-        self, pairs: Sequence[str], skip: Sequence[str], events: Sequence[str]
+        self,
+        pairs: Sequence[str],
+        skip: Sequence[str],
+        events: Sequence[str],
+        only: Sequence[str] | None = None,
     ) -> int:
         """The trader's orders as the stored fills tell them (`skip`: our TP order ids;
-        `events`: the orders written from `order` events, which get their filled quantity).
+        `events`: the orders written from `order` events, which get their filled quantity;
+        `only`: just these order ids, the sync's touched ones).
 
         An order known only from fills: quantity = filled = the sum of its fills, price = their
         volume-weighted average (18 decimals, half up), created at its first fill. Fast path:
@@ -242,36 +276,63 @@ class SessionWriter:
                            trim_scale(round(sum(price * quantity)::numeric(1000, 60) / sum(quantity), 18)) AS price,
                            min(timestamp) AS first
                     FROM fills WHERE session_id = $1 AND order_id <> ALL($3::text[])
+                      AND ($5::text[] IS NULL OR order_id = ANY($5::text[]))
                     GROUP BY order_id),
                 events AS (
                     UPDATE {target} o SET filled_quantity = agg.quantity FROM agg
                     WHERE o.id = ANY($4::text[]) AND o.session_id = $1 AND o.id = agg.order_id)
                 INSERT INTO {target} (id, session_id, symbol, pair_index, side, type, quantity, price, status,
-                                      is_take_profit, filled_quantity, created_at)
+                                      is_take_profit, filled_quantity, created_at, status_rank)
                 SELECT order_id, $1, symbol, array_position($2::text[], symbol) - 1, side, type, quantity,
-                       price, 'filled', false, quantity, first
+                       price, 'filled', false, quantity, first, 2
                 FROM agg WHERE order_id <> ALL($4::text[])""",
             self.session_id,
             list(pairs),
             list(skip),
             list(events),
+            None if only is None else list(only),
         )
         return _count(status) if self.fast else 0
 
     async def merge_orders(self) -> int:
-        """Staging path: add new orders, update the state of known ones; how many changed."""
+        """Staging path: add new orders, update the state of known ones; how many changed.
+
+        A stored order's quantity, price and status change only if the staged status is not
+        older (_NOT_OLDER): an older `order` event never overwrites a newer status; its
+        filled quantity (from the fills) always follows."""
         if self.fast or _STAGE["orders"] not in self._staged:
             return 0
         cols = ", ".join(ORDER_COLUMNS[1:])
+        guarded = ", ".join(
+            f"{c} = CASE WHEN {_NOT_OLDER} THEN EXCLUDED.{c} ELSE o.{c} END"
+            for c in ("quantity", "price", "status", "status_at", "status_rank")
+        )
         return _count(
             await self.conn.execute(
                 f"""INSERT INTO orders AS o ({", ".join(ORDER_COLUMNS)})
                 SELECT {_qualified_id("orders")}, {cols} FROM {_STAGE["orders"]} s
-                ON CONFLICT ON CONSTRAINT orders_pkey DO UPDATE SET quantity = EXCLUDED.quantity, price = EXCLUDED.price,
-                    status = EXCLUDED.status, filled_quantity = EXCLUDED.filled_quantity
+                ON CONFLICT ON CONSTRAINT orders_pkey DO UPDATE SET {guarded},
+                    filled_quantity = EXCLUDED.filled_quantity
                 WHERE o.session_id = EXCLUDED.session_id
-                  AND (o.quantity, o.price, o.status, o.filled_quantity) IS DISTINCT FROM
-                      (EXCLUDED.quantity, EXCLUDED.price, EXCLUDED.status, EXCLUDED.filled_quantity)"""
+                  AND (o.quantity, o.price, o.status, o.status_at, o.filled_quantity) IS DISTINCT FROM
+                      (EXCLUDED.quantity, EXCLUDED.price, EXCLUDED.status, EXCLUDED.status_at,
+                       EXCLUDED.filled_quantity)
+                  AND ({_NOT_OLDER} OR o.filled_quantity IS DISTINCT FROM EXCLUDED.filled_quantity)"""
+            )
+        )
+
+    async def merge_positions(self) -> int:
+        """Staging path: the staged positions' figures replace the stored ones; how many changed."""
+        if self.fast or _STAGE["positions"] not in self._staged:
+            return 0
+        cols = ", ".join(POSITION_COLUMNS)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in POSITION_COLUMNS[2:])
+        return _count(
+            await self.conn.execute(
+                f"""INSERT INTO positions AS p ({cols}) SELECT {cols} FROM {_STAGE["positions"]}
+                ON CONFLICT ON CONSTRAINT positions_pkey DO UPDATE SET {updates}
+                WHERE ({", ".join("p." + c for c in POSITION_COLUMNS[2:])}) IS DISTINCT FROM
+                      ({", ".join("EXCLUDED." + c for c in POSITION_COLUMNS[2:])})"""
             )
         )
 
@@ -287,9 +348,7 @@ class SessionWriter:
         """What the tables hold for the session, per pair (fees in quote: see docs/queries.sql)."""
         out = PairTotals()
         for row in await self.conn.fetch(
-            """SELECT symbol, count(*)::int AS n,
-                      sum(CASE WHEN fee_currency = split_part(symbol, '/', 1) THEN fee * price
-                               ELSE fee END) AS fees,
+            f"""SELECT symbol, count(*)::int AS n, sum({FEE_IN_QUOTE}) AS fees,
                       sum(price * quantity) AS volume
                FROM fills WHERE session_id = $1 GROUP BY symbol""",
             self.session_id,
@@ -308,12 +367,15 @@ class SessionWriter:
         return out
 
     async def finish(self, session: SessionRow, pairs: Sequence[PairRow]) -> None:
-        """Upsert the session's row and its per-pair rows (totals recomputed, first migrated_at kept)."""
+        """Upsert the session's row and its per-pair rows (totals recomputed, first migrated_at
+        and closed_at kept; the sync cursor never moves back)."""
         await self.conn.execute(
             """INSERT INTO sessions (id, pairs, pair_count, total_orders, total_fills, total_pnl,
                    total_fees, total_volume, uncovered_positions, open_positions, duplicate_fills,
-                   end_reason, started_at, ended_at, migrated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                   end_reason, started_at, ended_at, migrated_at, fills_expected, sync_cursor,
+                   synced_at, closed_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                       $15, CASE WHEN $18::boolean THEN $15::timestamptz END)
                ON CONFLICT (id) DO UPDATE SET pairs = EXCLUDED.pairs, pair_count = EXCLUDED.pair_count,
                    total_orders = EXCLUDED.total_orders, total_fills = EXCLUDED.total_fills,
                    total_pnl = EXCLUDED.total_pnl, total_fees = EXCLUDED.total_fees,
@@ -323,7 +385,10 @@ class SessionWriter:
                    end_reason = EXCLUDED.end_reason,
                    started_at = coalesce(EXCLUDED.started_at, sessions.started_at),
                    ended_at = EXCLUDED.ended_at,
-                   migrated_at = coalesce(sessions.migrated_at, EXCLUDED.migrated_at)""",
+                   migrated_at = coalesce(sessions.migrated_at, EXCLUDED.migrated_at),
+                   fills_expected = EXCLUDED.fills_expected,
+                   sync_cursor = EXCLUDED.sync_cursor, synced_at = EXCLUDED.synced_at,
+                   closed_at = CASE WHEN $18::boolean THEN coalesce(sessions.closed_at, EXCLUDED.migrated_at) END""",
             session.id,
             list(session.pairs),
             len(session.pairs),
@@ -339,30 +404,45 @@ class SessionWriter:
             session.started_at,
             session.ended_at,
             session.migrated_at,
+            session.fills_expected,
+            session.sync_cursor,
+            session.closed,
         )
-        if pairs:
-            await self.conn.execute(
-                """INSERT INTO session_pairs (session_id, symbol, total_orders, total_fills, total_pnl,
-                       total_fees, avg_spread, round_trips, wins, trade_fees)
-                   SELECT $1, * FROM unnest($2::text[], $3::int[], $4::int[], $5::numeric[],
-                                            $6::numeric[], $7::numeric[], $8::int[], $9::int[],
-                                            $10::numeric[])
-                   ON CONFLICT (session_id, symbol) DO UPDATE SET
-                       total_orders = EXCLUDED.total_orders, total_fills = EXCLUDED.total_fills,
-                       total_pnl = EXCLUDED.total_pnl, total_fees = EXCLUDED.total_fees,
-                       avg_spread = EXCLUDED.avg_spread, round_trips = EXCLUDED.round_trips,
-                       wins = EXCLUDED.wins, trade_fees = EXCLUDED.trade_fees""",
-                session.id,
-                [p.symbol for p in pairs],
-                [p.total_orders for p in pairs],
-                [p.total_fills for p in pairs],
-                [p.total_pnl for p in pairs],
-                [p.total_fees for p in pairs],
-                [p.avg_spread for p in pairs],
-                [p.round_trips for p in pairs],
-                [p.wins for p in pairs],
-                [p.trade_fees for p in pairs],
-            )
+        await write_pairs(self.conn, session.id, pairs)
+
+
+async def write_pairs(conn: asyncpg.Connection, session_id: str, pairs: Sequence[PairRow]) -> None:
+    """Upsert per-pair rows of a session."""
+    if not pairs:
+        return
+    await conn.execute(
+        """INSERT INTO session_pairs (session_id, symbol, total_orders, total_fills, total_pnl,
+               total_fees, avg_spread, round_trips, wins, trade_fees, total_volume,
+               open_positions, uncovered_positions)
+           SELECT $1, * FROM unnest($2::text[], $3::int[], $4::int[], $5::numeric[],
+                                    $6::numeric[], $7::numeric[], $8::int[], $9::int[],
+                                    $10::numeric[], $11::numeric[], $12::int[], $13::int[])
+           ON CONFLICT (session_id, symbol) DO UPDATE SET
+               total_orders = EXCLUDED.total_orders, total_fills = EXCLUDED.total_fills,
+               total_pnl = EXCLUDED.total_pnl, total_fees = EXCLUDED.total_fees,
+               avg_spread = EXCLUDED.avg_spread, round_trips = EXCLUDED.round_trips,
+               wins = EXCLUDED.wins, trade_fees = EXCLUDED.trade_fees,
+               total_volume = EXCLUDED.total_volume, open_positions = EXCLUDED.open_positions,
+               uncovered_positions = EXCLUDED.uncovered_positions""",
+        session_id,
+        [p.symbol for p in pairs],
+        [p.total_orders for p in pairs],
+        [p.total_fills for p in pairs],
+        [p.total_pnl for p in pairs],
+        [p.total_fees for p in pairs],
+        [p.avg_spread for p in pairs],
+        [p.round_trips for p in pairs],
+        [p.wins for p in pairs],
+        [p.trade_fees for p in pairs],
+        [p.total_volume for p in pairs],
+        [p.open_positions for p in pairs],
+        [p.uncovered_positions for p in pairs],
+    )
 
 
 async def upsert_started(
@@ -391,6 +471,13 @@ def _qualified_id(table: str) -> str:
         " THEN s.session_id || ':' || s.id ELSE s.id END"
     )
 
+
+# the staged order's status is not older than the stored one: a later `order` event, or the
+# same time and a status further along; without event times (our TPs), further along or equal
+_NOT_OLDER = (
+    "(coalesce(EXCLUDED.status_at, o.status_at, '-infinity'::timestamptz), EXCLUDED.status_rank)"
+    " >= (coalesce(o.status_at, EXCLUDED.status_at, '-infinity'::timestamptz), o.status_rank)"
+)
 
 _MERGE_FILLS = (
     f"INSERT INTO fills ({', '.join(FILL_COLUMNS)}) SELECT {_qualified_id('fills')}, {', '.join(FILL_COLUMNS[1:])}"

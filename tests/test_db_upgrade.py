@@ -15,7 +15,7 @@ from storage import schema
 from storage.servers import Servers
 from tests.conftest import MMOPS, with_search_path
 
-TABLES = {"sessions", "orders", "fills", "session_pairs", "schema_migrations"}
+TABLES = {"sessions", "orders", "fills", "session_pairs", "positions", "schema_migrations"}
 VERSIONS = [m.version for m in schema.migrations()]
 LATEST = max(VERSIONS)
 

@@ -87,6 +87,12 @@ async def test_demo(
         "P&L",
     ]
     assert table[2].startswith("ADA/USD") and any(line.startswith("TOTAL") for line in table)
+    # sessions ended while TPs were live; TPs that filled after the end are in PostgreSQL too
+    after = out[out.index("Fills after each session's end") :].splitlines()
+    assert after[1].split() == ["SESSION", "IN", "REDIS", "IN", "POSTGRESQL", "CLOSED"]
+    total = next(line.split() for line in after if line.startswith("TOTAL"))
+    assert int(total[1]) > 0 and total[1] == total[2], after
+    assert int(figure(out, "TP fills after the end").split()[0]) >= int(total[1])
     assert out.rstrip().endswith("OK")
     assert "demo " in err  # the live progress line
     assert (tmp_path / ".mmops" / "demo-workers.log").stat().st_size > 0
@@ -102,6 +108,8 @@ async def test_demo(
         "20",
         "--seed",
         "4",
+        "--after-end",
+        "0",
         "--schema",
         demo_schema,
     )

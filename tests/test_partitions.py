@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from base.clock import ManualClock
 from base.settings import Settings
 from mmops.app import App
 from storage import partitioning, schema
@@ -26,6 +27,12 @@ from tests.test_migrator import (
 from tests.test_queries import migrated  # noqa: F401 - the sessions the answers are about
 from tests.test_queries import test_queries_known_answers as query_answers
 from tests.test_queries import test_report_tables as report_answers
+from tests.test_session_life import (
+    test_after_the_sync_the_tables_equal_a_whole_migration_of_the_same_state as sync_equals_whole,
+)
+from tests.test_session_life import (
+    test_without_fills_later_tp_fills_and_reprices_reach_postgres as sync_answers,
+)
 from workers.migrator import MigratorHandler
 
 PARTITIONS = 4
@@ -101,6 +108,27 @@ async def test_the_migrators_rerun_on_partitioned_tables(
 ) -> None:
     """Fast path, staging path (ON CONFLICT ON CONSTRAINT orders_pkey), a fill added later."""
     await migrator_rerun_answers(app, migrator, pg, settings)
+
+
+async def test_the_sync_after_the_end_on_partitioned_tables(
+    app: App,  # noqa: F811
+    migrator: MigratorHandler,  # noqa: F811
+    pg: asyncpg.Pool,
+) -> None:
+    """Later TP fills and a reprice after the end: the same answers as on plain tables
+    (tests/test_session_life.py)."""
+    assert isinstance(app.clock, ManualClock)
+    await sync_answers(app, migrator, pg, app.clock)
+
+
+async def test_the_synced_rows_equal_a_whole_migration_on_partitioned_tables(
+    app: App,  # noqa: F811
+    migrator: MigratorHandler,  # noqa: F811
+    pg: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    """A TP fill, a FIFO sell, a trader order and a new pair after the end."""
+    await sync_equals_whole(app, migrator, pg, settings)
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "four"])

@@ -139,6 +139,7 @@ def test_every_query_has_a_header_and_sql() -> None:
         "fee_share_of_pnl",
         "sessions_with_uncovered_positions",
         "daily_pnl",
+        "sessions_still_open",
     }
     text = QUERIES.read_text()
     for name, sql in queries.items():
@@ -190,6 +191,12 @@ async def test_queries_known_answers(migrated: dict[str, Any], pg: asyncpg.Pool)
     assert [(r["session_id"], r["uncovered_positions"], r["open_positions"]) for r in rows] == [
         ("B", 1, 1)
     ]
+    assert rows[0]["total_pnl"] == x["eth_b"]
+
+    rows = [dict(r) for r in await pg.fetch(q["sessions_still_open"])]  # A closed at its end
+    assert [
+        (r["session_id"], r["open_positions"], r["live_tps"], r["fills_after_end"]) for r in rows
+    ] == [("B", 1, 0, 0)]
     assert rows[0]["total_pnl"] == x["eth_b"]
 
     rows = [dict(r) for r in await pg.fetch(q["daily_pnl"])]

@@ -141,11 +141,32 @@ async def test_prices_crossing_tps_fill_them(
     assert events.index(end) > max(events.index(s) for s in sells)
 
 
+async def test_tps_outlive_their_session_and_fill_after_its_end(
+    redis: aioredis.Redis, keys: Keys, settings: Settings, coverage: App
+) -> None:
+    config = SimConfig(
+        sessions=1, pairs=3, rate=40, duration=2, seed=11, volatility=2.5, after_end=3
+    )
+    stats = await simulator(redis, keys, settings, config).run()
+    events = [decode(fields) for _, fields in await redis.xrange(keys.stream)]
+    end = next(n for n, e in enumerate(events) if isinstance(e, SessionEnded))
+    before = [e for e in events[:end] if isinstance(e, Fill)]
+    after = [e for e in events[end + 1 :] if isinstance(e, Fill)]
+    assert len(after) == stats.sells_after_end > 0
+    tp_ids = {m.decode() for m in await redis.smembers(keys.tp_orders(stats.session_ids[0]))}
+    assert all(f.side == "sell" and f.order_id in tp_ids for f in after)
+    ended = events[end]
+    assert isinstance(ended, SessionEnded) and ended.fills == len(before)  # before the end only
+    assert len({f.fill_id for f in before + after}) == len(before) + len(after)
+
+
 def test_bad_parameters_one_line() -> None:
     with pytest.raises(SimulationError, match="--rate"):
         SimConfig(rate=0).validate()
     with pytest.raises(SimulationError, match="--sessions"):
         SimConfig(sessions=0).validate()
+    with pytest.raises(SimulationError, match="--after-end"):
+        SimConfig(after_end=-1).validate()
 
 
 @pytest.mark.redis  # the simulator process writes to the test Redis

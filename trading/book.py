@@ -84,14 +84,17 @@ class PositionBook:
         *,
         fill: Fill | None = None,
         ops: Sequence[Op] = (),
+        entry: str = "",
     ) -> CommitResult:
         """Store new versions of `writes` (each one version above what is stored) with
-        `ops`, atomically; with `fill`, only if that fill was never recorded."""
+        `ops`, atomically; with `fill`, only if that fill was never recorded (`entry`: the
+        stream id of its event, stored with it)."""
         reply = await self.ledger.commit(
             sid,
             [Write(p.id, p.v - 1, encode_position(p)) for p in writes],
             fill=fill,
             ops=ops,
+            entry=entry,
         )
         if isinstance(reply, Applied):
             for position in writes:

@@ -129,10 +129,12 @@ class BuyBatch:
         bought = base
         ops: list[Op] = []
         fills: dict[str, Fill] = {}
+        entries: list[str] = []
         for entry, fill in share.items:
             if fill.fill_id in fills:
                 continue  # the same fill delivered twice in one batch: recorded once
             fills[fill.fill_id] = fill
+            entries.append(entry.id)
             quantity, fee = held_and_fee(fill)
             bought = bought.with_buy(
                 Buy(fill.fill_id, fill.price, quantity, fee, fill.ts, entry.id)
@@ -150,7 +152,7 @@ class BuyBatch:
         if share.plan is not None:
             share.plan = Plan(final, share.plan.step, share.plan.ops, share.plan.outcome)
         write = Write(share.pid, base.v, encode_position(final))
-        return Group(list(fills.values()), [write], ops)
+        return Group(list(fills.values()), [write], ops, entries)
 
     async def _observe(self, fills: list[Fill]) -> None:
         """Tell the exchange (the paper one moves balances); a refusal is only logged."""

@@ -84,7 +84,7 @@ class Closing:
                     )
                     for position, qty in shares
                 ]
-            result = await self.book.commit(sid, writes, fill=fill, ops=changes)
+            result = await self.book.commit(sid, writes, fill=fill, ops=changes, entry=entry.id)
             if isinstance(result, Conflict):
                 continue
             if owner is None:

@@ -62,6 +62,10 @@ class CoverageHandler:
         """Buys of different orders run side by side; other sells wait for the pair's
         earlier buys (FIFO); session events wait for everything of their session."""
         if isinstance(event, Fill | Order):
+            if not self.pairs.known(event.session_id, event.symbol):
+                # a pair new to this process may be the one MAX_PAIRS refuses: such events
+                # of a session are admitted in stream order, one after the other
+                return (event.session_id,)
             if event.side == "sell" and isinstance(event, Fill):
                 return (event.session_id, event.symbol)
             return (event.session_id, event.symbol, event.order_id)
@@ -88,8 +92,7 @@ class CoverageHandler:
                 )
             case Order():
                 await self.orders.record(event)  # an older status never overwrites a newer
-                sid = event.session_id
-                await self._session_ops(sid, [ops.sadd(self.keys.pairs(sid), event.symbol)])
+                await self._session_ops(event.session_id, [])  # its pair was admitted before
             case SessionEnded():
                 sid = event.session_id
                 fields: dict[str, str | int] = {"ended_at": event.ts, "end_id": entry.id}
@@ -140,9 +143,11 @@ class CoverageHandler:
     async def handle_bulk(self, items: Sequence[tuple[Entry, Fill]]) -> list[float | None]:
         """A fill whose pair its session may not take (MAX_PAIRS) goes the one-by-one way,
         which dead-letters it."""
-        symbols = list(dict.fromkeys((fill.session_id, fill.symbol) for _, fill in items))
-        refusals = await asyncio.gather(*(self.pairs.admit(sid, (s,)) for sid, s in symbols))
-        refused = {key for key, refusal in zip(symbols, refusals, strict=True) if refusal}
+        refused: set[tuple[str, str]] = set()
+        for sid, symbol in dict.fromkeys((fill.session_id, fill.symbol) for _, fill in items):
+            # in stream order: the first new pair takes the last slot (cached once admitted)
+            if await self.pairs.admit(sid, (symbol,)):
+                refused.add((sid, symbol))
         if not refused:
             return await self.buys.run(items)
         taken = [item for item in items if (item[1].session_id, item[1].symbol) not in refused]
@@ -177,7 +182,11 @@ class CoverageHandler:
                 )
             writes = [plan.position if plan is not None else bought]
             result = await self.book.commit(
-                sid, writes, fill=fill, ops=[*self._fill_ops(fill), *(plan.ops if plan else [])]
+                sid,
+                writes,
+                fill=fill,
+                ops=[*self._fill_ops(fill), *(plan.ops if plan else [])],
+                entry=entry.id,
             )
             if isinstance(result, Committed):
                 await observed

@@ -1,12 +1,18 @@
-"""The migrator: consumer group `migrator`, lane = session.
+"""The migrator: consumer group `migrator`, lane = session; and its periodic work.
 
-On `session_started` it upserts the live session's row; on `session_ended` it waits
-until the coverage group has processed every entry of that session up to and
-including the end, then migrates the session (the flow is workers/migration/). A
-fill-count mismatch or a session not ready yet is retried with backoff.
+On `session_started` it upserts the live session's row. On `session_ended` it waits
+(in-process, `Retry`) until the coverage group has processed every entry of that session
+up to and including the end, then migrates the session (the flow is workers/migration/).
+If fills the end counted are still missing, the session is tracked in
+`mm:migration:waiting` and the entry is acked: a waiting session never holds the stream's
+retention floor. `keep_in_step` is the process' periodic work beside the consumer
+(workers/migration/in_step.py): waiting sessions, and every ended session's later
+changes into PostgreSQL. `mmops up` and `mmops migrator` run it (mmops/commands/run.py).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncpg
 
@@ -14,21 +20,21 @@ from base.logs import one_line
 from events import Event, SessionEnded, SessionStarted
 from storage.postgres import TRANSIENT_PG_ERRORS
 from workers.migration import MigrationParts, MigrationStatus, Migrator
+from workers.migration.in_step import InStep
 from workers.runtime import Entry, Lane, Retry, Transient
 
 GROUP = "migrator"
 COVERAGE_WAIT_MS = 500
-INCOMPLETE_BACKOFF_MS = (5_000, 600_000)  # first retry, ceiling
 
 
 class MigratorHandler:
-    """Upserts live sessions, migrates ended ones."""
+    """Upserts live sessions, migrates ended ones, keeps them in step afterwards."""
 
     group = GROUP
 
     def __init__(self, migrator: Migrator) -> None:
         self.migrator = migrator
-        self._attempts: dict[str, int] = {}
+        self.in_step = InStep(migrator)
 
     @classmethod
     async def create(cls, parts: MigrationParts) -> MigratorHandler:
@@ -65,8 +71,12 @@ class MigratorHandler:
         result = await self.migrator.migrate(
             sid, wait_for_coverage=False, expected_fills=event.fills
         )
-        if result.status in (MigrationStatus.INCOMPLETE, MigrationStatus.WAITING):
-            attempts = self._attempts[sid] = self._attempts.get(sid, 0) + 1
-            first, ceiling = INCOMPLETE_BACKOFF_MS
-            raise Retry(result.reason, after_ms=min(ceiling, first * 2 ** (attempts - 1)))
-        self._attempts.pop(sid, None)
+        if result.status is MigrationStatus.WAITING_FILLS and self.pool is not None:
+            await self.in_step.wait_for(sid, entry.id, event.ts, event.fills)
+
+    async def keep_in_step(self, stop: asyncio.Event, *, once: bool = False) -> None:
+        """The periodic work until `stop` (with `once`, one tick: `--drain`)."""
+        if once:
+            await self.in_step.tick()
+        else:
+            await self.in_step.run(stop)

@@ -2,10 +2,12 @@
 
 Starts embedded Redis/PostgreSQL under .mmops/ when REDIS_URL/DATABASE_URL do not
 answer, runs every worker (`mmops up` as a subprocess, logs in .mmops/demo-workers.log),
-simulates a trader for --duration seconds, waits for every session to be migrated,
-runs one sweep, then reports: events, TPs, coverage latency, uncovered positions (must
-be 0: exit status 1 otherwise), sessions migrated and the per-pair P&L read back from
-PostgreSQL. The demo's state lives under its own key prefix and schema, cleared at the
+simulates a trader for --duration seconds (sessions end while their TPs are live; TPs
+keep filling after their session's end, for --after-end seconds after the last one),
+waits for every session to be migrated and in step, runs one sweep, then reports: events,
+TPs, coverage latency, uncovered positions (must be 0: exit status 1 otherwise), sessions
+migrated, the per-pair P&L read back from PostgreSQL, and the fills after each session's
+end in Redis and in PostgreSQL (they must be equal: exit status 1 otherwise). The demo's state lives under its own key prefix and schema, cleared at the
 start of each run and left afterwards for inspection.
 """
 
@@ -19,23 +21,20 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import asyncpg
-
 from base import logs
 from base.settings import Settings, redact_url
-from mmops import runner
+from mmops import demo_figures, runner
 from mmops.app import App
 from mmops.commands.simulate import StatusLine, add_trader_arguments
 from mmops.reporting import percentile, render_table
 from mmops.simulator import SimConfig, SimStats, SimulationError, Simulator
-from storage import postgres, schema
+from storage import changes, postgres, schema
 from storage.keys import Keys
-from storage.redis import as_text, entries_of, stream_id
+from storage.redis import as_text, stream_id
 from trading.paper import PaperExchange
 
 log = logs.get("mmops.demo")
@@ -44,6 +43,7 @@ DATA_DIR = Path(".mmops")
 READY_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 35.0
+AFTER_END_S = 5.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,7 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "workers and `mmops simulate` for --duration seconds, waits for the migrations and one "
         "sweep, and reports. Exit status 1 if a position is left uncovered.",
     )
-    add_trader_arguments(cmd, volatility=0.5, note=": TPs fill within the demo")
+    add_trader_arguments(
+        cmd, volatility=0.5, note=": TPs fill within the demo", after_end=AFTER_END_S
+    )
     cmd.add_argument(
         "--schema", default="mmops_demo", help="PostgreSQL schema for the demo (default mmops_demo)"
     )
@@ -80,6 +82,7 @@ def _demo(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 volatility=args.volatility,
                 tag="",
+                after_end=args.after_end,
             )
         )
     except SimulationError as exc:
@@ -128,6 +131,7 @@ class Outcome:
     sweep: str = ""
     workers_exit: int | None = None
     pnl_rows: list[list[object]] = field(default_factory=list)
+    after_end: list[demo_figures.AfterEnd] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -267,7 +271,8 @@ class Demo:
         return self.outcome.stats.session_ids
 
     async def _settle(self, app: App, workers: asyncio.subprocess.Process, sids: list[str]) -> None:
-        """Wait until the stream is consumed and every session is migrated."""
+        """Wait until the stream is consumed, every session migrated and in step (each
+        change after its end in PostgreSQL)."""
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while True:
             if workers.returncode is not None:
@@ -275,7 +280,7 @@ class Demo:
                     f"the workers exited with status {workers.returncode}: {self._log_tail()}"
                 )
             migrated = await self._migrated(app, sids)
-            busy = await self._busy(app)
+            busy = await self._busy(app) + await self._unsynced(app, sids)
             tps, uncovered, _ = await self._live_figures(app, sids)
             self.line.show(
                 f"demo: settling  TPs {tps}  uncovered {uncovered}  migrated {migrated}/{len(sids)}  backlog {busy}"
@@ -307,9 +312,15 @@ class Demo:
     async def _measure(self, app: App, sids: list[str]) -> None:
         out = self.outcome
         out.tps_created, out.uncovered, out.dust = await self._live_figures(app, sids)
-        out.latencies = await _latencies(app, self.keys)
+        out.latencies = await demo_figures.latencies(app.redis, self.keys)
         out.migrated = await self._migrated(app, sids)
-        out.pnl_rows = await _pnl(self.settings.database_url)
+        out.pnl_rows = await demo_figures.pnl_rows(self.settings.database_url)
+        out.after_end = await demo_figures.after_end(
+            app.redis, self.keys, self.settings.database_url, sids
+        )
+        missing = sum(a.in_redis - a.in_postgres for a in out.after_end)
+        if missing:
+            out.problems.append(f"{missing} fills after a session's end are not in PostgreSQL")
 
     # --- figures ---------------------------------------------------------------------
     async def _live_figures(self, app: App, sids: list[str]) -> tuple[int, int, int]:
@@ -334,6 +345,10 @@ class Demo:
             for sid in sids:
                 pipe.exists(self.keys.migration_completed(sid))
             return sum(int(n) for n in await pipe.execute())
+
+    async def _unsynced(self, app: App, sids: list[str]) -> int:
+        """Sessions with a change after their end not yet in PostgreSQL."""
+        return sum([not await changes.is_synced(app.redis, self.keys, sid) for sid in sids])
 
     async def _busy(self, app: App) -> int:
         """Entries of the input stream not yet processed by coverage and migrator (lag + pending)."""
@@ -377,10 +392,11 @@ class Demo:
                     "events",
                     f"{stats.events} ({rate:.0f}/s): buy fills {stats.buys} in {stats.buy_orders} orders, TP fills {stats.sells}",
                 ),
+                ("TP fills after the end", f"{stats.sells_after_end} (sent by the trader)"),
                 ("take-profits created", str(out.tps_created)),
                 (
                     "coverage latency",
-                    f"p50 {_ms(p50)}, p99 {_ms(p99)}, max {_ms(top)} (fill event -> order acknowledged)",
+                    f"p50 {demo_figures.ms(p50)}, p99 {demo_figures.ms(p99)}, max {demo_figures.ms(top)} (fill event -> order acknowledged)",
                 ),
                 (
                     "uncovered positions",
@@ -400,6 +416,11 @@ class Demo:
                     out.pnl_rows,
                 )
             )
+        if out.after_end:
+            lines += ["", "Fills after each session's end (TPs that outlived it):"]
+            lines.append(
+                render_table(["SESSION", "IN REDIS", "IN POSTGRESQL", "CLOSED"], _after(out))
+            )
         for problem in out.problems:
             lines.append(f"problem: {problem}")
         lines.append("")
@@ -411,65 +432,26 @@ class DemoError(RuntimeError):
     pass
 
 
-async def _latencies(app: App, keys: Keys) -> list[int]:
-    out: list[int] = []
-    cursor = "-"
-    while True:
-        page = entries_of(await app.redis.xrange(keys.takeprofits, min=cursor, max="+", count=1000))
-        for _, fields in page:
-            raw = fields.get(b"latency_ms", b"")
-            if fields.get(b"type") == b"created" and raw.isdigit():
-                out.append(int(raw))
-        if len(page) < 1000:
-            return sorted(out)
-        cursor = "(" + page[-1][0]
-
-
-async def _pnl(database_url: str) -> list[list[object]]:
-    conn = await postgres.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            """SELECT symbol, count(*) AS sessions, sum(total_orders) AS orders, sum(total_fills) AS fills,
-                      sum(round_trips) AS round_trips, sum(total_fees) AS fees, sum(total_pnl) AS pnl
-               FROM session_pairs GROUP BY symbol ORDER BY symbol"""
-        )
-    except asyncpg.UndefinedTableError:
-        return []
-    finally:
-        await conn.close()
-    table: list[list[object]] = [
+def _after(out: Outcome) -> list[list[object]]:
+    rows: list[list[object]] = [
         [
-            r["symbol"],
-            r["sessions"],
-            r["orders"],
-            r["fills"],
-            r["round_trips"],
-            _money(r["fees"]),
-            _money(r["pnl"]),
+            a.session_id,
+            a.in_redis,
+            a.in_postgres,
+            "yes" if a.closed else f"no ({a.live_tps} TPs live)",
         ]
-        for r in rows
+        for a in out.after_end
     ]
-    if rows:
-        table.append(
-            [
-                "TOTAL",
-                "",
-                sum(r["orders"] for r in rows),
-                sum(r["fills"] for r in rows),
-                sum(r["round_trips"] for r in rows),
-                _money(sum((r["fees"] for r in rows), Decimal(0))),
-                _money(sum((r["pnl"] for r in rows), Decimal(0))),
-            ]
-        )
-    return table
-
-
-def _money(value: Decimal | None) -> Decimal:
-    return (value or Decimal(0)).quantize(Decimal("0.01"))
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f} ms"
+    closed = sum(a.closed for a in out.after_end)
+    rows.append(
+        [
+            "TOTAL",
+            sum(a.in_redis for a in out.after_end),
+            sum(a.in_postgres for a in out.after_end),
+            f"{closed}/{len(out.after_end)}",
+        ]
+    )
+    return rows
 
 
 async def _stop(workers: asyncio.subprocess.Process) -> int | None:

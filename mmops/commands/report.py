@@ -12,6 +12,11 @@ Definitions (docs/queries.sql has the same ones for analysts):
 * max drawdown: the largest fall of cumulative daily P&L from a previous peak (from 0);
 * Sharpe: mean / sample standard deviation of daily P&L x sqrt(365); n/a with fewer
   than 2 days or no variation.
+
+A session's figures include its fills after its end (TPs that filled later: the migrator
+keeps PostgreSQL in step). Its P&L is final only once it is closed (`closed_at`: no
+position open, no TP live); until then the per-session table says FINAL no and the totals
+are marked provisional.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 import asyncpg
@@ -32,6 +37,7 @@ from storage import postgres
 ZERO = Decimal(0)
 _EXACT = Context(prec=50)
 MONEY = Decimal("0.0001")
+SESSION_ROWS = 20  # newest sessions listed
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -90,11 +96,27 @@ class PairLine:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionLine:
+    session_id: str
+    ended_at: dt.datetime | None
+    closed_at: dt.datetime | None
+    fills: int
+    after_end: int  # fills whose time is after the session's end
+    pnl: Decimal
+
+    @property
+    def final(self) -> bool:
+        return self.closed_at is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     scope: str
     sessions: int
     pairs: list[PairLine]
     days: list[tuple[dt.date, Decimal]]  # every calendar day from the first to the last
+    session_lines: list[SessionLine] = field(default_factory=list)  # newest first
+    provisional: int = 0  # sessions in scope not closed yet: their P&L may still change
 
     @property
     def max_drawdown(self) -> tuple[Decimal, dt.date | None]:
@@ -155,6 +177,27 @@ async def build(
         while day <= last:
             days.append((day, daily.get(day, ZERO)))
             day += dt.timedelta(days=1)
+    counts = await conn.fetchrow(
+        f"""SELECT (count(*) FILTER (WHERE s.closed_at IS NULL))::int AS provisional
+            FROM sessions s WHERE {_SCOPE}""",
+        start,
+        session,
+    )
+    session_lines = [
+        SessionLine(
+            r["id"], r["ended_at"], r["closed_at"], r["total_fills"], r["after_end"], r["total_pnl"]
+        )
+        for r in await conn.fetch(
+            f"""SELECT s.id, s.ended_at, s.closed_at, s.total_fills, s.total_pnl,
+                       (SELECT count(*) FROM fills f
+                        WHERE f.session_id = s.id AND f.timestamp > s.ended_at)::int AS after_end
+                FROM sessions s WHERE {_SCOPE}
+                ORDER BY s.ended_at DESC NULLS LAST, s.id LIMIT $3""",
+            start,
+            session,
+            SESSION_ROWS,
+        )
+    ]
     scope = (
         f"session {session}"
         if session
@@ -162,7 +205,14 @@ async def build(
         if since
         else "all sessions"
     )
-    return Report(scope, int(sessions), pairs, days)
+    return Report(
+        scope,
+        int(sessions),
+        pairs,
+        days,
+        session_lines,
+        int(counts["provisional"] if counts else 0),
+    )
 
 
 def max_drawdown(days: Sequence[tuple[dt.date, Decimal]]) -> tuple[Decimal, dt.date | None]:
@@ -226,7 +276,7 @@ def render(report: Report) -> str:
         spread_sum = sum(((p.avg_spread or ZERO) * p.round_trips for p in report.pairs), ZERO)
         rows.append(
             [
-                "TOTAL",
+                "TOTAL (provisional)" if report.provisional else "TOTAL",
                 trips,
                 percent(Decimal(wins) / trips if trips else None),
                 money(sum((p.pnl for p in report.pairs), ZERO)),
@@ -243,6 +293,13 @@ def render(report: Report) -> str:
             rule=True,
         )
     )
+    if report.provisional:
+        plural = "s" if report.provisional != 1 else ""
+        out.append(
+            f"P&L of {report.provisional} session{plural} not closed yet is provisional: "
+            "TPs still live may fill (see FINAL below)"
+        )
+    out += ["", *_sessions(report)]
     out += ["", "Portfolio: daily P&L (UTC)"]
     cumulative = ZERO
     daily_rows: list[list[object]] = []
@@ -259,3 +316,33 @@ def render(report: Report) -> str:
         + (str(sharpe_value) if sharpe_value is not None else "n/a (needs 2 days with variation)"),
     ]
     return "\n".join(out)
+
+
+def _sessions(report: Report) -> list[str]:
+    """The newest sessions: fills (after the end among them), P&L, and whether it is final."""
+    shown = len(report.session_lines)
+    head = "Per session (newest first; P&L final once the session is closed)"
+    if report.sessions > shown:
+        head += f": the {shown} newest of {report.sessions}"
+    rows: list[list[object]] = [
+        [
+            s.session_id,
+            _when(s.ended_at),
+            _when(s.closed_at),
+            s.fills,
+            s.after_end,
+            money(s.pnl),
+            "yes" if s.final else "no (open)",
+        ]
+        for s in report.session_lines
+    ]
+    table = render_table(
+        ["SESSION", "ENDED", "CLOSED", "FILLS", "AFTER END", "REALIZED P&L", "FINAL"],
+        rows,
+        rule=True,
+    )
+    return [head, table]
+
+
+def _when(value: dt.datetime | None) -> str:
+    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")

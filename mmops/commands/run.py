@@ -115,7 +115,14 @@ async def build(
         runtime, close = await runtime_for(name, app, app.settings.consumer)
         if close is not None:
             closers.append(close)
-        tasks.append(partial(runtime.run, until_drained=until_drained))
+        task: Callable[[], Awaitable[object]] = partial(runtime.run, until_drained=until_drained)
+        # a handler's periodic work beside its consumer (the migrator's sync of ended sessions)
+        periodic = getattr(runtime.handler, "keep_in_step", None)
+        if periodic is not None and until_drained:
+            task = _then(task, partial(periodic, runtime.stop, once=True))
+        elif periodic is not None:
+            tasks.append(partial(periodic, runtime.stop))
+        tasks.append(task)
     if "sweeper" in names:
         from workers.sweeper import Sweeper
 
@@ -123,3 +130,13 @@ async def build(
         closers.append(sweeper.close)
         tasks.append(sweeper.run_once if until_drained else sweeper.run)
     return tasks
+
+
+def _then(
+    first: Callable[[], Awaitable[object]], second: Callable[[], Awaitable[object]]
+) -> Callable[[], Awaitable[object]]:
+    async def both() -> None:
+        await first()
+        await second()
+
+    return both

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def add_trader_arguments(
-    cmd: argparse.ArgumentParser, *, volatility: float, note: str = ""
+    cmd: argparse.ArgumentParser, *, volatility: float, note: str = "", after_end: float = 0.0
 ) -> None:
     """The simulated trader's options, shared by `simulate` and `demo`."""
     cmd.add_argument(
@@ -69,6 +69,14 @@ def add_trader_arguments(
         metavar="PCT",
         help=f"price volatility, percent per sqrt(second) (default {volatility}{note})",
     )
+    cmd.add_argument(
+        "--after-end",
+        type=float,
+        default=after_end,
+        metavar="S",
+        help="seconds prices keep moving once the last session ended: TPs of ended sessions "
+        f"fill then, as TPs of ended sessions do throughout (default {after_end:g})",
+    )
 
 
 def config_from(args: argparse.Namespace) -> SimConfig:
@@ -81,6 +89,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         seed=seed,
         volatility=args.volatility,
         tag=args.tag,
+        after_end=args.after_end,
     )
     config.validate()
     return config

@@ -6,8 +6,11 @@ Exit status 1 when unhealthy, with the reasons:
 - a group with work (lag or pending entries) and no live consumer (heartbeat within
   LIVE_AFTER_S);
 - `risk:halt` is set;
-- a dead letter newer than --dead-window minutes.
-A missing sweeper lease or an unknown lag is only a warning.
+- a dead letter newer than --dead-window minutes;
+- a change of an ended session not in PostgreSQL after 3 x MIGRATION_SYNC_SECONDS.
+A missing sweeper lease or an unknown lag is only a warning. The sessions that have ended
+but are still open (open positions, live TPs, changes not yet in PostgreSQL) are listed
+(mmops/ended_sessions.py).
 
 With MM_STREAM_SHARDS > 1 every shard's stream is reported (and judged) on its own, after
 a table of one row per shard: length, groups, pending entries, the largest lag.
@@ -25,7 +28,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from base.settings import Settings
-from mmops import runner
+from mmops import ended_sessions, runner
 from mmops.reporting import fmt_ms, render_table
 from storage import redis as redis_store
 from storage.keys import Keys
@@ -99,9 +102,10 @@ async def collect(
     budgets = await _rate_budgets(redis, keys, settings)
     halt_raw = await redis.get(keys.risk_halt)
     halt = _json_or_text(halt_raw) if halt_raw is not None else None
+    ended = await ended_sessions.collect(redis, keys, settings, now)
 
-    problems: list[str] = []
-    warnings: list[str] = []
+    problems: list[str] = list(ended.pop("problems"))
+    warnings: list[str] = list(ended.pop("warnings"))
     for stream in streams:
         for group in stream["groups"]:
             name = f"{stream['stream']}/{group['group']}"
@@ -137,6 +141,7 @@ async def collect(
         "sweeper_lease": lease,
         "risk_halt": halt,
         "rate_budget": budgets,
+        "ended_sessions": ended,
     }
 
 
@@ -381,6 +386,8 @@ def render(report: dict[str, Any]) -> str:
         "" if dead["newest_age_ms"] is None else f" (newest {fmt_ms(dead['newest_age_ms'])} ago)"
     )
     lines.append(f"dead letters: {dead['total']}{newest}")
+    if "ended_sessions" in report:
+        lines += ended_sessions.render(report["ended_sessions"], report["ts"])
     lines.append("")
     for warning in report["warnings"]:
         lines.append(f"warning: {warning}")

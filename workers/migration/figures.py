@@ -6,6 +6,8 @@ Figures (docs/queries.sql documents them for analysts):
 * a *round trip* is one sell applied to one position (a TP fill, or a FIFO share of
   another sell); a *win* is one with P&L > 0; `avg_spread` is the mean over round trips
   of (sell price − unit cost) / unit cost;
+* a position's figures (`PositionFigures`, the `positions` table) are summed per pair,
+  the pairs' per session: so a sync after the end rewrites only the touched positions;
 * fees are in quote (trading.fees: a fee charged in the base asset is valued at the
   fill's price).
 Arithmetic is exact: the passes compute in localcontext(EXACT), a 60-digit context. Money
@@ -60,6 +62,35 @@ class DecimalCache(dict[str, Decimal]):
         return value
 
 
+@dataclass(slots=True)
+class PositionFigures:
+    """One position's figures (a row of the `positions` table), exact: the pair and session
+    figures are sums of these, in memory at a migration and in SQL after a sync."""
+
+    quantity: Decimal = ZERO  # bought
+    open_quantity: Decimal = ZERO  # bought and not sold yet
+    on_book: Decimal = ZERO  # unfilled quantity of its live and pending TPs
+    uncovered: bool = False  # quantity neither sold nor under a TP, beyond dust
+    pnl: Decimal = ZERO
+    round_trips: int = 0
+    wins: int = 0
+    spread_sum: Decimal = ZERO
+    trade_fees: Decimal = ZERO  # fees inside pnl: the sells' and the sold quantity's buy fees
+
+    def round_trip(
+        self, price: Decimal, qty: Decimal, fee: Decimal, unit: Decimal, fee_per_unit: Decimal
+    ) -> Decimal:
+        """Count one sell of `qty` applied to the position of unit cost `unit`; its P&L."""
+        pnl = round_trip_pnl(price, qty, fee, unit)
+        self.pnl += pnl
+        self.trade_fees += fee + qty * fee_per_unit
+        self.round_trips += 1
+        if pnl > 0:
+            self.wins += 1
+        self.spread_sum += (price - unit) / unit
+        return pnl
+
+
 @dataclass
 class PairFigures:
     """One pair's counts and sums over a session (quote currency)."""
@@ -73,22 +104,31 @@ class PairFigures:
     wins: int = 0
     spread_sum: Decimal = ZERO
     trade_fees: Decimal = ZERO  # fees inside pnl: the sells' and the sold quantity's buy fees
+    open_positions: int = 0
+    uncovered_positions: int = 0
+    live_positions: int = 0  # with a TP on the book
 
-    def round_trip(
-        self, price: Decimal, qty: Decimal, fee: Decimal, unit: Decimal, fee_per_unit: Decimal
-    ) -> Decimal:
-        """Count one sell of `qty` applied to a position of unit cost `unit`; its P&L."""
-        pnl = round_trip_pnl(price, qty, fee, unit)
-        self.pnl += pnl
-        self.trade_fees += fee + qty * fee_per_unit
-        self.round_trips += 1
-        if pnl > 0:
-            self.wins += 1
-        self.spread_sum += (price - unit) / unit
-        return pnl
+    def add(self, p: PositionFigures) -> None:
+        """Count one position in."""
+        self.pnl += p.pnl
+        self.trade_fees += p.trade_fees
+        self.round_trips += p.round_trips
+        self.wins += p.wins
+        self.spread_sum += p.spread_sum
+        if p.open_quantity > 0:
+            self.open_positions += 1
+        if p.uncovered:
+            self.uncovered_positions += 1
+        if p.on_book > 0:
+            self.live_positions += 1
 
     def avg_spread(self) -> Decimal | None:
-        return money(EXACT.divide(self.spread_sum, self.round_trips)) if self.round_trips else None
+        return average_spread(self.spread_sum, self.round_trips)
+
+
+def average_spread(spread_sum: Decimal, round_trips: int) -> Decimal | None:
+    """Mean spread over round trips, as stored (None without round trips)."""
+    return money(EXACT.divide(spread_sum, round_trips)) if round_trips else None
 
 
 class OrderFills:

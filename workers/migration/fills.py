@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from storage import session_reader as reader
 from storage.keys import Keys
+from storage.redis import stream_id
 from storage.session_reader import FillRow, decode_fill_row, gc_paused
 from storage.session_writer import FILL_COLUMNS, NeedsEscaping, copy_line, join_unescaped
 from trading.fees import charged_in_base, fee_in_quote
@@ -52,6 +53,19 @@ class FillsPass:
         self.mode = mode
         self.filter = ContentFilter(tally.header.fills, exact=mode is Mode.DRY)
         self.candidates: list[FillRow] = []  # fast path: maybe duplicates
+        self._end: tuple[int, int] | None = None  # with count_before: the end's stream id
+        self._end_ts = 0
+        self._logged: set[str] = set()
+
+    def count_before(self, end_id: str, end_ts: int, logged: set[str]) -> None:
+        """Count into tally.fills_before_end the fills before the session's end: those whose
+        event precedes the session_ended entry `end_id` (by the entry id stored with the
+        fill; a fill stored without one, unless the changes stream logged it as recorded
+        after the end), and those whose own time is not after the end's `end_ts` (a fill the
+        trader counted that reached the stream late)."""
+        self._end = stream_id(end_id)
+        self._end_ts = end_ts
+        self._logged = logged
 
     async def lines(self) -> AsyncIterator[bytes]:
         """Every recorded fill once, in fill-id order (then any fill no position mentions)."""
@@ -63,14 +77,14 @@ class FillsPass:
             with gc_paused(), localcontext(EXACT):
                 rows = [decode_fill_row(raw) for raw in raws if raw is not None]
                 fetched += len(rows)
-                chunk = self._chunk(rows)
+                chunk = self.chunk(rows)
             if chunk:
                 yield chunk
         if await self.redis.hlen(self.keys.fills(t.sid)) > fetched:  # sells that closed nothing
             known = set(ids)
             async for items in reader.scan_items(self.redis, self.keys.fills(t.sid), FETCH):
                 with gc_paused(), localcontext(EXACT):
-                    chunk = self._chunk(
+                    chunk = self.chunk(
                         [decode_fill_row(raw) for fid, raw in items if fid not in known]
                     )
                 if chunk:
@@ -90,8 +104,10 @@ class FillsPass:
         with localcontext(EXACT):
             self._count([f for f in rows if f.fill_id in stored])
 
-    def _chunk(self, rows: list[FillRow]) -> bytes:
+    def chunk(self, rows: list[FillRow]) -> bytes:
         """COPY lines of the rows not seen before (the hot loop: one pass, locals only)."""
+        if self._end is not None:
+            self._count_before(rows)
         if self.mode is Mode.STAGING:  # PostgreSQL de-duplicates; the totals come from the tables
             for f in rows:
                 if f.symbol not in self.tally.figures:
@@ -123,6 +139,19 @@ class FillsPass:
             self._count(kept)
             self.tally.new_fills += len(kept)
         return self._lines(kept)
+
+    def _count_before(self, rows: list[FillRow]) -> None:
+        end, end_ts, logged = self._end, self._end_ts, self._logged
+        assert end is not None
+        n = 0
+        for f in rows:
+            if f.ts <= end_ts:
+                n += 1
+            elif f.entry:
+                n += stream_id(f.entry) < end
+            else:
+                n += f.fill_id not in logged
+        self.tally.fills_before_end += n
 
     def _count(self, rows: list[FillRow]) -> None:
         """Per-pair counts, volume and fees (quote), and the fills of non-TP orders."""

@@ -1,4 +1,5 @@
-"""The positions pass: our TP orders as COPY lines, and each position's round trips on the way.
+"""The positions pass: our TP orders as COPY lines, each position's figures and round trips
+on the way (`measure`, also used by the sync after a session's end).
 
 Positions are walked as their stored decimal text (storage.session_reader.PositionRow)
 and turned into Decimals only where a figure needs them; the rules are the position
@@ -17,11 +18,18 @@ import redis.asyncio as aioredis
 from base import logs
 from storage import session_reader as reader
 from storage.keys import Keys
+from storage.orders import status_rank
 from storage.session_reader import CloseRow, PositionRow, decode_position_row, gc_paused
 from storage.session_writer import ORDER_COLUMNS, copy_line, join_unescaped
 from trading.pnl import buy_cost, unit_cost
-from trading.positions import COVERING, StepStatus, open_quantity, uncovered_quantity
-from workers.migration.figures import EXACT, ZERO, PairFigures
+from trading.positions import (
+    COVERING,
+    MAY_SELL,
+    StepStatus,
+    open_quantity,
+    uncovered_quantity,
+)
+from workers.migration.figures import EXACT, ZERO, DecimalCache, PositionFigures
 from workers.migration.tally import SessionTally
 
 log = logs.get("mmops.migrator")
@@ -35,7 +43,7 @@ async def tp_order_lines(
         lines: list[str] = []
         with gc_paused(), localcontext(EXACT):
             for raw in raws:
-                _position(tally, decode_position_row(raw), lines)
+                position(tally, decode_position_row(raw), lines)
         if lines:
             yield join_unescaped(lines, len(ORDER_COLUMNS))
     lines = []
@@ -47,59 +55,87 @@ async def tp_order_lines(
         yield join_unescaped(lines, len(ORDER_COLUMNS))
 
 
-def _position(t: SessionTally, p: PositionRow, lines: list[str]) -> None:
-    """Figures of one position, in one pass."""
+def position(t: SessionTally, p: PositionRow, lines: list[str]) -> None:
+    """One position: its figures into its pair's and its `positions` row, its TP orders as
+    COPY lines into `lines` (each TP order once per tally)."""
     figure = t.figures.get(p.symbol) or t.figure(p.symbol)
-    ids, dec = t.fill_ids, t.dec
-    filled = cost = fees = closed = covered = tp_filled = ZERO
+    figures, step_filled = measure(p, t.dec, t.sell_pnl, t.fill_ids)
+    figure.add(figures)
+    t.position_lines.append(
+        f"{t.sid}\t{p.id}\t{p.symbol}\t{t.ts(p.opened_at) if p.opened_at else ''}\t"
+        f"{figures.quantity}\t{figures.open_quantity}\t{figures.on_book}\t"
+        f"{'t' if figures.uncovered else 'f'}\t{figures.pnl}\t{figures.round_trips}\t"
+        f"{figures.wins}\t{figures.spread_sum}\t{figures.trade_fees}\n"
+    )
+    for step, filled in zip(p.steps, step_filled, strict=True):
+        if not step.order_id or step.order_id in t.tp_ids:
+            continue
+        t.tp_ids.add(step.order_id)
+        figure.orders += 1
+        t.new_orders += 1
+        status = step.status
+        if status == StepStatus.LIVE and filled > 0:
+            status = "partially_filled"
+        lines.append(
+            f"{step.order_id}\t{t.sid}\t{p.symbol}\t{t.index[p.symbol]}\tsell\tlimit\t"
+            f"{step.qty}\t{step.price}\t{status}\tt\t{p.id}\t{step.client_id}\t{step.tier}\t"
+            f"{filled}\t{t.ts(step.acked_at or step.claimed_at)}\t\t{status_rank(status)}\n"
+        )
+
+
+def measure(
+    p: PositionRow, dec: DecimalCache, sell_pnl: dict[str, Decimal], fill_ids: list[str]
+) -> tuple[PositionFigures, list[Decimal]]:
+    """A position's figures in one walk, and each step's filled quantity. Adds the P&L each
+    sell realized on it to `sell_pnl` and every fill id it applied to `fill_ids`. Exact: the
+    caller computes in localcontext(EXACT)."""
+    f = PositionFigures()
+    filled = cost = fees = closed = covered = tp_filled = on_book = ZERO
     for buy in p.buys:
         qty, fee = dec[buy.qty], dec[buy.fee]
         cost += buy_cost(dec[buy.price], qty, fee)
         fees += fee
         filled += qty
-        ids.append(buy.fill_id)
+        fill_ids.append(buy.fill_id)
     unit = unit_cost(cost, filled) if filled > 0 else None
     fee_per_unit = fees / filled if filled > 0 else ZERO
     for close in p.closes:
         closed += dec[close.qty]
-        ids.append(close.fill_id)
+        fill_ids.append(close.fill_id)
         if unit is not None:
-            _round_trip(t, figure, close, unit, fee_per_unit)
+            _round_trip(f, close, unit, fee_per_unit, dec, sell_pnl)
+    step_filled: list[Decimal] = []
     for step in p.steps:
-        step_filled = ZERO
+        done = ZERO
         for close in step.fills:
-            step_filled += dec[close.qty]
-            ids.append(close.fill_id)
+            done += dec[close.qty]
+            fill_ids.append(close.fill_id)
             if unit is not None:
-                _round_trip(t, figure, close, unit, fee_per_unit)
-        tp_filled += step_filled
+                _round_trip(f, close, unit, fee_per_unit, dec, sell_pnl)
+        step_filled.append(done)
+        tp_filled += done
         if step.status in COVERING:
             covered += dec[step.qty] - dec[step.cancelled]
-        if step.order_id and step.order_id not in t.tp_ids:
-            t.tp_ids.add(step.order_id)
-            figure.orders += 1
-            t.new_orders += 1
-            status = step.status
-            if status == StepStatus.LIVE and step_filled > 0:
-                status = "partially_filled"
-            lines.append(
-                f"{step.order_id}\t{t.sid}\t{p.symbol}\t{t.index[p.symbol]}\tsell\tlimit\t"
-                f"{step.qty}\t{step.price}\t{status}\tt\t{p.id}\t{step.client_id}\t{step.tier}\t"
-                f"{step_filled}\t{t.ts(step.acked_at or step.claimed_at)}\n"
-            )
+        if step.status in MAY_SELL:
+            on_book += dec[step.qty] - dec[step.cancelled] - done
     uncovered = uncovered_quantity(filled, covered, closed)
-    if uncovered > 0 and dec[p.dust] != uncovered:  # dust: recorded, not retried
-        t.uncovered += 1
-    if open_quantity(filled, closed, tp_filled) > 0:
-        t.open_positions += 1
+    f.uncovered = uncovered > 0 and dec[p.dust] != uncovered  # dust: recorded, not retried
+    f.quantity = filled
+    f.open_quantity = open_quantity(filled, closed, tp_filled)
+    f.on_book = max(ZERO, on_book)
+    return f, step_filled
 
 
 def _round_trip(
-    t: SessionTally, figure: PairFigures, close: CloseRow, unit: Decimal, fee_per_unit: Decimal
+    f: PositionFigures,
+    close: CloseRow,
+    unit: Decimal,
+    fee_per_unit: Decimal,
+    dec: DecimalCache,
+    sell_pnl: dict[str, Decimal],
 ) -> None:
-    dec = t.dec
-    pnl = figure.round_trip(dec[close.price], dec[close.qty], dec[close.fee], unit, fee_per_unit)
-    t.sell_pnl[close.fill_id] = t.sell_pnl.get(close.fill_id, ZERO) + pnl
+    pnl = f.round_trip(dec[close.price], dec[close.qty], dec[close.fee], unit, fee_per_unit)
+    sell_pnl[close.fill_id] = sell_pnl.get(close.fill_id, ZERO) + pnl
 
 
 def _tp_record(t: SessionTally, record: reader.TpRecord) -> str | None:
@@ -135,5 +171,7 @@ def _tp_record(t: SessionTally, record: reader.TpRecord) -> str | None:
             f.get("tier", ""),
             str(filled),
             t.ts(created),
+            "",
+            str(status_rank(f.get("status") or "unknown")),
         )
     )

@@ -10,12 +10,13 @@ ZERO = Decimal(0)
 
 
 class MigrationStatus(enum.StrEnum):
-    MIGRATED = "migrated"  # written now (or re-written with force: nothing new is inserted twice)
+    MIGRATED = "migrated"  # written now (or re-written with force: nothing new is inserted twice);
+    # `reason` says so when fills the trader counted were still missing after the grace period
     DRY_RUN = "dry_run"  # computed, nothing written
     ALREADY = "already"  # migration:completed is set (or PostgreSQL says it was migrated)
     WAITING = "waiting"  # the coverage group has not processed the session's events yet
+    WAITING_FILLS = "waiting_fills"  # fewer fills before the end than the trader counted, in grace
     NOT_ENDED = "not_ended"  # no session_ended recorded
-    INCOMPLETE = "incomplete"  # recorded fills differ from the trader's count (alerted)
     MISSING = "missing"  # the session's Redis state is gone and it is not migrated (alerted)
     FAILED = "failed"  # an error (set by callers that report errors as results: mmops migrate)
 

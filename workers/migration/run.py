@@ -10,6 +10,7 @@ net and `mmops migrate` each hold one.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Protocol
 
@@ -21,6 +22,7 @@ from base.clock import Clock, iso
 from base.logs import one_line
 from base.settings import Settings
 from events import SessionStarted
+from storage import changes as change_log
 from storage import schema
 from storage import session_reader as reader
 from storage.keys import Keys
@@ -114,10 +116,17 @@ async def migrate_session(
 ) -> MigrationResult:
     """Persist one ended session to PostgreSQL in one transaction, then mark it completed.
 
-    `force` re-migrates a completed session (inserting nothing twice) and ignores a
-    fill-count mismatch. `dry_run` (default: DRY_RUN) computes everything and writes
-    nothing. `wait_for_coverage` checks that the coverage group has processed the
-    session's events up to its end. PostgreSQL connection errors propagate
+    The trader's count of the fills before the end (`expected_fills`, default the one its
+    session_ended carried) is checked against the fills recorded whose event precedes the
+    end: while fewer are recorded, the session waits (WAITING_FILLS) up to
+    MIGRATION_GRACE_MINUTES after its end; then it is migrated with what there is and
+    `migration_incomplete` is alerted, once. Fills after the end are not counted: they are
+    the session's life after it (the sync keeps PostgreSQL in step with them).
+
+    `force` re-migrates a completed session (inserting nothing twice) and skips the count
+    check. `dry_run` (default: DRY_RUN) computes everything and writes nothing.
+    `wait_for_coverage` checks that the coverage group has processed the session's events
+    up to its end. PostgreSQL connection errors propagate
     (storage.postgres.TRANSIENT_PG_ERRORS); the session is then not marked and can be re-run.
     """
     started = time.perf_counter()
@@ -139,20 +148,16 @@ async def migrate_session(
         if reason:
             return MigrationResult(sid, MigrationStatus.WAITING, reason)
     expected = header.fills_expected if expected_fills is None else expected_fills
-    if expected is not None and expected != header.fills and not force:
-        reason = f"recorded {header.fills} fills, the trader reported {expected}"
-        await parts.alert(
-            "migration_incomplete",
-            f"session {sid}: {reason}; not migrated (mmops migrate --session {sid} --force to migrate anyway)",
-            session_id=sid,
-            recorded=header.fills,
-            expected=expected,
-        )
-        return MigrationResult(sid, MigrationStatus.INCOMPLETE, reason)
+    if expected is not None and header.fills_expected != expected:
+        header = dataclasses.replace(header, fills_expected=expected)
     now = parts.clock.now_ms()
+    count = Count(expected, header, now, parts.settings) if expected is not None else None
+    if count is not None and not force and header.fills < count.expected and count.in_grace:
+        return _waiting(sid, header.fills, count)  # not even every fill is recorded yet
+    check = count is not None and not force
     if dry:
         plan = SessionMigration(parts.redis, parts.keys, header, now, Mode.DRY)
-        await plan.run(Discard())
+        await plan.run(Discard(), count_before_end=check)
         result = plan.result(MigrationStatus.DRY_RUN, _ms_since(started))
         log.info(
             "dry run: would write session %s: %d fills, %d orders, %d pairs, P&L %s",
@@ -166,21 +171,37 @@ async def migrate_session(
         return result
     if pool is None:
         raise ValueError("migrate_session needs a PostgreSQL pool unless dry_run")
-    async with pool.acquire() as conn:
-        try:
-            plan = await _write(conn, parts, header, now, staging=False)
-        except asyncpg.UniqueViolationError as exc:
-            # an id another session already uses (stored qualified by the staging path), or a
-            # duplicate the in-memory filter could not see (the same number written differently)
-            log.info(
-                "session %s: %s; writing it through the staging path",
-                sid,
-                one_line(exc),
-                extra={"session_id": sid},
-            )
-            plan = await _write(conn, parts, header, now, staging=True)
-    result = plan.result(MigrationStatus.MIGRATED, _ms_since(started))
+    try:
+        async with pool.acquire() as conn:
+            try:
+                plan = await _write(
+                    conn, parts, header, now, staging=False, count=count if check else None
+                )
+            except asyncpg.UniqueViolationError as exc:
+                # an id another session already uses (stored qualified by the staging path), or a
+                # duplicate the in-memory filter could not see (the same number written differently)
+                log.info(
+                    "session %s: %s; writing it through the staging path",
+                    sid,
+                    one_line(exc),
+                    extra={"session_id": sid},
+                )
+                plan = await _write(
+                    conn, parts, header, now, staging=True, count=count if check else None
+                )
+    except _Short as short:  # rolled back: some fills before the end are still missing
+        assert count is not None
+        return _waiting(sid, short.before_end, count)
+    tally = plan.tally
+    reason = ""
+    if check and count is not None and tally.fills_before_end != count.expected:
+        # alerted by the transaction that migrated the session first (several migrators)
+        reason = await _count_differs(parts, sid, tally.fills_before_end, count, plan.first)
+    result = dataclasses.replace(
+        plan.result(MigrationStatus.MIGRATED, _ms_since(started)), reason=reason
+    )
     await _mark_completed(parts, sid, now, result)
+    await change_log.trim(parts.redis, parts.keys, sid, tally.sync_cursor)
     log.info(
         "migrated session %s: %d fills (%d new), %d orders (%d new) in %d ms%s",
         sid,
@@ -195,6 +216,68 @@ async def migrate_session(
     return result
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Count:
+    """The trader's count of the fills before a session's end, and the grace period for it."""
+
+    expected: int
+    header: SessionHeader
+    now: int
+    settings: Settings
+
+    @property
+    def deadline(self) -> int:
+        """Epoch ms: MIGRATION_GRACE_MINUTES after the end."""
+        assert self.header.ended_at is not None
+        return self.header.ended_at + int(self.settings.migration_grace_minutes * 60_000)
+
+    @property
+    def in_grace(self) -> bool:
+        return self.now < self.deadline
+
+
+class _Short(Exception):
+    """Fewer fills before the end than the trader counted, within the grace period."""
+
+    def __init__(self, before_end: int) -> None:
+        super().__init__(before_end)
+        self.before_end = before_end
+
+
+def _waiting(sid: str, recorded: int, count: Count) -> MigrationResult:
+    return MigrationResult(
+        sid,
+        MigrationStatus.WAITING_FILLS,
+        f"{recorded} of the {count.expected} fills before the end recorded; waiting up to "
+        f"MIGRATION_GRACE_MINUTES after the end (until {iso(count.deadline)})",
+    )
+
+
+async def _count_differs(
+    parts: MigrationParts, sid: str, before_end: int, count: Count, first: bool
+) -> str:
+    """Migrated anyway: after the grace period with fills missing (alerted), or with more
+    fills before the end than the trader counted (logged: waiting cannot change that)."""
+    if before_end > count.expected:
+        reason = f"{before_end} fills recorded before the end, the trader counted {count.expected}"
+        log.warning("session %s: %s", sid, reason, extra={"session_id": sid})
+        return reason
+    reason = (
+        f"{before_end} of the {count.expected} fills before the end recorded after "
+        "MIGRATION_GRACE_MINUTES; migrated what there is"
+    )
+    if not first:
+        return reason
+    await parts.alert(
+        "migration_incomplete",
+        f"session {sid}: {reason} (a fill recorded later reaches PostgreSQL by the sync)",
+        session_id=sid,
+        recorded=before_end,
+        expected=count.expected,
+    )
+    return reason
+
+
 async def _write(
     conn: asyncpg.Connection,
     parts: MigrationParts,
@@ -202,17 +285,27 @@ async def _write(
     now: int,
     *,
     staging: bool,
+    count: Count | None = None,
 ) -> SessionMigration:
-    async with SessionWriter(conn, header.session_id, staging=staging) as writer:
+    """One transaction (under the session's lock). With `count`, it is rolled back (_Short)
+    if fewer fills before the end are recorded than counted while the grace period lasts."""
+    redis, keys, sid = parts.redis, parts.keys, header.session_id
+    async with SessionWriter(conn, sid, staging=staging) as writer:
         plan = SessionMigration(
-            parts.redis, parts.keys, header, now, Mode.FAST if writer.fast else Mode.STAGING
+            redis, keys, header, now, Mode.FAST if writer.fast else Mode.STAGING
         )
-        await plan.run(writer)
+        plan.first = writer.first
+        # under the lock, before the state is read: every change logged up to here is in it
+        plan.tally.sync_cursor = await change_log.last_id(redis, keys, sid)
+        await plan.run(writer, count_before_end=count is not None)
         tally = plan.tally
+        if count is not None and tally.fills_before_end < count.expected and count.in_grace:
+            raise _Short(tally.fills_before_end)
         if not writer.fast:  # PostgreSQL de-duplicated: counts and sums as the tables hold them
             tally.new_fills = await writer.merge_fills()
             await writer.derive_orders(tally.pairs, sorted(tally.tp_ids), sorted(tally.event_ids))
             tally.new_orders = await writer.merge_orders()
+            await writer.merge_positions()
             tally.use_totals(await writer.totals())
         await writer.finish(tally.session_row(), tally.pair_rows())
     return plan
@@ -252,6 +345,7 @@ async def _mark_completed(
             },
         )
         pipe.zrem(keys.sessions_ended, sid)
+        pipe.hdel(keys.migration_waiting, sid)
         await pipe.execute()
 
 

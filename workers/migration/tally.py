@@ -28,8 +28,9 @@ class SessionTally:
     event_ids: set[str] = field(default_factory=set)  # orders written from `order` events
     derived: dict[str, OrderFills] = field(default_factory=dict)  # fills of non-TP orders
     first_fill_ms: int | None = None
-    uncovered: int = 0
-    open_positions: int = 0
+    position_lines: list[str] = field(default_factory=list)  # COPY lines of `positions`
+    fills_before_end: int = 0  # fills read whose event precedes the session's end
+    sync_cursor: str = "0-0"  # the last changes:{sid} entry the state read includes
     new_fills: int = 0
     new_orders: int = 0
     ts: TimestampText = field(default_factory=TimestampText)
@@ -85,9 +86,17 @@ class SessionTally:
                     round_trips=f.round_trips,
                     wins=f.wins,
                     trade_fees=money(f.trade_fees),
+                    total_volume=money(f.volume),
+                    open_positions=f.open_positions,
+                    uncovered_positions=f.uncovered_positions,
                 )
             )
         return rows
+
+    @property
+    def closed(self) -> bool:
+        """No position open and no TP on the book (contract §2 `closed_at`)."""
+        return not any(f.open_positions or f.live_positions for f in self.figures.values())
 
     def session_row(self) -> SessionRow:
         pairs = self.pair_rows()
@@ -101,12 +110,15 @@ class SessionTally:
             total_fills=fills,
             total_pnl=sum((p.total_pnl for p in pairs), ZERO),
             total_fees=sum((p.total_fees for p in pairs), ZERO),
-            total_volume=sum((money(f.volume) for f in self.figures.values()), ZERO),
-            uncovered_positions=self.uncovered,
-            open_positions=self.open_positions,
+            total_volume=sum((p.total_volume for p in pairs), ZERO),
+            uncovered_positions=sum(p.uncovered_positions for p in pairs),
+            open_positions=sum(p.open_positions for p in pairs),
             duplicate_fills=max(0, header.fills - fills),
             end_reason=header.end_reason,
             started_at=ms_to_datetime(started) if started is not None else None,
             ended_at=ms_to_datetime(header.ended_at) if header.ended_at is not None else None,
             migrated_at=ms_to_datetime(self.now),
+            fills_expected=header.fills_expected,
+            sync_cursor=self.sync_cursor,
+            closed=self.closed,
         )
