@@ -35,6 +35,7 @@ class Market:
 class Quote:
     bid: Decimal
     ask: Decimal
+    last: Decimal | None = None  # price of the last trade; None when the exchange gives none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,7 +175,7 @@ class Exchange(Protocol):
     async def free_balance(self, asset: str) -> Decimal: ...
 
     async def quote(self, symbol: str) -> Quote:
-        """Best bid and ask."""
+        """Best bid and ask, and the last trade price when the exchange gives it."""
         ...
 
     async def observe_fill(

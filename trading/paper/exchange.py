@@ -225,14 +225,15 @@ class PaperExchange:
         self._remember_tick(symbol, stored)
 
     async def quote(self, symbol: str) -> Quote:
-        """Bid/ask around the last price: last x (1 -/+ half_spread), rounded out to the tick."""
+        """Bid/ask around the last price: last x (1 -/+ half_spread), rounded out to the tick;
+        and the last price itself."""
         split_symbol(symbol)
         await self._maybe_fail("fetch")
         raw = await self._redis.hget(self._k["prices"], symbol)
         if raw is None:
             raise TransientError(f"no price yet for {symbol}")
-        _, bid, ask = as_text(raw).split(" ")
-        return Quote(bid=Decimal(bid), ask=Decimal(ask))
+        last, bid, ask = as_text(raw).split(" ")
+        return Quote(bid=Decimal(bid), ask=Decimal(ask), last=Decimal(last))
 
     # --- fills ---------------------------------------------------------------------
     async def observe_fill(
