@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from trading.positions import COVERING, Position, StepStatus, decode_position
+from trading.positions import COVERING, MAY_SELL, Position, StepStatus, decode_position
 from trading.pricing import MS_PER_HOUR
 
 ZERO = Decimal(0)
@@ -32,6 +32,7 @@ class Figures:
     uncovered: Decimal
     dust: bool  # the uncovered quantity is recorded as dust
     needs_cover: bool  # a pending step, or uncovered quantity that is not dust
+    over_covered: bool  # TPs on the book offer more than is still held: needs a trim
     live_orders: tuple[str, ...]  # order ids of the live TPs
     min_live_tier: int  # lowest tier among the live TPs (-1: none)
     step_orders: tuple[str, ...]  # order ids of every covering step
@@ -65,7 +66,10 @@ def figures_of(pos: Position) -> Figures:
     step_orders: list[str] = []
     clients: list[str] = []
     pending = False
+    on_book = ZERO  # TP quantity that may still sell (Position.on_book, in the same walk)
     for s in pos.steps:
+        if s.status in MAY_SELL:
+            on_book += s.qty - s.cancelled - s.filled
         if s.status in COVERING:
             clients.append(s.client_id)
             if s.order_id:
@@ -86,6 +90,7 @@ def figures_of(pos: Position) -> Figures:
         uncovered=uncovered,
         dust=dust,
         needs_cover=pending or (uncovered > 0 and not dust),
+        over_covered=on_book > open_qty,
         live_orders=tuple(live),
         min_live_tier=min_tier,
         step_orders=tuple(step_orders),
@@ -108,6 +113,7 @@ class SessionView:
         self.stale_after = stale_after
         self.figures: dict[str, Figures] = {}
         self.needs_cover: set[str] = set()
+        self.needs_trim: set[str] = set()  # over-covered: a TP offers more than is held
         self.dust_ids: set[str] = set()
         self.open_ids: set[str] = set()
         self.live: dict[str, str] = {}  # live order id -> position id
@@ -157,6 +163,7 @@ class SessionView:
         add = sign > 0
         for ids, member in (
             (self.needs_cover, f.needs_cover),
+            (self.needs_trim, f.over_covered),
             (self.dust_ids, f.dust and not f.needs_cover),
             (self.open_ids, f.open_qty > 0),
             (self.with_sells, bool(f.sells)),

@@ -7,22 +7,31 @@ in the SweepReport:
 1. stream care (workers/stream_care.py): stuck entries, dead consumers, dead letters;
    a group with no live consumer is taken over;
 2. one `open_orders()` snapshot of the exchange (workers/reconcile.py);
-3. session discovery (workers/discovery.py): Redis indexes plus PostgreSQL's recent sessions;
-4. each session under its lock (workers/sweep_pass.py): reconcile, settle, reprice, cover;
-5. open orders with our client-id prefix that no position knows -> alert `unknown_order`;
-6. the portfolio's daily loss limit (workers/risk.py);
-7. the migration safety net: sessions ended long ago and not migrated;
-8. stream retention (workers/retention.py).
+3. session discovery (workers/discovery.py): every session the Redis indexes and
+   PostgreSQL's recent sessions name;
+4. the figures of every discovered session (workers/session_view.py): what needs work;
+5. sweeping (workers/sweep_pass.py): of the sessions with work, at most
+   SETTLEMENT_MAX_SESSIONS, round-robin from where the last pass stopped (the cursor in
+   `mm:sweeper:state`), each under its lock: reconcile, settle, trim, reprice, cover; the
+   others are left for the next passes (DEFERRED), so every session is swept in turn;
+6. open orders with our client-id prefix that no position knows -> alert `unknown_order`
+   (over every session's figures);
+7. the portfolio's daily loss limit (workers/risk.py), over every session's figures;
+8. the migration safety net: sessions ended long ago and not migrated;
+9. retention (workers/retention.py): the input stream.
 
-SIGTERM finishes the pass.
+Fencing: a pass checks its Guard before every phase, session and position action and
+stops early (PassStopped) once the lease is lost or SIGTERM arrived; after a lost lease
+it writes nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -35,11 +44,11 @@ from storage.redis import TRANSIENT_REDIS_ERRORS, as_text
 from trading.exchange import ExchangeError
 from workers import retention
 from workers.discovery import RecentSessions, discover
-from workers.lease import LeaseKeeper, lease_ttl_ms
+from workers.lease import Guard, LeaseKeeper, PassStopped, gather_settled, lease_ttl_ms
 from workers.parts import TradingParts
 from workers.reconcile import OpenBook, open_book, unknown_orders
 from workers.risk import RiskGuard, RiskReport
-from workers.session_view import FiguresCache
+from workers.session_view import FiguresCache, SessionView
 from workers.stream_care import SWEEPER_CONSUMER_PREFIX, StreamCare, StreamReport
 from workers.sweep_pass import SessionReport, SessionSweep, SweepStatus
 
@@ -50,6 +59,7 @@ log = logs.get("mmops.sweeper")
 
 SESSION_CONCURRENCY = 8
 PAIR_CONCURRENCY = 32
+READ_CHUNK = 20  # sessions whose positions one pipeline reads
 
 
 @dataclass
@@ -61,7 +71,9 @@ class SweepReport:
     duration_ms: int = 0
     sessions: list[SessionReport] = field(default_factory=list)
     discovered: int = 0
-    truncated: bool = False
+    with_work: int = 0  # sessions that needed an engine call
+    swept: int = 0  # of those, swept by this pass (at most SETTLEMENT_MAX_SESSIONS)
+    stopped: str = ""  # why the pass stopped early (lease lost, SIGTERM); "" if it ran through
     stream: StreamReport = field(default_factory=StreamReport)
     open_orders: int | None = None  # None: the exchange could not be asked
     unknown_orders: list[str] = field(default_factory=list)
@@ -73,6 +85,10 @@ class SweepReport:
 
     def total(self, name: str) -> int:
         return sum(int(getattr(s, name)) for s in self.sessions)
+
+    @property
+    def deferred(self) -> int:
+        return self.with_work - self.swept
 
     @property
     def ok(self) -> bool:
@@ -97,10 +113,13 @@ class Sweeper:
             lease_ttl_ms(app.settings.interval_seconds),
         )
         self.keeper = LeaseKeeper(self.lease)
+        self.guard = Guard(app.stop)  # run() adds the lease: a pass then stops once it is lost
         self.cache = FiguresCache(app.settings.tier_hours)
-        self.sessions = SessionSweep(app, self.cache, pair_concurrency=PAIR_CONCURRENCY)
-        self.streams = StreamCare(app, self.consumer)
-        self.risk = RiskGuard(app)
+        self.sessions = SessionSweep(
+            app, self.cache, pair_concurrency=PAIR_CONCURRENCY, guard=self.guard
+        )
+        self.streams = StreamCare(app, self.consumer, self.guard)
+        self.risk = RiskGuard(app, self.guard)
         self.recent = RecentSessions(app.settings.database_url)
         self._reported: set[str] = set()  # unknown orders and overdue migrations already alerted
         self._migrator: MigratorHandler | None = None  # its pool serves the migration safety net
@@ -123,21 +142,24 @@ class Sweeper:
         loop = asyncio.get_running_loop()
         interval = self.settings.interval_seconds
         renew_every = self.keeper.every
+        self.guard.keeper = self.keeper
         await self.keeper.refresh()
         keeper = asyncio.ensure_future(self.keeper.run())
         next_pass = loop.time()
         try:
             while not self.app.stop.is_set():
-                if self.lease.held and loop.time() >= next_pass:
+                held = self.keeper.valid()
+                if held and loop.time() >= next_pass:
                     next_pass = loop.time() + interval
                     try:
                         await self.run_once()
                     except TRANSIENT_REDIS_ERRORS as exc:
                         log.warning("sweep interrupted, Redis unreachable: %s", one_line(exc))
                     continue
-                wait = max(0.0, next_pass - loop.time()) if self.lease.held else renew_every
+                wait = max(0.0, next_pass - loop.time()) if held else renew_every
                 await _wait(self.app.stop, min(wait, renew_every))
         finally:
+            self.guard.keeper = None
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
@@ -146,39 +168,56 @@ class Sweeper:
 
     # --- one pass --------------------------------------------------------------------
     async def run_once(self) -> SweepReport:
-        """One full pass; phases fail independently and are recorded in the report."""
+        """One full pass; phases fail independently and are recorded in the report.
+
+        Stops early (report.stopped) when the guard says so: the lease is lost (then it
+        writes nothing more) or the process is asked to stop."""
         started = time.perf_counter()
         report = SweepReport(started_at=self.app.clock.now_ms(), by=self.name)
-        await self._phase(report, "stream", self.streams.check(report.stream))
-        book = await self._phase(report, "open orders", self._book(report))
-        found = await self._phase(report, "discovery", discover(self.app, self.recent))
-        if found is not None:
-            report.discovered, report.truncated = len(found.sessions), found.truncated
-            report.notes += found.notes
-            await self._phase(
-                report, "sessions", self._sweep_sessions(found.sessions, book, report)
-            )
-            if book is not None and not found.truncated:
-                await self._phase(report, "unknown orders", self._unknown_orders(book, report))
-            await self._phase(report, "open index", self._index_open(found.sessions))
-            report.risk = await self._phase(report, "risk", self.risk.check(self.cache.sessions))
-            if report.risk is not None:
-                report.errors += report.risk.errors
-        await self._phase(report, "migrations", self._overdue_migrations(report))
-        await self._phase(report, "retention", self._retention(report))
+        try:
+            await self._pass(report)
+        except PassStopped as stop:
+            report.stopped = stop.reason
+            report.notes.append(f"pass stopped early: {stop.reason}")
+            log.warning("sweep pass stopped early: %s", stop.reason)
         report.duration_ms = int((time.perf_counter() - started) * 1000)
-        await self._phase(report, "state", self._record(report))
+        if self.guard.lease_valid():
+            await self._phase(report, "state", self._record(report), check=False)
         log.info(
-            "sweep: %d sessions, uncovered %d -> %d, covered %d, repriced %d, errors %d, %d ms",
-            len(report.sessions),
+            "sweep: %d sessions (%d with work, %d swept), uncovered %d -> %d, covered %d, "
+            "repriced %d, trimmed %d, errors %d, %d ms%s",
+            report.discovered,
+            report.with_work,
+            report.swept,
             report.total("uncovered_before"),
             report.total("uncovered_after"),
             report.total("covered"),
             report.total("repriced"),
+            report.total("trimmed"),
             report.total("error_count") + len(report.errors),
             report.duration_ms,
+            f", stopped early: {report.stopped}" if report.stopped else "",
         )
         return report
+
+    async def _pass(self, report: SweepReport) -> None:
+        await self._phase(report, "stream", self.streams.check(report.stream))
+        book = await self._phase(report, "open orders", self._book(report))
+        found = await self._phase(report, "discovery", discover(self.app, self.recent))
+        if found is not None:
+            report.discovered = len(found.sessions)
+            report.notes += found.notes
+            views = await self._phase(report, "figures", self._figures(found.sessions))
+            if views is not None:
+                await self._phase(report, "sessions", self._sweep_sessions(views, book, report))
+                if book is not None:
+                    await self._phase(report, "unknown orders", self._unknown_orders(book, report))
+                await self._phase(report, "open index", self._index_open(views))
+                report.risk = await self._phase(report, "risk", self.risk.check(views))
+                if report.risk is not None:
+                    report.errors += report.risk.errors
+        await self._phase(report, "migrations", self._overdue_migrations(report))
+        await self._phase(report, "retention", self._retention(report))
 
     async def _retention(self, report: SweepReport) -> None:
         """MM_STREAM_RETENTION_HOURS: trim the input stream, never past what every group acked."""
@@ -188,10 +227,25 @@ class Sweeper:
                 f"retention: trimmed {result.removed} entries below {result.min_id} ({result.reason})"
             )
 
-    async def _phase(self, report: SweepReport, name: str, work: Awaitable[Any]) -> Any:
+    async def _phase(
+        self,
+        report: SweepReport,
+        name: str,
+        work: Coroutine[Any, Any, Any],
+        *,
+        check: bool = True,
+    ) -> Any:
         started = time.perf_counter()
         try:
+            if check:
+                try:
+                    self.guard.check()
+                except PassStopped:
+                    work.close()
+                    raise
             return await work
+        except PassStopped:
+            raise
         except Exception as exc:  # the safety net keeps its other duties when one phase fails
             log.warning(
                 "sweep phase %s failed: %s",
@@ -216,15 +270,42 @@ class Sweeper:
         report.open_orders = len(book.orders)
         return book
 
+    async def _figures(self, sids: list[str]) -> dict[str, SessionView]:
+        """Every session's view, decoding only positions whose version moved since the last pass."""
+        cache = self.cache
+        for i in range(0, len(sids), READ_CHUNK):
+            chunk = sids[i : i + READ_CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in chunk:
+                    pipe.hgetall(self.keys.positions(sid))
+                stored = await pipe.execute()
+            for sid, raw in zip(chunk, stored, strict=True):
+                cache.refresh(sid, raw)
+        cache.keep_only(sids)
+        return {sid: cache.sessions[sid] for sid in sids}
+
     async def _sweep_sessions(
-        self, sids: list[str], book: OpenBook | None, report: SweepReport
+        self, views: dict[str, SessionView], book: OpenBook | None, report: SweepReport
     ) -> None:
+        """Sweep at most SETTLEMENT_MAX_SESSIONS of the sessions with work, round-robin."""
+        with_work = sorted(sid for sid, view in views.items() if self.sessions.work(view, book))
+        cursor = as_text(await self.redis.hget(self.keys.sweeper_state, "cursor") or b"")
+        chosen = round_robin(with_work, cursor, self.settings.settlement_max_sessions)
+        report.with_work, report.swept = len(with_work), len(chosen)
+        if len(chosen) < len(with_work):
+            report.notes.append(
+                f"{len(with_work)} sessions with work, swept {len(chosen)} from {chosen[0]!r} on "
+                "(SETTLEMENT_MAX_SESSIONS); the others in the next passes"
+            )
+            log.info(report.notes[-1])
         limit = asyncio.Semaphore(SESSION_CONCURRENCY)
 
         async def one(sid: str) -> SessionReport:
             async with limit:
                 try:
-                    return await self.sessions.run(sid, book)
+                    return await self.sessions.run(sid, book, views[sid])
+                except PassStopped:
+                    raise
                 except Exception as exc:
                     log.warning(
                         "sweep of session %s failed: %s",
@@ -236,8 +317,16 @@ class Sweeper:
                     failed.error(f"{type(exc).__name__}: {one_line(exc)}")
                     return failed
 
-        report.sessions = list(await asyncio.gather(*(one(sid) for sid in sids)))
-        self.cache.keep_only(sids)
+        swept = {r.session_id: r for r in await gather_settled(*(one(sid) for sid in chosen))}
+        if chosen:
+            self.guard.check()
+            await self.redis.hset(self.keys.sweeper_state, "cursor", chosen[-1])
+        idle = [sid for sid in views if sid not in swept and sid not in with_work]
+        await self.sessions.record_idle(idle, views)
+        report.sessions = [
+            swept.get(sid) or figures_report(sid, view, idle=sid not in with_work)
+            for sid, view in views.items()
+        ]
 
     async def _unknown_orders(self, book: OpenBook, report: SweepReport) -> None:
         views = self.cache.sessions.values()
@@ -245,6 +334,7 @@ class Sweeper:
             report.unknown_orders.append(order.id)
             if order.id in self._reported:
                 continue
+            self.guard.check()
             self._reported.add(order.id)
             await self.app.alert(
                 "unknown_order",
@@ -255,14 +345,11 @@ class Sweeper:
                 symbol=order.symbol,
             )
 
-    async def _index_open(self, sids: list[str]) -> None:
+    async def _index_open(self, views: dict[str, SessionView]) -> None:
         """Remember sessions with open positions, so they are swept after the lookback too."""
         now = self.app.clock.now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                view = self.cache.sessions.get(sid)
-                if view is None:
-                    continue
+            for sid, view in views.items():
                 if view.open or view.uncovered:
                     pipe.zadd(self.keys.sweeper_open_sessions, {sid: now})
                 else:
@@ -286,6 +373,7 @@ class Sweeper:
         for sid, done in zip(ended_at, completed, strict=True):
             if done:
                 continue
+            self.guard.check()
             reason = await self._migrate(sid)
             if reason is None:
                 report.migrations.append(f"{sid}: migrated")
@@ -336,9 +424,32 @@ class Sweeper:
                 "last_pass_ms": report.duration_ms,
                 "last_pass_by": self.lease.token if self.lease.held else self.name,
                 "sessions": len(report.sessions),
+                "with_work": report.with_work,
+                "swept": report.swept,
                 "uncovered": report.total("uncovered_after"),
+                "stopped": report.stopped,
             },
         )
+
+
+def round_robin(sids: list[str], cursor: str, limit: int) -> list[str]:
+    """At most `limit` of the sorted `sids`, starting after `cursor` and wrapping around."""
+    start = bisect.bisect_right(sids, cursor)
+    return (sids[start:] + sids[:start])[:limit]
+
+
+def figures_report(sid: str, view: SessionView, *, idle: bool) -> SessionReport:
+    """A session's row when the pass did not sweep it: idle (nothing to do) or DEFERRED."""
+    return SessionReport(
+        sid,
+        status=SweepStatus.COMPLETED if idle else SweepStatus.DEFERRED,
+        pairs=len(view.symbols),
+        positions=len(view.figures),
+        open_positions=view.open,
+        uncovered_before=view.uncovered,
+        uncovered_after=view.uncovered,
+        dust=view.dust,
+    )
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
