@@ -192,3 +192,11 @@ class Exchange(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class KeepsHistory(Protocol):
+    """An exchange that keeps every order and fill it saw in mmops' Redis (the paper one):
+    session retention asks it to forget what belonged to a removed session."""
+
+    async def forget(self, *, order_ids: Sequence[str], fill_ids: Sequence[str]) -> int: ...

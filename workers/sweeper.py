@@ -18,7 +18,8 @@ in the SweepReport:
    (over every session's figures);
 7. the portfolio's daily loss limit (workers/risk.py), over every session's figures;
 8. the migration safety net: sessions ended long ago and not migrated;
-9. retention (workers/retention.py): the input stream.
+9. retention: the input stream (workers/retention.py), and the Redis state of sessions
+   closed longer than SESSION_RETENTION_DAYS (workers/session_retention.py).
 
 Fencing: a pass checks its Guard before every phase, session and position action and
 stops early (PassStopped) once the lease is lost or SIGTERM arrived; after a lost lease
@@ -48,6 +49,7 @@ from workers.lease import Guard, LeaseKeeper, PassStopped, gather_settled, lease
 from workers.parts import TradingParts
 from workers.reconcile import OpenBook, open_book, unknown_orders
 from workers.risk import RiskGuard, RiskReport
+from workers.session_retention import RetentionReport, SessionRetention
 from workers.session_view import FiguresCache, SessionView
 from workers.stream_care import SWEEPER_CONSUMER_PREFIX, StreamCare, StreamReport
 from workers.sweep_pass import SessionReport, SessionSweep, SweepStatus
@@ -79,6 +81,7 @@ class SweepReport:
     unknown_orders: list[str] = field(default_factory=list)
     risk: RiskReport | None = None
     migrations: list[str] = field(default_factory=list)
+    retention: RetentionReport | None = None
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     phases_ms: dict[str, int] = field(default_factory=dict)
@@ -120,6 +123,9 @@ class Sweeper:
         )
         self.streams = StreamCare(app, self.consumer, self.guard)
         self.risk = RiskGuard(app, self.guard)
+        self.expiry = SessionRetention(
+            app, self.guard, resync=lambda sid: self._migrate(sid, force=True)
+        )
         self.recent = RecentSessions(app.settings.database_url)
         self._reported: set[str] = set()  # unknown orders and overdue migrations already alerted
         self._migrator: MigratorHandler | None = None  # its pool serves the migration safety net
@@ -218,6 +224,7 @@ class Sweeper:
                     report.errors += report.risk.errors
         await self._phase(report, "migrations", self._overdue_migrations(report))
         await self._phase(report, "retention", self._retention(report))
+        await self._phase(report, "session retention", self._session_retention(report))
 
     async def _retention(self, report: SweepReport) -> None:
         """MM_STREAM_RETENTION_HOURS: trim the input stream, never past what every group acked."""
@@ -226,6 +233,15 @@ class Sweeper:
             report.notes.append(
                 f"retention: trimmed {result.removed} entries below {result.min_id} ({result.reason})"
             )
+
+    async def _session_retention(self, report: SweepReport) -> None:
+        """SESSION_RETENTION_DAYS: remove the Redis state of sessions closed that long."""
+        if self.settings.dry_run:
+            return
+        found = await self.expiry.run()
+        report.retention = found
+        if found.looked_at:
+            report.notes.append(found.note())
 
     async def _phase(
         self,
@@ -388,7 +404,7 @@ class Sweeper:
                     reason=reason,
                 )
 
-    async def _migrate(self, sid: str) -> str | None:
+    async def _migrate(self, sid: str, *, force: bool = False) -> str | None:
         """Migrate through the migrator's own function; the reason it could not, or None."""
         if self.settings.dry_run:
             return "not migrated: DRY_RUN"
@@ -399,7 +415,7 @@ class Sweeper:
         try:
             if self._migrator is None:
                 self._migrator = await migrator.MigratorHandler.create(self.app)
-            result = await migrator.migrate_session(self.app, self._migrator.pool, sid)
+            result = await migrator.migrate_session(self.app, self._migrator.pool, sid, force=force)
         except Exception as exc:
             log.warning(
                 "migration of %s by the sweeper failed: %s",

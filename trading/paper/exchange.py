@@ -36,6 +36,7 @@ from trading.paper.scripts import (
     BY_CLIENT_LUA,
     CANCEL_LUA,
     FILL_LUA,
+    FORGET_LUA,
     INIT_LUA,
     OBSERVE_LUA,
     OPEN_LUA,
@@ -70,6 +71,7 @@ KEY_NAMES = (
     "faults",
 )
 _PLACE_KEYS = ("orders", "open_clients", "clients", "free", "locked", "bids", "seq")
+FORGET_CHUNK = 2000  # orders (and fills) per forget script call
 _REFUSED_BEFORE_PLACING = frozenset({"rate_limit", "place_5xx", "place_timeout"})
 
 
@@ -121,6 +123,7 @@ class PaperExchange:
         self._init = register(INIT_LUA)
         self._by_client = register(BY_CLIENT_LUA)
         self._open = register(OPEN_LUA)
+        self._forget = register(FORGET_LUA)
 
     async def _run(
         self, script: AsyncScript, keys: list[str], args: Sequence[Any] = (), *, hot: bool = False
@@ -417,6 +420,19 @@ class PaperExchange:
         """Every order ever placed, oldest first (simulator hook, for tests and reports)."""
         raws = await self._redis.hvals(self._k["orders"])
         return [o for o in sorted_orders(raws) if symbol is None or o.symbol == symbol]
+
+    async def forget(self, *, order_ids: Sequence[str], fill_ids: Sequence[str]) -> int:
+        """Drop the records of a session that is removed (session retention): its orders
+        that are no longer open, with their client ids, and its seen fills, so that no
+        paper record lives forever. An open order is kept. Returns the orders dropped."""
+        keys = [self._k["orders"], self._k["clients"], self._k["seen_fills"]]
+        forgotten = 0
+        orders, fills = list(order_ids), list(fill_ids)
+        for i in range(0, max(len(orders), len(fills), 1), FORGET_CHUNK):
+            part, seen = orders[i : i + FORGET_CHUNK], fills[i : i + FORGET_CHUNK]
+            if part or seen:
+                forgotten += int(await self._run(self._forget, keys, [len(part), *part, *seen]))
+        return forgotten
 
     # --- balances ------------------------------------------------------------------
     async def free_balance(self, asset: str) -> Decimal:

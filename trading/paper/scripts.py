@@ -170,3 +170,24 @@ for i = 1, #ids, 500 do
 end
 return out
 """
+
+# Forget a session whose state retention removes: its finished orders (never an open one)
+# with their client-id entries, and its fill records.
+# KEYS: orders clients seen_fills   ARGV: n, n order ids, then fill ids
+FORGET_LUA = """
+local n = tonumber(ARGV[1])
+local forgotten = 0
+for i = 2, n + 1 do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw then
+    local o = cjson.decode(raw)
+    if o.st ~= 'open' then
+      if redis.call('HGET', KEYS[2], o.cid) == ARGV[i] then redis.call('HDEL', KEYS[2], o.cid) end
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      forgotten = forgotten + 1
+    end
+  end
+end
+for i = n + 2, #ARGV do redis.call('SREM', KEYS[3], ARGV[i]) end
+return forgotten
+"""
