@@ -74,6 +74,15 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
         return self.amount - self.filled
 
 
+@dataclass(frozen=True, slots=True)
+class OrderChanges:
+    """What `OrderFeed.order_changes` read: pass `cursor` back next time."""
+
+    cursor: str
+    complete: bool  # `orders` is every open order (no cursor, or an expired one)
+    orders: list[Order]  # complete: the open orders; else every order changed since the cursor
+
+
 class ExchangeError(Exception):
     """Base of every error an adapter raises; the message is one line, secrets-free."""
 
@@ -200,3 +209,11 @@ class KeepsHistory(Protocol):
     session retention asks it to forget what belonged to a removed session."""
 
     async def forget(self, *, order_ids: Sequence[str], fill_ids: Sequence[str]) -> int: ...
+
+
+@runtime_checkable
+class OrderFeed(Protocol):
+    """An exchange that can tell which orders changed since a cursor (the paper one keeps a
+    change log in Redis); others are read whole (`open_orders`)."""
+
+    async def order_changes(self, cursor: str | None) -> OrderChanges: ...

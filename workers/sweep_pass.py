@@ -202,12 +202,7 @@ class SessionSweep:
         if not self.app.settings.dry_run:
             work.update(dict.fromkeys(view.stale(self.app.clock.now_ms())))
         if book is not None:
-            # frozenset.difference walks the smaller side: O(the session's live TPs), not O(the book)
-            work.update(
-                dict.fromkeys(
-                    view.live[order_id] for order_id in view.live_ids.difference(book.orders)
-                )
-            )
+            work.update(dict.fromkeys(view.live[order_id] for order_id in book.gone(view.live_ids)))
         return list(work)
 
     # --- one pair, one position ------------------------------------------------------

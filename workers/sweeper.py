@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
+
 from base import logs
 from base.clock import iso
 from base.logs import one_line
@@ -47,7 +49,7 @@ from workers import retention
 from workers.discovery import RecentSessions, discover
 from workers.lease import Guard, LeaseKeeper, PassStopped, gather_settled, lease_ttl_ms
 from workers.parts import TradingParts
-from workers.reconcile import OpenBook, open_book, unknown_orders
+from workers.reconcile import FULL_READ_EVERY_MS, OpenBook, read_book, unknown_orders
 from workers.risk import RiskGuard, RiskReport
 from workers.session_retention import RetentionReport, SessionRetention
 from workers.session_view import FiguresCache, SessionView
@@ -77,7 +79,8 @@ class SweepReport:
     swept: int = 0  # of those, swept by this pass (at most SETTLEMENT_MAX_SESSIONS)
     stopped: str = ""  # why the pass stopped early (lease lost, SIGTERM); "" if it ran through
     stream: StreamReport = field(default_factory=StreamReport)
-    open_orders: int | None = None  # None: the exchange could not be asked
+    open_orders: int | None = None  # None: the exchange could not be asked, or read changes only
+    book: str = ""  # how the exchange's book was read: "whole", or "N changes"
     unknown_orders: list[str] = field(default_factory=list)
     risk: RiskReport | None = None
     migrations: list[str] = field(default_factory=list)
@@ -128,6 +131,7 @@ class Sweeper:
         )
         self.recent = RecentSessions(app.settings.database_url)
         self._reported: set[str] = set()  # unknown orders and overdue migrations already alerted
+        self._book_read: OpenBook | None = None  # this pass's book, its cursor saved at the end
         self._migrator: MigratorHandler | None = None  # its pool serves the migration safety net
 
     @classmethod
@@ -180,6 +184,7 @@ class Sweeper:
         writes nothing more) or the process is asked to stop."""
         started = time.perf_counter()
         report = SweepReport(started_at=self.app.clock.now_ms(), by=self.name)
+        self._book_read = None
         try:
             await self._pass(report)
         except PassStopped as stop:
@@ -275,15 +280,26 @@ class Sweeper:
             report.phases_ms[name] = int((time.perf_counter() - started) * 1000)
 
     async def _book(self, report: SweepReport) -> OpenBook | None:
+        """The exchange's book: what changed since the last pass where the exchange can say."""
+        state = await self.redis.hmget(
+            self.keys.sweeper_state, ["book_cursor", "book_carried", "book_full_at"]
+        )
+        cursor, carried, full_at = (as_text(v) if v is not None else None for v in state)
+        if int(full_at or 0) < self.app.clock.now_ms() - FULL_READ_EVERY_MS:
+            cursor = None
         try:
-            book = await open_book(self.app.exchange, self.app.clock)
+            book = await read_book(
+                self.app.exchange, self.app.clock, cursor, orjson.loads(carried or "[]")
+            )
         except ExchangeError as exc:
             report.notes.append(
                 f"exchange open orders unavailable, no reconciliation: {one_line(exc)}"
             )
             log.warning(report.notes[-1])
             return None
-        report.open_orders = len(book.orders)
+        report.open_orders = len(book.orders) if book.complete else None
+        report.book = "whole" if book.complete else f"{len(book.orders) + len(book.closed)} changes"
+        self._book_read = book
         return book
 
     async def _figures(self, sids: list[str]) -> dict[str, SessionView]:
@@ -433,19 +449,30 @@ class Sweeper:
         return None
 
     async def _record(self, report: SweepReport) -> None:
-        await self.redis.hset(
-            self.keys.sweeper_state,
-            mapping={
-                "last_pass_at": iso(report.started_at),
-                "last_pass_ms": report.duration_ms,
-                "last_pass_by": self.lease.token if self.lease.held else self.name,
-                "sessions": len(report.sessions),
-                "with_work": report.with_work,
-                "swept": report.swept,
-                "uncovered": report.total("uncovered_after"),
-                "stopped": report.stopped,
-            },
-        )
+        state: dict[str, str | int] = {
+            "last_pass_at": iso(report.started_at),
+            "last_pass_ms": report.duration_ms,
+            "last_pass_by": self.lease.token if self.lease.held else self.name,
+            "sessions": len(report.sessions),
+            "with_work": report.with_work,
+            "swept": report.swept,
+            "uncovered": report.total("uncovered_after"),
+            "stopped": report.stopped,
+        }
+        read = self._book_read
+        if read is not None and read.cursor is not None and not report.stopped:
+            # every change up to the cursor was acted on, or is carried to the next pass
+            state["book_cursor"] = read.cursor
+            state["book_carried"] = orjson.dumps(sorted(self._unreconciled(read))).decode()
+            if read.complete:
+                state["book_full_at"] = read.taken_at
+        await self.redis.hset(self.keys.sweeper_state, mapping=state)  # type: ignore[arg-type]
+
+    def _unreconciled(self, book: OpenBook) -> set[str]:
+        """Orders the book says are no longer open whose TP a view still holds live: their
+        sessions were not swept (or it failed); the next pass's book carries them."""
+        views = self.cache.sessions.values()
+        return {oid for oid in book.closed if any(oid in view.live for view in views)}
 
 
 def round_robin(sids: list[str], cursor: str, limit: int) -> list[str]:

@@ -22,6 +22,7 @@ from trading.exchange import (
     InsufficientFunds,
     Market,
     Order,
+    OrderChanges,
     OrderNotFound,
     OrderStatus,
     PermanentError,
@@ -35,6 +36,7 @@ from trading.paper.rules import KRAKEN_USD_PAIRS, generic_rules, generic_tick, s
 from trading.paper.scripts import (
     BY_CLIENT_LUA,
     CANCEL_LUA,
+    CHANGES_LUA,
     FILL_LUA,
     FORGET_LUA,
     INIT_LUA,
@@ -69,8 +71,13 @@ KEY_NAMES = (
     "seq",
     "init",
     "faults",
+    "changes",
+    "change_seq",
+    "changes_floor",
 )
-_PLACE_KEYS = ("orders", "open_clients", "clients", "free", "locked", "bids", "seq")
+_CHANGE_KEYS = ("changes", "change_seq", "changes_floor")
+_PLACE_KEYS = ("orders", "open_clients", "clients", "free", "locked", "bids", "seq", *_CHANGE_KEYS)
+_FINAL_KEYS = ("orders", "open_clients", "free", "locked", *_CHANGE_KEYS)  # cancel, fill
 FORGET_CHUNK = 2000  # orders (and fills) per forget script call
 _REFUSED_BEFORE_PLACING = frozenset({"rate_limit", "place_5xx", "place_timeout"})
 
@@ -104,6 +111,7 @@ class PaperExchange:
         self._faults = faults
         self._k = {name: keys.paper(name) for name in KEY_NAMES}
         self._place_keys = [self._k[name] for name in _PLACE_KEYS]
+        self._final_keys = [self._k[name] for name in _FINAL_KEYS]
         self._starting: list[str] = []
         for asset, amount in (starting_balances or {}).items():
             if not isinstance(amount, Decimal) or not amount.is_finite() or amount < 0:
@@ -124,6 +132,7 @@ class PaperExchange:
         self._by_client = register(BY_CLIENT_LUA)
         self._open = register(OPEN_LUA)
         self._forget = register(FORGET_LUA)
+        self._changes = register(CHANGES_LUA)
 
     async def _run(
         self, script: AsyncScript, keys: list[str], args: Sequence[Any] = (), *, hot: bool = False
@@ -294,9 +303,8 @@ class PaperExchange:
                 net = to_units(gross, ROUND_DOWN) - fee
             filled = int(o["fil"]) + qty
             status = OrderStatus.CLOSED if qty == remaining else OrderStatus.OPEN
-            keys = [k["orders"], k["open_clients"], k["free"], k["locked"]]
             args = [order_id, o["fil"], filled, remaining - qty, qty, net, status.value]
-            outcome, raw = await self._run(self._fill, keys, args)
+            outcome, raw = await self._run(self._fill, self._final_keys, args)
             if outcome == b"ok":
                 return decode_order(raw)
             if outcome == b"missing":
@@ -393,9 +401,7 @@ class PaperExchange:
         """Cancel and unlock the remainder; an order already closed is returned unchanged."""
         await self._maybe_fail("cancel")
         await self._ensure_init()
-        k = self._k
-        keys = [k["orders"], k["open_clients"], k["free"], k["locked"]]
-        outcome, raw = await self._run(self._cancel, keys, [order_id])
+        outcome, raw = await self._run(self._cancel, self._final_keys, [order_id])
         if outcome == b"missing":
             raise OrderNotFound(f"no paper order {order_id[:40]!r}")
         return decode_order(raw)
@@ -416,6 +422,17 @@ class PaperExchange:
         raws = await self._run(self._open, [self._k["open_clients"], self._k["orders"]])
         return [o for o in sorted_orders(raws) if symbol is None or o.symbol == symbol]
 
+    async def order_changes(self, cursor: str | None) -> OrderChanges:
+        """The orders changed since `cursor` (any status), or every open order when the
+        cursor is None or older than the change log keeps: one consistent read."""
+        await self._maybe_fail("fetch")
+        k = self._k
+        keys = [k["changes"], k["change_seq"], k["changes_floor"], k["open_clients"], k["orders"]]
+        seq, mode, *raws = await self._run(self._changes, keys, [cursor or ""])
+        return OrderChanges(
+            cursor=str(int(seq)), complete=mode == b"full", orders=sorted_orders(raws)
+        )
+
     async def orders(self, symbol: str | None = None) -> list[Order]:
         """Every order ever placed, oldest first (simulator hook, for tests and reports)."""
         raws = await self._redis.hvals(self._k["orders"])
@@ -425,7 +442,7 @@ class PaperExchange:
         """Drop the records of a session that is removed (session retention): its orders
         that are no longer open, with their client ids, and its seen fills, so that no
         paper record lives forever. An open order is kept. Returns the orders dropped."""
-        keys = [self._k["orders"], self._k["clients"], self._k["seen_fills"]]
+        keys = [self._k[name] for name in ("orders", "clients", "seen_fills", "changes")]
         forgotten = 0
         orders, fills = list(order_ids), list(fill_ids)
         for i in range(0, max(len(orders), len(fills), 1), FORGET_CHUNK):
