@@ -151,10 +151,15 @@ class Keys:
             self.metrics_settlement(sid),
             self.metrics_takeprofit(sid),
             self.metrics_migration(sid),
+            self.sweeper_view(sid),
         ]
         out += [self.tp_order(sid, order_id) for order_id in order_ids]
         out += [self.tp_attempt(sid, position_id) for position_id in position_ids]
         return out
+
+    def sweeper_view(self, sid: str) -> str:
+        """The sweeper's snapshot of the session's figures (a cache: workers/figures.py)."""
+        return f"{self.prefix}sweeper:view:{{{sid}}}"
 
     # --- global indexes --------------------------------------------------------
     @property

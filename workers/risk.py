@@ -39,7 +39,7 @@ from trading.pricing import is_dust, tp_amount
 from trading.takeprofit import MAX_CAS_TRIES, Outcome, Result
 from workers.lease import Guard
 from workers.parts import TradingParts
-from workers.session_view import SessionView
+from workers.session_view import SessionView, figures_of
 
 log = logs.get("mmops.risk")
 
@@ -193,7 +193,11 @@ class RiskGuard:
         self, sessions: dict[str, SessionView], bids: dict[str, Decimal], report: RiskReport
     ) -> None:
         for sid, view in sessions.items():
-            for pid, f in list(view.figures.items()):
+            figures = view.figures
+            if not view.complete:  # loaded from a snapshot: the positions themselves
+                stored = await self.app.book.positions(sid)
+                figures = {pid: figures_of(pos) for pid, pos in stored.items()}
+            for pid, f in list(figures.items()):
                 bid = bids.get(f.symbol)
                 if not f.is_open or bid is None:
                     continue

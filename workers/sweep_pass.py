@@ -166,7 +166,7 @@ class SessionSweep:
         pair_set, listed = replies[1:3] if locked else replies[0:2]
         pairs = {p.decode() for p in pair_set} | view.symbols.keys()
         pairs |= {p for p in (listed or b"").decode().split(",") if p}
-        report.pairs, report.positions = len(pairs), len(view.figures)
+        report.pairs, report.positions = len(pairs), view.positions
         report.uncovered_before = view.uncovered
         if locked:
             by_pair: dict[str, list[Position]] = {}
@@ -338,7 +338,7 @@ class SessionSweep:
                         now,
                         view.uncovered,
                         view.dust,
-                        len(view.figures),
+                        view.positions,
                     ],
                     client=pipe,
                 )

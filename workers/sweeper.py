@@ -47,6 +47,7 @@ from storage.redis import TRANSIENT_REDIS_ERRORS, as_text
 from trading.exchange import ExchangeError
 from workers import retention
 from workers.discovery import RecentSessions, discover
+from workers.figures import FiguresReader
 from workers.lease import Guard, LeaseKeeper, PassStopped, gather_settled, lease_ttl_ms
 from workers.parts import TradingParts
 from workers.reconcile import FULL_READ_EVERY_MS, OpenBook, read_book, unknown_orders
@@ -75,6 +76,8 @@ class SweepReport:
     duration_ms: int = 0
     sessions: list[SessionReport] = field(default_factory=list)
     discovered: int = 0
+    positions: int = 0  # in every session looked at
+    decoded: int = 0  # positions read and decoded by this pass (the others were unchanged)
     with_work: int = 0  # sessions that needed an engine call
     swept: int = 0  # of those, swept by this pass (at most SETTLEMENT_MAX_SESSIONS)
     stopped: str = ""  # why the pass stopped early (lease lost, SIGTERM); "" if it ran through
@@ -121,6 +124,7 @@ class Sweeper:
         self.keeper = LeaseKeeper(self.lease)
         self.guard = Guard(app.stop)  # run() adds the lease: a pass then stops once it is lost
         self.cache = FiguresCache(app.settings.tier_hours)
+        self.figures = FiguresReader(app.redis, app.keys, self.cache)
         self.sessions = SessionSweep(
             app, self.cache, pair_concurrency=PAIR_CONCURRENCY, guard=self.guard
         )
@@ -191,6 +195,8 @@ class Sweeper:
             report.stopped = stop.reason
             report.notes.append(f"pass stopped early: {stop.reason}")
             log.warning("sweep pass stopped early: %s", stop.reason)
+        if self.guard.lease_valid() and not report.stopped:
+            await self._phase(report, "snapshots", self.figures.save(), check=False)
         report.duration_ms = int((time.perf_counter() - started) * 1000)
         if self.guard.lease_valid():
             await self._phase(report, "state", self._record(report), check=False)
@@ -218,7 +224,7 @@ class Sweeper:
         if found is not None:
             report.discovered = len(found.sessions)
             report.notes += found.notes
-            views = await self._phase(report, "figures", self._figures(found.sessions))
+            views = await self._phase(report, "figures", self._figures(found.sessions, report))
             if views is not None:
                 await self._phase(report, "sessions", self._sweep_sessions(views, book, report))
                 if book is not None:
@@ -245,6 +251,8 @@ class Sweeper:
             return
         found = await self.expiry.run()
         report.retention = found
+        for sid in found.removed:  # no snapshot of it is saved again
+            self.cache.sessions.pop(sid, None)
         if found.looked_at:
             report.notes.append(found.note())
 
@@ -302,27 +310,27 @@ class Sweeper:
         self._book_read = book
         return book
 
-    async def _figures(self, sids: list[str]) -> dict[str, SessionView]:
-        """Every session's view, decoding only positions whose version moved since the last pass."""
-        cache = self.cache
-        for i in range(0, len(sids), READ_CHUNK):
-            chunk = sids[i : i + READ_CHUNK]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for sid in chunk:
-                    pipe.hgetall(self.keys.positions(sid))
-                stored = await pipe.execute()
-            for sid, raw in zip(chunk, stored, strict=True):
-                cache.refresh(sid, raw)
-        cache.keep_only(sids)
-        return {sid: cache.sessions[sid] for sid in sids}
+    async def _figures(self, sids: list[str], report: SweepReport) -> dict[str, SessionView]:
+        """Every session's view, reading only positions whose version moved since the last
+        pass (a new process starts from the snapshots the last one saved)."""
+        views = await self.figures.views(sids)
+        report.positions = sum(view.positions for view in views.values())
+        report.decoded = self.figures.read
+        return views
 
     async def _sweep_sessions(
         self, views: dict[str, SessionView], book: OpenBook | None, report: SweepReport
     ) -> None:
         """Sweep at most SETTLEMENT_MAX_SESSIONS of the sessions with work, round-robin."""
-        with_work = sorted(sid for sid, view in views.items() if self.sessions.work(view, book))
+        work = {sid: self.sessions.work(view, book) for sid, view in views.items()}
+        with_work = sorted(sid for sid, pids in work.items() if pids)
         cursor = as_text(await self.redis.hget(self.keys.sweeper_state, "cursor") or b"")
         chosen = round_robin(with_work, cursor, self.settings.settlement_max_sessions)
+        partial = [sid for sid in chosen if not views[sid].figures.keys() >= set(work[sid])]
+        if partial:  # loaded from a snapshot: read whole before acting on known positions
+            await self.figures.materialize(partial)
+            report.decoded = self.figures.read
+            views.update((sid, self.cache.sessions[sid]) for sid in partial)
         report.with_work, report.swept = len(with_work), len(chosen)
         if len(chosen) < len(with_work):
             report.notes.append(
@@ -487,7 +495,7 @@ def figures_report(sid: str, view: SessionView, *, idle: bool) -> SessionReport:
         sid,
         status=SweepStatus.COMPLETED if idle else SweepStatus.DEFERRED,
         pairs=len(view.symbols),
-        positions=len(view.figures),
+        positions=view.positions,
         open_positions=view.open,
         uncovered_before=view.uncovered,
         uncovered_after=view.uncovered,
