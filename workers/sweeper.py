@@ -238,12 +238,15 @@ class Sweeper:
         await self._phase(report, "session retention", self._session_retention(report))
 
     async def _retention(self, report: SweepReport) -> None:
-        """MM_STREAM_RETENTION_HOURS: trim the input stream, never past what every group acked."""
+        """MM_STREAM_RETENTION_HOURS: trim the input stream, never past what every group acked;
+        and the output streams to their caps."""
         result = await retention.trim(self.app)
         if result.removed:
             report.notes.append(
                 f"retention: trimmed {result.removed} entries below {result.min_id} ({result.reason})"
             )
+        for stream, removed in (await retention.trim_outputs(self.app)).items():
+            report.notes.append(f"retention: trimmed {removed} entries of {stream} to its cap")
 
     async def _session_retention(self, report: SweepReport) -> None:
         """SESSION_RETENTION_DAYS: remove the Redis state of sessions closed that long."""
