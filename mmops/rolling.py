@@ -2,8 +2,9 @@
 
 `sessions` sessions are live at any time; each trades for `session_seconds`, and as one
 ends the next starts, until the duration is over. A session ends with TPs still live:
-the market comes back to each of them within `close_within` seconds after its end (a
-delay drawn per session), so the TPs fill after `session_ended` and the session closes.
+the market comes back to each of them between half of and all of `close_within` seconds
+after its end (a delay drawn per session), so the TPs fill after `session_ended` and the
+session closes.
 That is the life the contract's retention is about (docs/contract.md §3): soaks
 (`bench/soak.py`) run it for minutes with the retention shortened to match.
 """
@@ -34,5 +35,5 @@ def rolling_slots(
     for i in range(count):
         start = i * step
         end = min(duration, start + session_seconds)
-        out.append(Slot(start, end, end + rng.uniform(0.0, close_within)))
+        out.append(Slot(start, end, end + rng.uniform(close_within / 2, close_within)))
     return out
