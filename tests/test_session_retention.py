@@ -16,6 +16,7 @@ from mmops.app import App
 from storage.alerts import write_alert
 from tests.helpers import drain, drain_coverage, fill, now_ms
 from trading.paper import PaperExchange
+from workers.migrator import Status, migrate_session
 from workers.sweeper import Sweeper
 
 D = Decimal
@@ -192,3 +193,27 @@ async def test_alerts_are_capped(app: App) -> None:
     for n in range(300):
         await app.alert("test", f"through the app {n}")  # ALERTS_MAXLEN (10,000) applies
     assert await app.redis.xlen(app.keys.alerts) < 600
+
+
+async def test_a_session_the_migrator_held_back_for_its_post_end_fills_is_migrated_then_removed(
+    app: App, clock: ManualClock, pg: asyncpg.Pool
+) -> None:
+    """Its end said 1 fill; the TP's fill after the end was recorded before the migrator got
+    to it, so the counts differ and the migrator holds it back (issue 10 #1). Closed and
+    past its retention, it is migrated as it is, then removed."""
+    await event(app, fill("s-1", "f-1", "o-1", ts=clock.ms))
+    await event(
+        app,
+        {"type": "session_ended", "session_id": "s-1", "fills": "1", "ts": str(clock.ms)},
+    )
+    await drain_coverage(app)
+    await tp_fill(app, "s-1", "f-2")
+    await drain_coverage(app)
+    held = await migrate_session(app, pg, "s-1")  # what the migrator's handler gets
+    assert held.status == Status.INCOMPLETE
+    assert not await app.redis.exists(app.keys.migration_completed("s-1"))
+    clock.advance(hours=1)
+    retention = await sweep(app)
+    assert retention.removed == ["s-1"] and retention.resynced == 1  # type: ignore[attr-defined]
+    async with pg.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM fills WHERE session_id = 's-1'") == 2

@@ -14,9 +14,12 @@ in `mm:sweeper:state`) while older ones are kept. The check and the removal are 
 optimistic transaction (WATCH on the session's keys): an event that arrives meanwhile
 cancels the removal.
 
-Until the migration writes an ended session's later changes through to PostgreSQL, a
-closed session whose changes after its migration are not there yet is migrated once
-more (`migrate_session(force=True)`, through the sweeper) before it is removed.
+Until the migration writes an ended session's later changes through to PostgreSQL, an
+ended session that is closed and past its retention but not (or not fully) in
+PostgreSQL is migrated once more (`migrate_session(force=True)`, through the sweeper)
+before it is removed: its changes after the migration, or the whole session when the
+migrator held it back because fills recorded after its end made the count differ from
+the end's `fills` (issue 10 #1). A session that never ended is kept.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ class SessionRetention:
                     if (
                         attempt == 1
                         and self.resync is not None
-                        and await pipe.exists(keys.migration_completed(sid), keys.session(sid)) == 2
+                        and await pipe.hexists(keys.session(sid), "ended_at")
                     ):
                         await pipe.reset()  # type: ignore[no-untyped-call]
                         why = await self.resync(sid)
