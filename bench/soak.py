@@ -104,7 +104,7 @@ def environment(args: argparse.Namespace, redis_url: str, database_url: str) -> 
         DATABASE_URL=database_url,
         EXCHANGE="paper",
         PAPER_BALANCES="USD=100000000",
-        LOG_LEVEL="WARN",
+        LOG_LEVEL=args.log_level,
         SESSION_LOG_DIR="",
         SETTLEMENT_INTERVAL_MINUTES=str(SWEEP_INTERVAL_MIN),
         SESSION_RETENTION_DAYS=str(Decimal(args.retention_minutes) / 1440),
@@ -316,6 +316,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retention-minutes", type=float, default=2.0)
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--log-level", default="WARN", help="of the workers (logs in a temp dir)")
     return parser.parse_args(argv)
 
 

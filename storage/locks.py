@@ -80,6 +80,9 @@ class Lease(TokenLock):
     async def refresh(self) -> bool:
         """Renew the lease if it is ours (also after a renewal whose reply was lost), take it
         if it is free: one script. Whether we hold it now; any error leaves `held` False."""
-        self.held = False
-        self.held = bool(await self._refresh(keys=[self.key], args=[self.token, self.ttl_ms]))
+        try:
+            self.held = bool(await self._refresh(keys=[self.key], args=[self.token, self.ttl_ms]))
+        except BaseException:
+            self.held = False
+            raise
         return self.held

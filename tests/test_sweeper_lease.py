@@ -22,10 +22,12 @@ import redis.asyncio as aioredis
 
 from base.settings import Settings
 from mmops.app import App
+from storage.locks import Lease
 from storage.servers import RedisProcess, free_port
 from tests.helpers import orders_per_client_id
 from trading.paper import PaperExchange
 from trading.positions import Buy, encode_position, new_position
+from workers.lease import LeaseKeeper
 from workers.sweeper import Sweeper
 
 D = Decimal
@@ -200,3 +202,23 @@ async def test_a_sweeper_whose_lease_renewal_is_refused_stops_before_another_tak
         for r in caplog.records
     )
     assert any("stopped early: the sweeper lease is lost" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_lease_stays_valid_while_its_renewal_is_in_flight(
+    own_redis: RedisProcess, admin: aioredis.Redis
+) -> None:
+    """A pass checking its guard while a renewal waits for Redis must not stop: the lease is
+    held until valid_until whatever the renewal's answer will be."""
+    client = aioredis.Redis.from_url(own_redis.url)
+    keeper = LeaseKeeper(Lease(client, "mm:sweeper:lease", "sw", 30_000))
+    try:
+        await keeper.refresh()
+        assert keeper.valid()
+        await admin.execute_command("CLIENT", "PAUSE", "500", "ALL")  # the renewal waits
+        renewal = asyncio.ensure_future(keeper.refresh())
+        await asyncio.sleep(0.2)
+        assert not renewal.done() and keeper.valid()
+        await renewal
+        assert keeper.valid()
+    finally:
+        await client.aclose()
