@@ -105,6 +105,7 @@ def report_dict(report: SweepReport) -> dict[str, Any]:
         "swept": report.swept,
         "stopped": report.stopped,
         "open_orders": report.open_orders,
+        "book": report.book,
         "unknown_orders": report.unknown_orders,
         "migrations": report.migrations,
         "notes": report.notes,
@@ -192,9 +193,14 @@ def render_sweep(report: SweepReport) -> str:
             else ""
         )
     )
-    book = "unavailable" if report.open_orders is None else str(report.open_orders)
+    if report.open_orders is not None:
+        book = f"open orders {report.open_orders}"
+    elif report.book:
+        book = f"{report.book} since the last pass"
+    else:
+        book = "open orders unavailable"
     lines.append(
-        f"exchange: open orders {book}; reconciled {report.total('reconciled')}; filled without a "
+        f"exchange: {book}; reconciled {report.total('reconciled')}; filled without a "
         f"fill event {report.total('filled_unreported')}; unknown orders {len(report.unknown_orders)}"
     )
     if report.risk is not None and report.risk.limit is None:
