@@ -21,12 +21,16 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import orjson
+
 from base import logs
 from base.clock import Clock
+from storage.redis import as_text
 from trading.client_ids import is_ours
 from trading.exchange import Exchange, Order, OrderFeed, OrderStatus
 from trading.positions import Position, Step
 from trading.takeprofit import Outcome, Result, TakeProfitEngine
+from workers.parts import TradingParts
 from workers.session_view import SessionView
 
 log = logs.get("mmops.reconcile")
@@ -151,3 +155,32 @@ def unknown_orders(book: OpenBook, sessions: Iterable[SessionView]) -> list[Orde
         if is_ours(order.client_id) and not any(order.client_id in view.clients for view in views):
             out.append(order)
     return sorted(out, key=lambda o: o.id)
+
+
+async def book_since_last_pass(app: TradingParts) -> OpenBook:
+    """The book as `read_book` gives it, from the cursor the last pass kept in
+    `mm:sweeper:state` (none: a whole read; also when the last whole read is an hour old)."""
+    state = await app.redis.hmget(
+        app.keys.sweeper_state, ["book_cursor", "book_carried", "book_full_at"]
+    )
+    cursor, carried, full_at = (as_text(v) if v is not None else None for v in state)
+    if int(full_at or 0) < app.clock.now_ms() - FULL_READ_EVERY_MS:
+        cursor = None
+    return await read_book(app.exchange, app.clock, cursor, orjson.loads(carried or "[]"))
+
+
+def book_state(book: OpenBook, views: Iterable[SessionView]) -> dict[str, str | int]:
+    """What `mm:sweeper:state` keeps of a pass's book: the cursor (every change up to it was
+    acted on), the orders found no longer open whose TP a view still holds live (their
+    sessions were not swept, or it failed: the next book carries them), the last whole read."""
+    if book.cursor is None:
+        return {}
+    live = list(views)
+    carried = sorted(oid for oid in book.closed if any(oid in view.live for view in live))
+    out: dict[str, str | int] = {
+        "book_cursor": book.cursor,
+        "book_carried": orjson.dumps(carried).decode(),
+    }
+    if book.complete:
+        out["book_full_at"] = book.taken_at
+    return out

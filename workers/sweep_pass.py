@@ -34,7 +34,10 @@ from trading.takeprofit import Outcome, Result
 from workers.lease import Guard, PassStopped, gather_settled
 from workers.parts import TradingParts
 from workers.reconcile import Finding, OpenBook, reconcile_step
+from workers.risk import RiskReport
+from workers.session_retention import RetentionReport
 from workers.session_view import FiguresCache, SessionView, figures_of
+from workers.stream_care import StreamReport
 
 log = logs.get("mmops.sweeper")
 
@@ -89,6 +92,57 @@ class SessionReport:
         self.error_count += 1
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(message)
+
+
+@dataclass
+class SweepReport:
+    """What one pass found and did: per session, per phase, and its notes and errors."""
+
+    started_at: int
+    by: str
+    duration_ms: int = 0
+    sessions: list[SessionReport] = field(default_factory=list)
+    discovered: int = 0
+    positions: int = 0  # in every session looked at
+    decoded: int = 0  # positions read and decoded by this pass (the others were unchanged)
+    with_work: int = 0  # sessions that needed an engine call
+    swept: int = 0  # of those, swept by this pass (at most SETTLEMENT_MAX_SESSIONS)
+    stopped: str = ""  # why the pass stopped early (lease lost, SIGTERM); "" if it ran through
+    stream: StreamReport = field(default_factory=StreamReport)
+    open_orders: int | None = None  # None: the exchange could not be asked, or read changes only
+    book: str = ""  # how the exchange's book was read: "whole", or "N changes"
+    unknown_orders: list[str] = field(default_factory=list)
+    risk: RiskReport | None = None
+    migrations: list[str] = field(default_factory=list)
+    retention: RetentionReport | None = None
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    phases_ms: dict[str, int] = field(default_factory=dict)
+
+    def total(self, name: str) -> int:
+        return sum(int(getattr(s, name)) for s in self.sessions)
+
+    @property
+    def deferred(self) -> int:
+        return self.with_work - self.swept
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(s.status != SweepStatus.FAILED for s in self.sessions)
+
+
+def figures_report(sid: str, view: SessionView, *, idle: bool) -> SessionReport:
+    """A session's row when the pass did not sweep it: idle (nothing to do) or DEFERRED."""
+    return SessionReport(
+        sid,
+        status=SweepStatus.COMPLETED if idle else SweepStatus.DEFERRED,
+        pairs=len(view.symbols),
+        positions=view.positions,
+        open_positions=view.open,
+        uncovered_before=view.uncovered,
+        uncovered_after=view.uncovered,
+        dust=view.dust,
+    )
 
 
 class SessionSweep:

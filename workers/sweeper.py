@@ -33,11 +33,8 @@ import bisect
 import contextlib
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
-
-import orjson
 
 from base import logs
 from base.clock import iso
@@ -50,12 +47,18 @@ from workers.discovery import RecentSessions, discover
 from workers.figures import FiguresReader
 from workers.lease import Guard, LeaseKeeper, PassStopped, gather_settled, lease_ttl_ms
 from workers.parts import TradingParts
-from workers.reconcile import FULL_READ_EVERY_MS, OpenBook, read_book, unknown_orders
-from workers.risk import RiskGuard, RiskReport
-from workers.session_retention import RetentionReport, SessionRetention
+from workers.reconcile import OpenBook, book_since_last_pass, book_state, unknown_orders
+from workers.risk import RiskGuard
+from workers.session_retention import SessionRetention
 from workers.session_view import FiguresCache, SessionView
-from workers.stream_care import SWEEPER_CONSUMER_PREFIX, StreamCare, StreamReport
-from workers.sweep_pass import SessionReport, SessionSweep, SweepStatus
+from workers.stream_care import SWEEPER_CONSUMER_PREFIX, StreamCare
+from workers.sweep_pass import (
+    SessionReport,
+    SessionSweep,
+    SweepReport,
+    SweepStatus,
+    figures_report,
+)
 
 if TYPE_CHECKING:
     from workers.migrator import MigratorHandler
@@ -65,43 +68,6 @@ log = logs.get("mmops.sweeper")
 SESSION_CONCURRENCY = 8
 PAIR_CONCURRENCY = 32
 READ_CHUNK = 20  # sessions whose positions one pipeline reads
-
-
-@dataclass
-class SweepReport:
-    """What one pass found and did: per session, per phase, and its notes and errors."""
-
-    started_at: int
-    by: str
-    duration_ms: int = 0
-    sessions: list[SessionReport] = field(default_factory=list)
-    discovered: int = 0
-    positions: int = 0  # in every session looked at
-    decoded: int = 0  # positions read and decoded by this pass (the others were unchanged)
-    with_work: int = 0  # sessions that needed an engine call
-    swept: int = 0  # of those, swept by this pass (at most SETTLEMENT_MAX_SESSIONS)
-    stopped: str = ""  # why the pass stopped early (lease lost, SIGTERM); "" if it ran through
-    stream: StreamReport = field(default_factory=StreamReport)
-    open_orders: int | None = None  # None: the exchange could not be asked, or read changes only
-    book: str = ""  # how the exchange's book was read: "whole", or "N changes"
-    unknown_orders: list[str] = field(default_factory=list)
-    risk: RiskReport | None = None
-    migrations: list[str] = field(default_factory=list)
-    retention: RetentionReport | None = None
-    notes: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    phases_ms: dict[str, int] = field(default_factory=dict)
-
-    def total(self, name: str) -> int:
-        return sum(int(getattr(s, name)) for s in self.sessions)
-
-    @property
-    def deferred(self) -> int:
-        return self.with_work - self.swept
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors and all(s.status != SweepStatus.FAILED for s in self.sessions)
 
 
 # --- the sweeper ---------------------------------------------------------------------
@@ -292,16 +258,8 @@ class Sweeper:
 
     async def _book(self, report: SweepReport) -> OpenBook | None:
         """The exchange's book: what changed since the last pass where the exchange can say."""
-        state = await self.redis.hmget(
-            self.keys.sweeper_state, ["book_cursor", "book_carried", "book_full_at"]
-        )
-        cursor, carried, full_at = (as_text(v) if v is not None else None for v in state)
-        if int(full_at or 0) < self.app.clock.now_ms() - FULL_READ_EVERY_MS:
-            cursor = None
         try:
-            book = await read_book(
-                self.app.exchange, self.app.clock, cursor, orjson.loads(carried or "[]")
-            )
+            book = await book_since_last_pass(self.app)
         except ExchangeError as exc:
             report.notes.append(
                 f"exchange open orders unavailable, no reconciliation: {one_line(exc)}"
@@ -470,40 +428,15 @@ class Sweeper:
             "uncovered": report.total("uncovered_after"),
             "stopped": report.stopped,
         }
-        read = self._book_read
-        if read is not None and read.cursor is not None and not report.stopped:
-            # every change up to the cursor was acted on, or is carried to the next pass
-            state["book_cursor"] = read.cursor
-            state["book_carried"] = orjson.dumps(sorted(self._unreconciled(read))).decode()
-            if read.complete:
-                state["book_full_at"] = read.taken_at
+        if self._book_read is not None and not report.stopped:
+            state.update(book_state(self._book_read, self.cache.sessions.values()))
         await self.redis.hset(self.keys.sweeper_state, mapping=state)  # type: ignore[arg-type]
-
-    def _unreconciled(self, book: OpenBook) -> set[str]:
-        """Orders the book says are no longer open whose TP a view still holds live: their
-        sessions were not swept (or it failed); the next pass's book carries them."""
-        views = self.cache.sessions.values()
-        return {oid for oid in book.closed if any(oid in view.live for view in views)}
 
 
 def round_robin(sids: list[str], cursor: str, limit: int) -> list[str]:
     """At most `limit` of the sorted `sids`, starting after `cursor` and wrapping around."""
     start = bisect.bisect_right(sids, cursor)
     return (sids[start:] + sids[:start])[:limit]
-
-
-def figures_report(sid: str, view: SessionView, *, idle: bool) -> SessionReport:
-    """A session's row when the pass did not sweep it: idle (nothing to do) or DEFERRED."""
-    return SessionReport(
-        sid,
-        status=SweepStatus.COMPLETED if idle else SweepStatus.DEFERRED,
-        pairs=len(view.symbols),
-        positions=view.positions,
-        open_positions=view.open,
-        uncovered_before=view.uncovered,
-        uncovered_after=view.uncovered,
-        dust=view.dust,
-    )
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -30,7 +30,8 @@ from mmops.reporting import render_table
 from trading.positions import decode_position
 from workers.discovery import RecentSessions, discover
 from workers.session_view import figures_of
-from workers.sweeper import Sweeper, SweepReport
+from workers.sweep_pass import SweepReport
+from workers.sweeper import Sweeper
 
 ZERO = Decimal(0)
 

@@ -17,21 +17,18 @@ from storage.keys import Keys
 from storage.pipeliner import Pipeliner
 from storage.redis import as_text
 from trading.exchange import (
-    DuplicateClientId,
     ExchangeError,
-    InsufficientFunds,
     Market,
     Order,
     OrderChanges,
     OrderNotFound,
     OrderStatus,
     PermanentError,
-    PostOnlyRejected,
     Quote,
     SellRequest,
     TransientError,
 )
-from trading.paper.faults import MESSAGES, PaperFaults, fault_error
+from trading.paper.faults import PaperFaults, fault_error
 from trading.paper.rules import KRAKEN_USD_PAIRS, generic_rules, generic_tick, split_symbol
 from trading.paper.scripts import (
     BY_CLIENT_LUA,
@@ -45,14 +42,12 @@ from trading.paper.scripts import (
     PLACE_LUA,
     SET_PRICE_LUA,
 )
-from trading.paper.stored import decode_order, new_order_id, sorted_orders
+from trading.paper.stored import decode_order, new_order_id, place_args, placed, sorted_orders
 from trading.paper.units import (
     PRICE_EXP,
     bounded,
-    exact_units,
     from_units,
     positive,
-    price_from_units,
     round_to_step,
     to_units,
 )
@@ -342,7 +337,7 @@ class PaperExchange:
         injected: Counter[str] = Counter()
         for i, request in enumerate(requests):
             try:
-                args = _place_args(request)
+                args = place_args(request)
             except ExchangeError as exc:  # refused before reaching the exchange
                 results[i] = exc
                 continue
@@ -393,7 +388,7 @@ class PaperExchange:
                 if detail == b"fault":
                     injected["post_only"] += 1
                 i = pending[answered][0]
-                results[i] = _placed(requests[i], outcome, detail)
+                results[i] = placed(requests[i], outcome, detail)
                 answered += 1
             pending = pending[answered:]
 
@@ -478,41 +473,3 @@ class PaperExchange:
 
     async def close(self) -> None:
         """Nothing to release: the Redis client is shared and closed by its owner."""
-
-
-def _place_args(r: SellRequest) -> list[str]:
-    """A request's fields for PLACE_LUA (all but the order id); PermanentError if invalid."""
-    base, quote = split_symbol(r.symbol)
-    units = exact_units("amount", positive("amount", r.amount))
-    positive("price", r.price)
-    price_units = to_units(r.price, ROUND_UP, PRICE_EXP)
-    return [
-        r.client_id,
-        r.symbol,
-        base,
-        quote,
-        str(r.amount),
-        str(units),
-        str(r.price),
-        str(price_units),
-        "1" if r.post_only else "0",
-    ]
-
-
-def _placed(r: SellRequest, outcome: bytes, detail: bytes) -> Order | ExchangeError:
-    """The Order, or the error, of one request from PLACE_LUA's reply."""
-    if outcome == b"ok":
-        return decode_order(detail)
-    if outcome == b"dup":
-        return DuplicateClientId(f"client id {r.client_id!r} is open as {as_text(detail)}")
-    if outcome == b"post_only":
-        if detail == b"fault":
-            return PostOnlyRejected(
-                f"post-only sell at {r.price}: {MESSAGES['post_only']} (paper fault post_only)"
-            )
-        bid = price_from_units(detail)
-        return PostOnlyRejected(f"post-only sell at {r.price} would cross the bid {bid}")
-    if outcome == b"funds":
-        base = r.symbol.partition("/")[0]
-        return InsufficientFunds(f"free {base} {from_units(int(detail))} < {r.amount} ({r.symbol})")
-    raise RuntimeError(f"unexpected reply of the paper place script: {as_text(outcome)[:40]!r}")
