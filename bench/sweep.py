@@ -28,7 +28,6 @@ import cProfile
 import io
 import os
 import pstats
-import resource
 import secrets
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from base.settings import Settings
+from bench.common import rss_mb
 from mmops.app import App
 from mmops.reporting import render_table
 from trading.client_ids import client_id
@@ -288,7 +288,7 @@ async def child(args: argparse.Namespace) -> int:
         await sweeper.close()
         await app.close()
         await plain.close()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    rss = round(rss_mb(os.getpid(), "VmHWM"))  # ru_maxrss would carry the parent's peak
     print(orjson.dumps({"rows": rows, "added": added, "left": left, "rss_mib": rss}).decode())
     return 0
 
