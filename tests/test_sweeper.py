@@ -26,6 +26,7 @@ from trading.client_ids import client_id
 from trading.exchange import CircuitOpen
 from trading.paper import PaperExchange
 from trading.positions import Buy, Close, encode_position, new_position
+from workers.discovery import discover
 from workers.lease import lease_ttl_ms
 from workers.sweep_pass import SessionSweep, SweepStatus
 from workers.sweeper import Sweeper
@@ -566,6 +567,7 @@ async def test_round_robin_sweeps_every_session_in_turn_and_the_figures_cover_al
         await sweeper.close()
         await capped.close()
     assert swept == [["s-0", "s-1", "s-2"], ["s-3", "s-4", "s-5"], ["s-6", "s-7"]]
+    assert len((await discover(app, None)).sessions) == 8  # what verify-coverage reads: all
     assert deferred == []
     assert [r.session_id for r in again.sessions if r.covered] == ["s-1"]
     for sid in sids:
