@@ -66,7 +66,15 @@ class App:
 
     async def alert(self, kind: str, message: str, **figures: object) -> None:
         """Append to mm:alerts (the webhook forwarder picks it up from there)."""
-        await write_alert(self.redis, self.keys, self.clock.now_ms(), kind, message, **figures)
+        await write_alert(
+            self.redis,
+            self.keys,
+            self.clock.now_ms(),
+            kind,
+            message,
+            maxlen=self.settings.alerts_maxlen,
+            **figures,
+        )
         log.warning("alert %s: %s", kind, message)
 
     async def close(self) -> None:

@@ -28,6 +28,7 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from events import Fill, SessionEnded, SessionStarted, encode
 from events.schema import Event
+from mmops.rolling import rolling_slots
 from storage.keys import Keys
 from storage.redis import AnyRedis
 from trading.exchange import OrderStatus
@@ -53,6 +54,7 @@ NOTIONAL_RANGE = (30.0, 400.0)  # USD per buy order (log-uniform)
 MIN_FILL_FACTOR = Decimal("1.5")  # every fill is at least 1.5x the market minimum: no dust
 TP_REFRESH_S = 0.2
 FLUSH_S = 0.02
+CLOSE_GRACE_S = 120.0  # rolling: an ended session's TPs are looked for this long after close_t
 
 
 class SimulationError(ValueError):
@@ -69,6 +71,9 @@ class SimConfig:
     volatility: float = 0.3  # std. dev. of the log price, percent per sqrt(second)
     tag: str = ""  # part of every id; "" = the seed and the start time (ids never collide)
     after_end: float = 0.0  # seconds prices keep moving once the last session ended
+    rolling: bool = False  # `sessions` live at once, each session_seconds long (mmops/rolling.py)
+    session_seconds: float = 60.0
+    close_within: float = 30.0  # rolling: an ended session's TPs all fill within this
 
     def validate(self) -> None:
         if self.sessions < 1:
@@ -83,6 +88,8 @@ class SimConfig:
             raise SimulationError(f"--volatility: expected a number >= 0, got {self.volatility}")
         if not (math.isfinite(self.after_end) and self.after_end >= 0):
             raise SimulationError(f"--after-end: expected a number >= 0, got {self.after_end}")
+        if self.rolling and not (self.session_seconds > 0 and self.close_within >= 0):
+            raise SimulationError("--session-seconds: expected > 0; --close-within: >= 0")
         if len(self.tag) > 24 or not all(c.isalnum() or c in "._-" for c in self.tag):
             raise SimulationError("--tag: expected up to 24 characters of [A-Za-z0-9._-]")
 
@@ -155,6 +162,7 @@ class _Session:
     last_ts: int = 0  # of the session's latest event: its end is never earlier
     started: bool = False
     ended: bool = False
+    close_t: float = math.inf  # rolling: every TP of the ended session is filled by then
     queued: dict[str, deque[Decimal]] = field(default_factory=dict)  # symbol -> partial fills left
     open_order: dict[str, tuple[str, Decimal]] = field(
         default_factory=dict
@@ -200,12 +208,21 @@ class Simulator:
         self.sessions = self._schedule()
         self.stats.session_ids = [s.sid for s in self.sessions]
         self._tps: dict[str, list[_LiveTp]] = {}
+        self._close_t: dict[str, float] = {}  # rolling: ended sessions, when their TPs fill
         self._tps_at = -math.inf
         self._t0_ms = 0
 
     def _schedule(self) -> list[_Session]:
         """Staggered sessions: with N sessions each lasts 2D/(N+1) and starts D/(N+1) after the last."""
         n, d = self.config.sessions, self.config.duration
+        if self.config.rolling:
+            slots = rolling_slots(
+                n, self.config.session_seconds, self.config.close_within, d, random.Random(~n)
+            )
+            return [
+                _Session(f"sim-{self.tag}-{i + 1:03d}", slot.start, slot.end, close_t=slot.close)
+                for i, slot in enumerate(slots)
+            ]
         length = d * 2 / (n + 1) if n > 1 else d
         step = d / (n + 1) if n > 1 else 0.0
         return [
@@ -408,7 +425,8 @@ class Simulator:
                 await self.exchange.set_price(pair.symbol, last)
             waiting: list[_LiveTp] = []
             for tp in self._tps.get(pair.symbol, []):
-                sell = await self._fill_tp(tp) if tp.price <= high else None
+                due = tp.price <= high or now >= self._close_t.get(tp.sid, math.inf)
+                sell = await self._fill_tp(tp) if due else None
                 if sell is not None:
                     sells.append(sell)
                 elif tp.price > high:
@@ -418,7 +436,12 @@ class Simulator:
 
     async def _refresh_tps(self) -> None:
         """Live TPs of the active sessions, by symbol (one read of the open orders)."""
-        live = {s.sid: s for s in self.sessions if s.started}  # TPs outlive their session
+        live = {  # rolling: ended sessions too, until their TPs were filled
+            s.sid: s
+            for s in self.sessions
+            if s.started and (not s.ended or self._tps_at < s.close_t + CLOSE_GRACE_S)
+        }
+        self._close_t = {s.sid: s.close_t for s in live.values() if s.ended}
         if not live:
             self._tps = {}
             return

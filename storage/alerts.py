@@ -1,11 +1,17 @@
-"""Writing to `mm:alerts` (docs/contract.md §2): one entry per alert, kind, message, figures."""
+"""Writing to `mm:alerts` (docs/contract.md §2): one entry per alert, kind, message, figures.
+
+The stream is capped (`XADD MAXLEN ~ ALERTS_MAXLEN`, docs/contract.md §3 Retention): every
+writer of an alert goes through `write_alert` (or passes `maxlen` to its own XADD)."""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 
 from base.logs import redact
+from base.settings import Settings
 from storage.keys import Keys
+
+ALERTS_MAXLEN: int = Settings().alerts_maxlen  # the default; processes pass the setting
 
 
 def alert_fields(
@@ -18,7 +24,19 @@ def alert_fields(
 
 
 async def write_alert(
-    redis: aioredis.Redis, keys: Keys, now_ms: int, kind: str, message: str, **figures: object
+    redis: aioredis.Redis,
+    keys: Keys,
+    now_ms: int,
+    kind: str,
+    message: str,
+    *,
+    maxlen: int = ALERTS_MAXLEN,
+    **figures: object,
 ) -> None:
-    """Append one alert (the webhook forwarder picks it up from the stream)."""
-    await redis.xadd(keys.alerts, alert_fields(kind, message, now_ms, figures))  # type: ignore[arg-type]
+    """Append one alert (the webhook forwarder picks it up from the stream), capped."""
+    await redis.xadd(
+        keys.alerts,
+        alert_fields(kind, message, now_ms, figures),  # type: ignore[arg-type]
+        maxlen=maxlen,
+        approximate=True,
+    )

@@ -12,6 +12,7 @@ each its own hash slot, and a session's events all go to shard crc32(sid) mod N.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from base.settings import Settings
@@ -136,6 +137,40 @@ class Keys:
     def tp_orders(self, sid: str) -> str:
         """set of the session's TP order ids (index of the tp_order:{sid}:* hashes)."""
         return f"{self.prefix}tp_orders:{{{sid}}}"
+
+    def session_keys(
+        self, sid: str, order_ids: Iterable[str] = (), position_ids: Iterable[str] = ()
+    ) -> list[str]:
+        """Every per-session key of `sid` (the contract's and mmops' own, all tagged {sid}):
+        what session retention removes. `order_ids`/`position_ids` name the session's TP
+        orders and positions, for the keys that carry them."""
+        out = [
+            self.session(sid),
+            self.fills(sid),
+            self.orders(sid),
+            self.positions(sid),
+            self.pairs(sid),
+            self.changes(sid),
+            self.outbox(sid),
+            self.tp_clients(sid),
+            self.tp_inflight(sid),
+            self.tp_orders(sid),
+            self.settlement_status(sid),
+            self.settlement_last_run(sid),
+            self.settlement_lock(sid),
+            self.migration_completed(sid),
+            self.metrics_settlement(sid),
+            self.metrics_takeprofit(sid),
+            self.metrics_migration(sid),
+            self.sweeper_view(sid),
+        ]
+        out += [self.tp_order(sid, order_id) for order_id in order_ids]
+        out += [self.tp_attempt(sid, position_id) for position_id in position_ids]
+        return out
+
+    def sweeper_view(self, sid: str) -> str:
+        """The sweeper's snapshot of the session's figures (a cache: workers/figures.py)."""
+        return f"{self.prefix}sweeper:view:{{{sid}}}"
 
     # --- global indexes --------------------------------------------------------
     @property

@@ -16,6 +16,19 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# KEYS: key   ARGV: token, ttl ms — renew our own key, or take it if it is free; 1 if ours now
+_REFRESH = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
 # KEYS: key   ARGV: token — delete only our own key
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -62,11 +75,14 @@ class Lease(TokenLock):
 
     def __init__(self, redis: aioredis.Redis, key: str, holder: str, ttl_ms: int) -> None:
         super().__init__(redis, key, ttl_ms, token=f"{holder}/{secrets.token_hex(6)}")
+        self._refresh = redis.register_script(_REFRESH)
 
     async def refresh(self) -> bool:
-        """Renew the lease if it is ours, take it if it is free; whether we hold it now."""
-        if self.held and await self.renew():
-            return True
-        if not await self.acquire():  # ours after all (a renewal whose reply was lost)?
-            self.held = await self.redis.get(self.key) == self.token.encode()
+        """Renew the lease if it is ours (also after a renewal whose reply was lost), take it
+        if it is free: one script. Whether we hold it now; any error leaves `held` False."""
+        try:
+            self.held = bool(await self._refresh(keys=[self.key], args=[self.token, self.ttl_ms]))
+        except BaseException:
+            self.held = False
+            raise
         return self.held

@@ -87,6 +87,9 @@ async def exercise(ex: PaperExchange) -> None:
     await ex.quote("BTC/USD")
     assert await ex.free_balance("BTC") == D("0.8")
     assert await ex.balances() == {"BTC": D("0.9"), "FOO": D("3"), "USD": D("5187.25")}
+    changes = await ex.order_changes(None)
+    assert changes.complete and [o.client_id for o in changes.orders] == ["c1", "c3"]
+    assert await ex.forget(order_ids=[second.id], fill_ids=["f1"]) == 1
 
 
 async def test_each_script_call_touches_one_slot(redis: aioredis.Redis, keys: Keys) -> None:

@@ -12,7 +12,7 @@ from base.settings import Settings
 from mmops.app import App
 from storage.keys import Keys
 from tests.conftest import MakeApp
-from workers.retention import trim
+from workers.retention import trim, trim_outputs
 
 NOW = 1_763_700_000_000
 HOUR = 3_600_000
@@ -115,3 +115,14 @@ async def test_approximate_trim_keeps_what_is_needed(
     result = await trim(app)
     assert 0 < result.removed <= 1000
     assert (await remaining(redis, keys))[-1] == f"{NOW}-0"
+
+
+async def test_the_output_streams_are_trimmed_to_their_caps(make_app: MakeApp) -> None:
+    app = await make_app(takeprofits_maxlen=50, alerts_maxlen=50, dead_maxlen=50)
+    for n in range(1000):  # written by a writer that does not cap them
+        await app.redis.xadd(app.keys.takeprofits, {"n": n})
+        await app.redis.xadd(app.keys.dead, {"n": n})
+    removed = await trim_outputs(app)
+    assert removed.keys() == {app.keys.takeprofits, app.keys.dead}
+    for stream in (app.keys.takeprofits, app.keys.dead):  # ~: whole nodes of 100 entries
+        assert 50 <= await app.redis.xlen(stream) < 200

@@ -15,6 +15,7 @@ from mmops.app import App
 from tests.conftest import MakeApp
 from tests.helpers import drain_coverage, fill, orders_per_client_id, takeprofit_entries
 from trading.client_ids import client_id
+from trading.exchange import Quote
 from trading.paper import PaperExchange
 from trading.positions import Buy, Close, Step, new_position
 from workers.risk import EXIT_REASON, daily_pnl, day_bounds
@@ -103,28 +104,27 @@ async def test_a_price_drop_sets_the_halt_and_the_next_utc_day_clears_it(
         assert report.risk is not None and not report.risk.halted
         assert await app.redis.exists(app.keys.risk_halt) == 0
 
-        await paper(app).set_price("BTC/USD", D("63000"))  # bid 62993.7: -1022.3 unrealized
+        # last 63000 (bid 62993.7): valued at the last price (contract §3), -1016 unrealized
+        await paper(app).set_price("BTC/USD", D("63000"))
         report = await sweeper.run_once()
         risk = report.risk
-        assert risk is not None and risk.halted and risk.set_now
-        assert (risk.realized, risk.unrealized) == (D("0"), D("62993.7") - D("64016"))
+        assert risk is not None and risk.halted and risk.set_now and risk.at_bid == []
+        assert (risk.realized, risk.unrealized) == (D("0"), D("63000") - D("64016"))
         halt = orjson.loads(await app.redis.get(app.keys.risk_halt))
         assert halt == {
             "day": "2026-11-21",
             "realized": "0",
-            "unrealized": "-1022.3",
-            "total": "-1022.3",
+            "unrealized": "-1016",
+            "total": "-1016",
             "limit": "500",
             "set_at": "2026-11-21T12:00:00.000Z",
         }
         [alert] = await alerts(app, "stop_loss")
         assert (
-            alert["total"] == "-1022.3"
-            and alert["limit"] == "500"
-            and "breached" in alert["message"]
+            alert["total"] == "-1016" and alert["limit"] == "500" and "breached" in alert["message"]
         )
         daily = await app.redis.hgetall(app.keys.daily_pnl)
-        assert daily[b"total"] == b"-1022.3" and daily[b"day"] == b"2026-11-21"
+        assert daily[b"total"] == b"-1016" and daily[b"day"] == b"2026-11-21"
 
         clock.advance(hours=1)
         await sweeper.run_once()  # still breached the same day: one halt, one alert
@@ -206,3 +206,38 @@ async def test_without_a_limit_nothing_is_computed_but_an_old_halt_is_cleared(
     finally:
         await sweeper.close()
         await app.close()
+
+
+class NoLastPrice:
+    """An exchange whose ticker has no last trade price: bid and ask only."""
+
+    def __init__(self, inner: PaperExchange) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def quote(self, symbol: str) -> Quote:
+        quote = await self.inner.quote(symbol)
+        return Quote(bid=quote.bid, ask=quote.ask)
+
+
+async def test_without_a_last_price_a_pair_is_valued_at_the_bid_and_the_report_says_so(
+    app: App, settings: Settings, clock: ManualClock
+) -> None:
+    await buy_btc(app)
+    await paper(app).set_price("BTC/USD", D("63000"))  # last 63000, bid 62993.7
+    bare = await App.open(
+        dataclasses.replace(settings, portfolio_daily_loss_limit=D("5000")),
+        clock=clock,
+        exchange=NoLastPrice(paper(app)),  # type: ignore[arg-type]
+    )
+    sweeper = await Sweeper.create(bare)
+    try:
+        report = await sweeper.run_once()
+    finally:
+        await sweeper.close()
+        await bare.close()
+    assert report.risk is not None and report.risk.at_bid == ["BTC/USD"]
+    assert report.risk.unrealized == D("62993.7") - D("64016")

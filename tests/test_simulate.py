@@ -206,3 +206,31 @@ def test_command(env: dict[str, str], settings: Settings) -> None:
         bad.returncode == 2
         and bad.stderr.strip() == "mmops simulate: --rate: expected a number > 0, got -1.0"
     )
+
+
+async def test_rolling_sessions_end_with_live_tps_that_fill_after_the_end(
+    redis: aioredis.Redis, keys: Keys, settings: Settings, coverage: App
+) -> None:
+    config = SimConfig(
+        sessions=2,
+        pairs=3,
+        rate=40,
+        duration=3.0,
+        seed=5,
+        volatility=0.0,  # prices never reach a TP: only the market's return after the end does
+        rolling=True,
+        session_seconds=1.0,
+        close_within=0.5,
+    )
+    stats = await simulator(redis, keys, settings, config).run()
+    assert stats.sessions_started == stats.sessions_ended == 6  # 2 live at once, one per 0.5 s
+    events = [decode(fields) for _, fields in await redis.xrange(keys.stream)]
+    ends = {e.session_id: i for i, e in enumerate(events) if isinstance(e, SessionEnded)}
+    after_end = [
+        e
+        for i, e in enumerate(events)
+        if isinstance(e, Fill) and e.side == "sell" and i > ends[e.session_id]
+    ]
+    closed = {e.session_id for e in after_end}
+    assert len(closed) >= 3  # the sessions that ended early enough saw their TPs fill
+    assert stats.sells == len(after_end)  # no TP filled before its session ended

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from base.clock import ManualClock
@@ -24,7 +25,8 @@ from tests.helpers import drain_coverage, fill, now_ms, orders_per_client_id, ta
 from trading.client_ids import client_id
 from trading.exchange import CircuitOpen
 from trading.paper import PaperExchange
-from trading.positions import Buy, encode_position, new_position
+from trading.positions import Buy, Close, encode_position, new_position
+from workers.discovery import discover
 from workers.lease import lease_ttl_ms
 from workers.sweep_pass import SessionSweep, SweepStatus
 from workers.sweeper import Sweeper
@@ -135,11 +137,11 @@ async def test_a_pass_over_covered_positions_asks_the_exchange_once(
     counted = await App.open(settings, clock=app.clock, exchange=counting)
     sweeper = await Sweeper.create(counted)
     try:
-        report = await sweeper.run_once()
+        report = await sweeper.run_once()  # the first pass reads the whole book
         assert report.sessions[0].positions == 20 and report.open_orders == 20
-        assert counting.calls == Counter({"open_orders": 1})
-        await sweeper.run_once()
-        assert counting.calls == Counter({"open_orders": 2})
+        assert report.book == "whole" and counting.calls == Counter({"order_changes": 1})
+        again = await sweeper.run_once()  # then only what changed since
+        assert counting.calls == Counter({"order_changes": 2}) and again.book == "0 changes"
     finally:
         await sweeper.close()
         await counted.close()
@@ -249,6 +251,36 @@ async def test_a_tp_found_filled_when_repricing_is_recorded_not_replaced(
     assert len(await paper(app).orders()) == 1
 
 
+# --- over-covered positions (issue 10 #2, the sweeper's part) ----------------------------
+async def test_a_tp_offering_more_than_is_held_is_trimmed(app: App, sweeper: Sweeper) -> None:
+    """A FIFO sell closed 0.006 of a 0.01 position and the coverage worker died before its
+    own trim: its live TP still offers 0.01. The sweeper cancels it and covers the 0.004."""
+    await app.redis.xadd(app.keys.stream, fill("s-trim", "f-1", "o-1"))
+    await drain_coverage(app)
+    pos = await app.book.position("s-trim", "o-1", fresh=True)
+    assert pos is not None and [s.qty for s in pos.live] == [D("0.01")]
+    closed = pos.with_close(Close("f-sell", D("0.006"), D("64100"), D("0.1"), app.clock.now_ms()))
+    await app.redis.hset(app.keys.positions("s-trim"), "o-1", encode_position(closed))
+    assert closed.over_covered == D("0.006")
+
+    report = await sweeper.run_once()
+
+    [session] = report.sessions
+    assert (session.trimmed, session.covered) == (1, 1) and report.ok
+    after = await app.book.position("s-trim", "o-1", fresh=True)
+    assert after is not None and after.over_covered == 0 and after.uncovered == 0
+    assert [(s.status, s.qty) for s in after.steps] == [
+        ("cancelled", D("0.01")),
+        ("live", D("0.004")),
+    ]
+    [open_order] = await paper(app).open_orders()
+    assert open_order.amount == D("0.004")
+    [cancelled] = await takeprofit_entries(app, "cancelled")
+    assert cancelled["reason"] == "closed by another sell"
+    again = await sweeper.run_once()
+    assert again.total("trimmed") == 0 and again.with_work == 0
+
+
 # --- reconciliation ------------------------------------------------------------------
 async def test_reconciliation_with_the_exchange(app: App, sweeper: Sweeper) -> None:
     await xadd_fills(app, "s-r", per_pair=1)
@@ -289,6 +321,41 @@ async def test_reconciliation_with_the_exchange(app: App, sweeper: Sweeper) -> N
     assert [a["order_id"] for a in alerts] == [stranger.id]
     await sweeper.run_once()
     assert len(await alerts_of(app, "unknown_order")) == 1  # reported once
+
+
+async def test_the_book_is_read_as_changes_and_deferred_sessions_keep_theirs(
+    app: App, settings: Settings, clock: ManualClock
+) -> None:
+    """After the first pass only the orders changed since are read; a TP cancelled on the
+    exchange whose session the pass could not sweep (SETTLEMENT_MAX_SESSIONS) is carried
+    to the next pass, not lost with the cursor."""
+    capped = await App.open(dataclasses.replace(settings, settlement_max_sessions=1), clock=clock)
+    for sid in ("s-a", "s-b"):
+        await app.redis.xadd(app.keys.stream, fill(sid, "f-1", "o-1", ts=clock.ms))
+    await drain_coverage(app)
+    sweeper = await Sweeper.create(capped)
+    try:
+        first = await sweeper.run_once()
+        assert first.book == "whole" and first.with_work == 0
+        for order in await paper(app).open_orders():  # both TPs cancelled by hand
+            await paper(app).cancel_order(symbol=order.symbol, order_id=order.id)
+        second = await sweeper.run_once()
+        assert second.book == "2 changes" and (second.with_work, second.swept) == (2, 1)
+        [done] = [r for r in second.sessions if r.reconciled]
+        carried = orjson.loads(await app.redis.hget(app.keys.sweeper_state, "book_carried"))
+        assert len(carried) == 1 and done.session_id == "s-a"
+        third = await sweeper.run_once()  # its changes: s-a's new TP; s-b's by the carry
+        assert [(r.session_id, r.reconciled, r.covered) for r in third.sessions if r.covered] == [
+            ("s-b", 1, 1)
+        ]
+        assert await app.redis.hget(app.keys.sweeper_state, "book_carried") == b"[]"
+        assert await uncovered(app, "s-a") == {} and await uncovered(app, "s-b") == {}
+        await app.redis.set(app.keys.paper("changes_floor"), 10**9)  # the log was trimmed
+        assert (await sweeper.run_once()).book == "whole"
+    finally:
+        await sweeper.close()
+        await capped.close()
+    assert len(await paper(app).open_orders()) == 2
 
 
 # --- exchange down -------------------------------------------------------------------
@@ -447,22 +514,91 @@ async def test_postgres_unreachable_sweeps_the_redis_sessions(
         )
 
 
-async def test_at_most_max_sessions_most_recent_first(
+async def test_round_robin_sweeps_every_session_in_turn_and_the_figures_cover_all(
     app: App, settings: Settings, clock: ManualClock
 ) -> None:
-    capped = await App.open(dataclasses.replace(settings, settlement_max_sessions=3), clock=clock)
+    """Issue 10 #4: beyond SETTLEMENT_MAX_SESSIONS sessions with work, every one is swept in
+    turn (cursor in mm:sweeper:state), while the loss figure and the unknown-order check
+    cover all of them on every pass."""
+    capped = await App.open(
+        dataclasses.replace(
+            settings, settlement_max_sessions=3, portfolio_daily_loss_limit=D(10**9)
+        ),
+        clock=clock,
+    )
+    sids = [f"s-{i}" for i in range(8)]
+    for i, sid in enumerate(sids):
+        await seed_uncovered(app, sid, "o-1")
+        await app.redis.zadd(app.keys.sessions, {sid: clock.ms - i * 1000})  # s-0 most recent
+    await paper(app).observe_fill(  # the coins the stranger below sells
+        fill_id="f-x",
+        order_id="o-x",
+        symbol="BTC/USD",
+        side="buy",
+        price=D("64000.5"),
+        quantity=D("0.01"),
+    )
+    await paper(app).set_price("BTC/USD", D("60000"))  # last price 60000, every position open
+    stranger = await paper(app).place_limit_sell(  # our prefix, no position knows it
+        symbol="BTC/USD", amount=D("0.01"), price=D("99000"), client_id=client_id("gone", "o", 1)
+    )
+    each = D("0.01") * D("60000") - (D("64000.5") * D("0.01") + D("0.1"))  # open qty at last - cost
+    sweeper = await Sweeper.create(capped)
+    swept: list[list[str]] = []
+    try:
+        for _ in range(3):
+            report = await sweeper.run_once()
+            swept.append(
+                [
+                    r.session_id
+                    for r in report.sessions
+                    if r.status == SweepStatus.COMPLETED and r.covered
+                ]
+            )
+            assert (
+                report.risk is not None and report.risk.unrealized == 8 * each
+            )  # all 8, every pass
+            if not swept[1:]:  # judged on every session's figures, though 3 of 8 are swept
+                assert report.unknown_orders == [stranger.id]
+        deferred = [r.session_id for r in report.sessions if r.status == SweepStatus.DEFERRED]
+        await seed_uncovered(app, "s-1", "o-2")  # new work behind the cursor: the next turn
+        again = await sweeper.run_once()
+    finally:
+        await sweeper.close()
+        await capped.close()
+    assert swept == [["s-0", "s-1", "s-2"], ["s-3", "s-4", "s-5"], ["s-6", "s-7"]]
+    assert len((await discover(app, None)).sessions) == 8  # what verify-coverage reads: all
+    assert deferred == []
+    assert [r.session_id for r in again.sessions if r.covered] == ["s-1"]
+    for sid in sids:
+        assert await uncovered(app, sid) == {}
+    assert await app.redis.hget(app.keys.sweeper_state, "cursor") == b"s-1"
+    assert len(await alerts_of(app, "unknown_order")) == 1
+
+
+async def test_the_first_passes_report_the_deferred_sessions(
+    app: App, settings: Settings, clock: ManualClock
+) -> None:
+    capped = await App.open(dataclasses.replace(settings, settlement_max_sessions=2), clock=clock)
     for i in range(5):
         await seed_uncovered(app, f"s-{i}", "o-1")
-        await app.redis.zadd(app.keys.sessions, {f"s-{i}": clock.ms - (5 - i) * 1000})
     sweeper = await Sweeper.create(capped)
     try:
         report = await sweeper.run_once()
     finally:
         await sweeper.close()
         await capped.close()
-    assert [s.session_id for s in report.sessions] == ["s-4", "s-3", "s-2"]
-    assert report.truncated and "SETTLEMENT_MAX_SESSIONS" in report.notes[-1]
-    assert report.unknown_orders == []  # not judged on a partial view
+    statuses = {r.session_id: r.status for r in report.sessions}
+    assert statuses == {
+        "s-0": SweepStatus.COMPLETED,
+        "s-1": SweepStatus.COMPLETED,
+        "s-2": SweepStatus.DEFERRED,
+        "s-3": SweepStatus.DEFERRED,
+        "s-4": SweepStatus.DEFERRED,
+    }
+    assert (report.discovered, report.with_work, report.swept, report.deferred) == (5, 5, 2, 3)
+    assert "SETTLEMENT_MAX_SESSIONS" in report.notes[-1]
+    assert report.total("uncovered_after") == 3
 
 
 # --- migration safety net ------------------------------------------------------------

@@ -111,6 +111,7 @@ async def test_exit_codes_before_and_after_a_sweep(app: App, env: dict[str, str]
         "0",
         "0",
         "0",
+        "0",
         row.split()[-1],
     ]
     assert swept.stdout.splitlines()[0].split()[:4] == ["session", "status", "pairs", "positions"]

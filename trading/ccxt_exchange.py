@@ -310,10 +310,10 @@ class CcxtExchange:
         await self.market(symbol)
         what = f"quote {symbol}"
         ticker = await self._call(what, lambda: self._client.fetch_ticker(symbol))
-        bid, ask = ticker.get("bid"), ticker.get("ask")
+        bid, ask, last = ticker.get("bid"), ticker.get("ask"), ticker.get("last")
         if bid is None or ask is None:
             raise PermanentError(f"{self.name} {what}: the ticker has no bid/ask")
-        return Quote(bid=dec(bid), ask=dec(ask))
+        return Quote(bid=dec(bid), ask=dec(ask), last=None if last is None else dec(last))
 
     async def observe_fills(self, fills: Sequence[SeenFill]) -> None:
         """A real exchange knows its fills: nothing to do."""

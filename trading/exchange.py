@@ -35,6 +35,7 @@ class Market:
 class Quote:
     bid: Decimal
     ask: Decimal
+    last: Decimal | None = None  # price of the last trade; None when the exchange gives none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +84,15 @@ class Order(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     @property
     def remaining(self) -> Decimal:
         return self.amount - self.filled
+
+
+@dataclass(frozen=True, slots=True)
+class OrderChanges:
+    """What `OrderFeed.order_changes` read: pass `cursor` back next time."""
+
+    cursor: str
+    complete: bool  # `orders` is every open order (no cursor, or an expired one)
+    orders: list[Order]  # complete: the open orders; else every order changed since the cursor
 
 
 class ExchangeError(Exception):
@@ -186,7 +196,7 @@ class Exchange(Protocol):
     async def free_balance(self, asset: str) -> Decimal: ...
 
     async def quote(self, symbol: str) -> Quote:
-        """Best bid and ask."""
+        """Best bid and ask, and the last trade price when the exchange gives it."""
         ...
 
     async def observe_fill(
@@ -207,3 +217,19 @@ class Exchange(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class KeepsHistory(Protocol):
+    """An exchange that keeps every order and fill it saw in mmops' Redis (the paper one):
+    session retention asks it to forget what belonged to a removed session."""
+
+    async def forget(self, *, order_ids: Sequence[str], fill_ids: Sequence[str]) -> int: ...
+
+
+@runtime_checkable
+class OrderFeed(Protocol):
+    """An exchange that can tell which orders changed since a cursor (the paper one keeps a
+    change log in Redis); others are read whole (`open_orders`)."""
+
+    async def order_changes(self, cursor: str | None) -> OrderChanges: ...

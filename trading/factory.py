@@ -87,7 +87,10 @@ def make_exchange(
 
     async def on_open(message: str) -> None:
         await redis.xadd(
-            keys.alerts, {"kind": "circuit_open", "message": message, "exchange": settings.exchange}
+            keys.alerts,
+            {"kind": "circuit_open", "message": message, "exchange": settings.exchange},
+            maxlen=settings.alerts_maxlen,
+            approximate=True,
         )
 
     return CcxtExchange(

@@ -3,8 +3,10 @@
 Redis: recent activity (`keys.sessions` within SETTLEMENT_LOOKBACK_HOURS), ended but not
 migrated (`keys.sessions_ended`), open positions at the last pass
 (`keys.sweeper_open_sessions`). PostgreSQL, when reachable: sessions started within the
-lookback. Most recent activity first, at most SETTLEMENT_MAX_SESSIONS. Also used by
-`mmops verify-coverage`.
+lookback. Every one of them, most recent activity first: the pass reads the figures of
+all (the loss limit and the unknown-order check cover them all) and acts on at most
+SETTLEMENT_MAX_SESSIONS of those with work, round-robin (workers/sweeper.py). Also used
+by `mmops verify-coverage`, which so sees the full list.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from workers.parts import Parts
 log = logs.get("mmops.sweeper")
 
 PG_TIMEOUT_S = 3.0
+MAX_FROM_POSTGRES = 100_000  # sessions started within the lookback, read per pass at most
 PG_ERRORS = (
     ServerUnreachable,
     OSError,
@@ -69,12 +72,11 @@ class RecentSessions:
 @dataclass
 class Discovery:
     sessions: list[str]
-    truncated: bool
     notes: list[str]
 
 
 async def discover(app: Parts, recent: RecentSessions | None) -> Discovery:
-    """Active sessions, most recent activity first, at most SETTLEMENT_MAX_SESSIONS."""
+    """Every active session, most recent activity first."""
     settings, keys = app.settings, app.keys
     now = app.clock.now_ms()
     since = now - int(settings.settlement_lookback_hours * 3_600_000)
@@ -92,19 +94,10 @@ async def discover(app: Parts, recent: RecentSessions | None) -> Discovery:
     if recent is not None:
         started = datetime.fromtimestamp(since / 1000, tz=UTC)
         try:
-            for rank, sid in enumerate(
-                await recent.fetch(started, settings.settlement_max_sessions)
-            ):
+            for rank, sid in enumerate(await recent.fetch(started, MAX_FROM_POSTGRES)):
                 score.setdefault(sid, since - rank)
         except PG_ERRORS as exc:
             note = f"sessions from Redis only, PostgreSQL not read: {one_line(exc)}"
             notes.append(note)
             log.warning(note)
-    ordered = sorted(score, key=lambda sid: (-score[sid], sid))
-    limit = settings.settlement_max_sessions
-    if len(ordered) > limit:
-        notes.append(
-            f"{len(ordered)} active sessions, swept the {limit} most recent (SETTLEMENT_MAX_SESSIONS)"
-        )
-        log.warning(notes[-1])
-    return Discovery(ordered[:limit], len(ordered) > limit, notes)
+    return Discovery(sorted(score, key=lambda sid: (-score[sid], sid)), notes)

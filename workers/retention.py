@@ -5,6 +5,10 @@ but never an entry some consumer group still needs: the bound is lowered to, for
 group, its smallest pending id, or the id right after its last-delivered-id when
 nothing is pending. A stream without groups is not trimmed (nobody has acked anything).
 Called from the sweeper loop; see docs/operations.md.
+
+`trim_outputs(app)` caps the output streams once more each pass (`XTRIM MAXLEN ~` to
+TAKEPROFITS_MAXLEN, ALERTS_MAXLEN, DEAD_MAXLEN): their writers cap them as they write,
+this covers a writer that does not (yet) and a cap lowered since.
 """
 
 from __future__ import annotations
@@ -64,3 +68,18 @@ async def acked_floor(app: Parts, group: str, last_delivered: str) -> str:
         return as_text(summary["min"])
     ms, seq = stream_id(last_delivered)
     return f"{ms}-{seq + 1}"
+
+
+async def trim_outputs(app: Parts) -> dict[str, int]:
+    """XTRIM MAXLEN ~ each output stream to its cap; stream -> entries removed."""
+    settings, keys = app.settings, app.keys
+    caps = {
+        keys.takeprofits: settings.takeprofits_maxlen,
+        keys.alerts: settings.alerts_maxlen,
+        keys.dead: settings.dead_maxlen,
+    }
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for stream, cap in caps.items():
+            pipe.xtrim(stream, maxlen=cap, approximate=True)
+        removed = await pipe.execute()
+    return {stream: int(n) for stream, n in zip(caps, removed, strict=True) if n}

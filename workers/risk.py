@@ -1,9 +1,11 @@
 """The portfolio's daily loss limit (docs/contract.md §3, Portfolio stop-loss).
 
 Realized P&L of the current UTC day (every sell — TP fill or other — with its ts in the
-day) plus unrealized P&L (open quantity x (best bid - unit cost), each pair's best bid
-fetched once per pass) across every active session. Below -PORTFOLIO_DAILY_LOSS_LIMIT it
-sets `risk:halt` (JSON with the figures; the trader stops opening positions) and alerts
+day) plus unrealized P&L (open quantity x (last price - unit cost), each pair's quote
+fetched once per pass; the exchange's last trade price, as the contract says, or the
+best bid where the exchange gives no last price, noted in the report) across every
+active session. Below -PORTFOLIO_DAILY_LOSS_LIMIT it sets `risk:halt` (JSON with the
+figures; the trader stops opening positions) and alerts
 `stop_loss`; a halt from an earlier UTC day is cleared. With EMERGENCY_EXIT the live TPs
 are cancelled and the positions are sold at the best bid through a dedicated, claimed
 coverage step (deterministic client id), so an exit can never be placed twice.
@@ -24,12 +26,20 @@ from base import logs
 from base.clock import iso, utc_day
 from base.logs import one_line
 from trading.book import Committed, Conflict
-from trading.exchange import CircuitOpen, DuplicateClientId, ExchangeError, Order, TransientError
+from trading.exchange import (
+    CircuitOpen,
+    DuplicateClientId,
+    ExchangeError,
+    Order,
+    Quote,
+    TransientError,
+)
 from trading.outcomes import MAX_CAS_TRIES, Outcome, Result
 from trading.positions import Position, Step
 from trading.pricing import is_dust, tp_amount
+from workers.lease import Guard
 from workers.parts import TradingParts
-from workers.session_view import SessionView
+from workers.session_view import SessionView, figures_of
 
 log = logs.get("mmops.risk")
 
@@ -48,6 +58,7 @@ class RiskReport:
     set_now: bool = False
     cleared: bool = False
     unpriced: list[str] = field(default_factory=list)  # pairs without a quote this pass
+    at_bid: list[str] = field(default_factory=list)  # pairs without a last price: at the bid
     exits: int = 0
     cancelled: int = 0
     errors: list[str] = field(default_factory=list)
@@ -76,9 +87,9 @@ def day_bounds(now_ms: int) -> tuple[int, int]:
 
 
 def daily_pnl(
-    sessions: Iterable[SessionView], bids: dict[str, Decimal], now_ms: int
+    sessions: Iterable[SessionView], prices: dict[str, Decimal], now_ms: int
 ) -> tuple[Decimal, Decimal]:
-    """(realized today, unrealized at the bids); open quantity of unpriced pairs is left out."""
+    """(realized today, unrealized at `prices`); open quantity of unpriced pairs is left out."""
     start, end = day_bounds(now_ms)
     realized = unrealized = ZERO
     for view in sessions:
@@ -86,18 +97,19 @@ def daily_pnl(
             if start <= ts < end:
                 realized += pnl
         for symbol, qty in view.open_qty.items():
-            bid = bids.get(symbol)
-            if bid is not None:
-                unrealized += qty * bid - view.open_cost[symbol]
+            price = prices.get(symbol)
+            if price is not None:
+                unrealized += qty * price - view.open_cost[symbol]
     return realized, unrealized
 
 
 class RiskGuard:
-    def __init__(self, app: TradingParts) -> None:
+    def __init__(self, app: TradingParts, guard: Guard | None = None) -> None:
         self.app = app
         self.settings = app.settings
         self.keys = app.keys
         self.redis = app.redis
+        self.guard = guard if guard is not None else Guard(app.stop)
 
     async def check(self, sessions: dict[str, SessionView]) -> RiskReport:
         """Evaluate today's P&L over the sessions' views; set or clear the halt."""
@@ -105,17 +117,25 @@ class RiskGuard:
         report = RiskReport(day=utc_day(now), limit=self.settings.portfolio_daily_loss_limit)
         halt = await self._current_halt()
         if halt is not None and str(halt.get("day", report.day)) < report.day:
+            self.guard.check()
             await self.redis.delete(self.keys.risk_halt)
             report.cleared = True
             log.info("risk:halt of %s cleared on %s", halt.get("day"), report.day)
             halt = None
         if report.limit is None:
             return report
-        bids = await self._bids(
+        quotes = await self._quotes(
             {symbol for view in sessions.values() for symbol in view.open_qty}, report
         )
-        report.realized, report.unrealized = daily_pnl(sessions.values(), bids, now)
+        bids = {symbol: quote.bid for symbol, quote in quotes.items()}
+        last = {
+            symbol: quote.bid if quote.last is None else quote.last
+            for symbol, quote in quotes.items()
+        }
+        report.at_bid = sorted(symbol for symbol, quote in quotes.items() if quote.last is None)
+        report.realized, report.unrealized = daily_pnl(sessions.values(), last, now)
         figures: dict[Any, Any] = {**report.figures(), "updated_at": iso(now)}
+        self.guard.check()
         await self.redis.hset(self.keys.daily_pnl, mapping=figures)
         if report.total < -report.limit:
             report.halted = True
@@ -137,15 +157,15 @@ class RiskGuard:
             return {"day": "9999-99-99"}  # set by hand, not ours to clear
         return value if isinstance(value, dict) else {"day": "9999-99-99"}
 
-    async def _bids(self, symbols: set[str], report: RiskReport) -> dict[str, Decimal]:
-        """Best bid of each pair, one quote call per pair per pass."""
+    async def _quotes(self, symbols: set[str], report: RiskReport) -> dict[str, Quote]:
+        """Each pair's quote (bid, ask, last), one call per pair per pass."""
         limit = asyncio.Semaphore(QUOTE_CONCURRENCY)
-        bids: dict[str, Decimal] = {}
+        quotes: dict[str, Quote] = {}
 
         async def one(symbol: str) -> None:
             async with limit:
                 try:
-                    bids[symbol] = (await self.app.exchange.quote(symbol)).bid
+                    quotes[symbol] = await self.app.exchange.quote(symbol)
                 except ExchangeError as exc:
                     report.unpriced.append(symbol)
                     report.errors.append(f"quote {symbol}: {one_line(exc)}")
@@ -153,12 +173,13 @@ class RiskGuard:
         await asyncio.gather(*(one(s) for s in sorted(symbols)))
         if report.unpriced:
             log.warning(
-                "no best bid for %s: their unrealized P&L is left out", ", ".join(report.unpriced)
+                "no quote for %s: their unrealized P&L is left out", ", ".join(report.unpriced)
             )
-        return bids
+        return quotes
 
     async def _set_halt(self, report: RiskReport, now: int) -> None:
         figures = {**report.figures(), "set_at": iso(now)}
+        self.guard.check()
         if await self.redis.set(self.keys.risk_halt, orjson.dumps(figures), nx=True):
             report.set_now = True
             await self.app.alert(
@@ -172,10 +193,15 @@ class RiskGuard:
         self, sessions: dict[str, SessionView], bids: dict[str, Decimal], report: RiskReport
     ) -> None:
         for sid, view in sessions.items():
-            for pid, f in list(view.figures.items()):
+            figures = view.figures
+            if not view.complete:  # loaded from a snapshot: the positions themselves
+                stored = await self.app.book.positions(sid)
+                figures = {pid: figures_of(pos) for pid, pos in stored.items()}
+            for pid, f in list(figures.items()):
                 bid = bids.get(f.symbol)
                 if not f.is_open or bid is None:
                     continue
+                self.guard.check()
                 try:
                     await self.exit_position(sid, pid, bid, report)
                 except ExchangeError as exc:

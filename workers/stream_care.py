@@ -10,6 +10,7 @@ is left to the migration safety net: only its stuck entries are taken over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from base import logs
 from base.logs import one_line
 from storage.redis import as_text, stream_id
 from workers.groups import INPUT_GROUPS, runtime_for
+from workers.lease import Guard
 from workers.parts import TradingParts
 
 log = logs.get("mmops.sweeper")
@@ -59,8 +61,9 @@ class StreamCare:
 
     groups: tuple[str, ...] = INPUT_GROUPS
 
-    def __init__(self, app: TradingParts, consumer: str) -> None:
+    def __init__(self, app: TradingParts, consumer: str, guard: Guard | None = None) -> None:
         self.app = app
+        self.guard = guard if guard is not None else Guard(app.stop)
         self.redis = app.redis
         self.keys = app.keys
         self.settings = app.settings
@@ -116,6 +119,7 @@ class StreamCare:
             name = as_text(consumer["name"])
             if name in live or int(consumer["pending"]) or int(consumer["idle"]) < idle_limit:
                 continue
+            self.guard.check()
             await self._delconsumer(keys=[self.keys.stream], args=[group, name])
             await self.redis.zrem(self.keys.heartbeats(group), name)
             report.removed_consumers.append(f"{group}/{name}")
@@ -146,7 +150,9 @@ class StreamCare:
         return now - ms > self.settings.interval_seconds * 1000
 
     async def _take_over(self, group: str, report: StreamReport) -> None:
-        """Handle the group's entries as one of its consumers, within a time budget."""
+        """Handle the group's entries as one of its consumers, within a time budget; it ends
+        early when the guard would stop the pass (lease lost, SIGTERM)."""
+        self.guard.check()
         stop = asyncio.Event()
         try:
             runtime, close = await runtime_for(group, self.app, self.consumer, stop=stop)
@@ -163,12 +169,14 @@ class StreamCare:
         loop = asyncio.get_running_loop()
         budget = min(60.0, max(5.0, self.settings.interval_seconds / 2))
         timer = loop.call_later(budget, stop.set)
-        mirror = asyncio.ensure_future(_mirror(self.app.stop, stop))
+        mirror = asyncio.ensure_future(self.guard.watch(stop))
         try:
             stats = await runtime.run(until_drained=True)
         finally:
             timer.cancel()
             mirror.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mirror
             if close is not None:
                 await close()
         report.taken_over[group] = stats.processed + stats.dead
@@ -188,6 +196,7 @@ class StreamCare:
             pipe.hget(self.keys.sweeper_state, "dead_len")
             length, before = await pipe.execute()
         report.dead_len = int(length)
+        self.guard.check()
         if before is not None and int(length) > int(before):
             report.dead_growth = int(length) - int(before)
             await self.app.alert(
@@ -202,8 +211,3 @@ class StreamCare:
         if key not in self._alerted:
             self._alerted.add(key)
             await self.app.alert(kind, message, **figures)
-
-
-async def _mirror(source: asyncio.Event, target: asyncio.Event) -> None:
-    await source.wait()
-    target.set()

@@ -1,14 +1,17 @@
 """The per-session sweep: under `lock:settlement:{sid}`, make every position of a session whole.
 
 For each position that needs it: reconcile live TPs missing from the exchange's open book,
-settle a pending step, reprice TPs whose position aged into a cheaper tier and cover the
-uncovered quantity — all through the take-profit engine, so the sweeper and the coverage
-worker share one duplicate guard. Pairs run concurrently (bounded); one pair's failure is
-recorded and does not stop the others.
+settle a pending step, trim TPs that offer more than is still held (a FIFO sell closed part
+of the position and the coverage worker died before its own trim), reprice TPs whose
+position aged into a cheaper tier and cover the uncovered quantity — all through the
+take-profit engine, so the sweeper and the coverage worker share one duplicate guard.
+Pairs run concurrently (bounded); one pair's failure is recorded and does not stop the
+others. The pass's `Guard` is checked before every engine call: a lost lease or SIGTERM
+stops the sweep between two actions.
 
-The pass is cheap when there is nothing to do: one HGETALL per session, and a position's
-derived figures (`Figures`) are computed once per stored version and kept between passes,
-so an unchanged, covered position costs a dict lookup and no exchange call.
+The pass is cheap when there is nothing to do: the session's `SessionView` (figures per
+position version, kept between passes) says which positions need an engine call, and only
+those are read again, fresh, under the lock.
 """
 
 from __future__ import annotations
@@ -28,15 +31,30 @@ from storage.locks import TokenLock
 from trading.exchange import ExchangeError
 from trading.outcomes import Outcome, Result
 from trading.positions import Position, Step, StepStatus, decode_position
+from workers.lease import Guard, PassStopped, gather_settled
 from workers.parts import TradingParts
 from workers.reconcile import Finding, OpenBook, reconcile_step
+from workers.risk import RiskReport
+from workers.session_retention import RetentionReport
 from workers.session_view import FiguresCache, SessionView, figures_of
+from workers.stream_care import StreamReport
 
 log = logs.get("mmops.sweeper")
 
 ZERO = Decimal(0)
 LOCK_TTL_MS = 300_000  # lock:settlement:{sid}: 5 min (docs/contract.md)
 MAX_ERRORS_KEPT = 20
+
+# KEYS: lock status last_run metrics   ARGV: status, last_run, uncovered, dust, positions
+# A session with nothing to do is recorded as swept, unless a sweep holds its lock now.
+_RECORD_IDLE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[4], 'uncovered', ARGV[3], 'covered', 0, 'repriced', 0, 'trimmed', 0,
+  'dust', ARGV[4], 'positions', ARGV[5], 'errors', 0, 'duration_ms', 0)
+return 1
+"""
 
 
 class SweepStatus(enum.StrEnum):
@@ -46,6 +64,7 @@ class SweepStatus(enum.StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     LOCKED = "LOCKED"  # another sweep holds the session's lock: skipped (report only)
+    DEFERRED = "DEFERRED"  # has work, left to a later pass by SETTLEMENT_MAX_SESSIONS (report only)
 
 
 @dataclass
@@ -61,6 +80,7 @@ class SessionReport:
     repriced: int = 0  # TPs cancelled for a cheaper tier (and replaced)
     dust: int = 0
     reconciled: int = 0  # live TPs the exchange had cancelled or did not know
+    trimmed: int = 0  # TPs cancelled because they offered more than the position still held
     filled_unreported: int = 0  # TPs filled on the exchange with no fill event yet
     pending: int = 0  # steps still waiting for the exchange's answer
     errors: list[str] = field(default_factory=list)
@@ -74,11 +94,67 @@ class SessionReport:
             self.errors.append(message)
 
 
+@dataclass
+class SweepReport:
+    """What one pass found and did: per session, per phase, and its notes and errors."""
+
+    started_at: int
+    by: str
+    duration_ms: int = 0
+    sessions: list[SessionReport] = field(default_factory=list)
+    discovered: int = 0
+    positions: int = 0  # in every session looked at
+    decoded: int = 0  # positions read and decoded by this pass (the others were unchanged)
+    with_work: int = 0  # sessions that needed an engine call
+    swept: int = 0  # of those, swept by this pass (at most SETTLEMENT_MAX_SESSIONS)
+    stopped: str = ""  # why the pass stopped early (lease lost, SIGTERM); "" if it ran through
+    stream: StreamReport = field(default_factory=StreamReport)
+    open_orders: int | None = None  # None: the exchange could not be asked, or read changes only
+    book: str = ""  # how the exchange's book was read: "whole", or "N changes"
+    unknown_orders: list[str] = field(default_factory=list)
+    risk: RiskReport | None = None
+    migrations: list[str] = field(default_factory=list)
+    retention: RetentionReport | None = None
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    phases_ms: dict[str, int] = field(default_factory=dict)
+
+    def total(self, name: str) -> int:
+        return sum(int(getattr(s, name)) for s in self.sessions)
+
+    @property
+    def deferred(self) -> int:
+        return self.with_work - self.swept
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(s.status != SweepStatus.FAILED for s in self.sessions)
+
+
+def figures_report(sid: str, view: SessionView, *, idle: bool) -> SessionReport:
+    """A session's row when the pass did not sweep it: idle (nothing to do) or DEFERRED."""
+    return SessionReport(
+        sid,
+        status=SweepStatus.COMPLETED if idle else SweepStatus.DEFERRED,
+        pairs=len(view.symbols),
+        positions=view.positions,
+        open_positions=view.open,
+        uncovered_before=view.uncovered,
+        uncovered_after=view.uncovered,
+        dust=view.dust,
+    )
+
+
 class SessionSweep:
     """Sweeps one session at a time; shared by every session of a pass (cache, limits)."""
 
     def __init__(
-        self, app: TradingParts, cache: FiguresCache | None = None, *, pair_concurrency: int = 32
+        self,
+        app: TradingParts,
+        cache: FiguresCache | None = None,
+        *,
+        pair_concurrency: int = 32,
+        guard: Guard | None = None,
     ) -> None:
         self.app = app
         self.engine = app.engine
@@ -86,17 +162,28 @@ class SessionSweep:
         self.redis = app.redis
         self.cache = cache if cache is not None else FiguresCache(app.settings.tier_hours)
         self.pairs_limit = asyncio.Semaphore(pair_concurrency)
+        self.guard = guard if guard is not None else Guard(app.stop)
+        self._idle = app.redis.register_script(_RECORD_IDLE)
 
-    async def run(self, sid: str, book: OpenBook | None) -> SessionReport:
-        """One sweep of the session; LOCKED (figures only, no action) if another sweep holds it."""
+    async def run(
+        self, sid: str, book: OpenBook | None, view: SessionView | None = None
+    ) -> SessionReport:
+        """One sweep of the session; LOCKED (figures only, no action) if another sweep holds it.
+
+        `view`: the session's figures as the pass read them moments ago (else read here).
+        PassStopped (lease lost, SIGTERM) ends it between two actions, writing nothing more.
+        """
         started = time.perf_counter()
         report = SessionReport(sid)
+        self.guard.check()
         lock = TokenLock(self.redis, self.keys.settlement_lock(sid), LOCK_TTL_MS)
         locked = await lock.acquire()
         try:
-            await self._sweep(sid, book, report, locked=locked)
+            await self._sweep(sid, book, report, view, locked=locked)
+        except PassStopped:
+            raise
         except BaseException:
-            if locked:
+            if locked and self.guard.lease_valid():
                 report.status = SweepStatus.FAILED
                 with contextlib.suppress(Exception):
                     await self.redis.set(self.keys.settlement_status(sid), SweepStatus.FAILED)
@@ -105,30 +192,43 @@ class SessionSweep:
             report.duration_ms = int((time.perf_counter() - started) * 1000)
             await lock.release()  # only if still ours
         if locked:
+            self.guard.check()
             await self._record(sid, report)
         return report
 
     async def _sweep(
-        self, sid: str, book: OpenBook | None, report: SessionReport, *, locked: bool
+        self,
+        sid: str,
+        book: OpenBook | None,
+        report: SessionReport,
+        view: SessionView | None,
+        *,
+        locked: bool,
     ) -> None:
+        if view is None:
+            raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.positions(sid))  # type: ignore[assignment]
+            view, _ = self.cache.refresh(sid, raw)
+        work = self.work(view, book) if locked else []
         async with self.redis.pipeline(transaction=False) as pipe:
             if locked:
                 pipe.set(self.keys.settlement_status(sid), SweepStatus.IN_PROGRESS)
-            pipe.hgetall(self.keys.positions(sid))
             pipe.smembers(self.keys.pairs(sid))
             pipe.hget(self.keys.session(sid), "pairs")
-            *_, raw, pair_set, listed = await pipe.execute()
-        view, decoded = self.cache.refresh(sid, raw)
+            if work:
+                pipe.hmget(self.keys.positions(sid), work)  # fresh, under the lock
+            replies = await pipe.execute()
+        pair_set, listed = replies[1:3] if locked else replies[0:2]
         pairs = {p.decode() for p in pair_set} | view.symbols.keys()
         pairs |= {p for p in (listed or b"").decode().split(",") if p}
-        report.pairs, report.positions = len(pairs), len(view.figures)
+        report.pairs, report.positions = len(pairs), view.positions
         report.uncovered_before = view.uncovered
         if locked:
             by_pair: dict[str, list[Position]] = {}
-            for pid in self._select(view, book):
-                pos = decoded.get(pid) or decode_position(raw[pid.encode()])
-                by_pair.setdefault(pos.symbol, []).append(pos)
-            await asyncio.gather(
+            for value in replies[-1] if work else ():
+                if value is not None:
+                    pos = decode_position(value)
+                    by_pair.setdefault(pos.symbol, []).append(pos)
+            await gather_settled(
                 *(
                     self._pair(symbol, positions, book, report)
                     for symbol, positions in by_pair.items()
@@ -149,18 +249,14 @@ class SessionSweep:
         )
 
     # --- choosing the work ---------------------------------------------------------
-    def _select(self, view: SessionView, book: OpenBook | None) -> list[str]:
+    def work(self, view: SessionView, book: OpenBook | None) -> list[str]:
         """Positions that need an engine call: everything else costs nothing."""
         work = dict.fromkeys(sorted(view.needs_cover))
+        work.update(dict.fromkeys(sorted(view.needs_trim)))
         if not self.app.settings.dry_run:
             work.update(dict.fromkeys(view.stale(self.app.clock.now_ms())))
         if book is not None:
-            # frozenset.difference walks the smaller side: O(the session's live TPs), not O(the book)
-            work.update(
-                dict.fromkeys(
-                    view.live[order_id] for order_id in view.live_ids.difference(book.orders)
-                )
-            )
+            work.update(dict.fromkeys(view.live[order_id] for order_id in book.gone(view.live_ids)))
         return list(work)
 
     # --- one pair, one position ------------------------------------------------------
@@ -171,6 +267,8 @@ class SessionSweep:
             for pos in positions:
                 try:
                     await self._position(pos, book, report)
+                except PassStopped:
+                    raise
                 except ExchangeError as exc:
                     report.error(f"{symbol} {pos.id}: {one_line(exc)}")
                     report.actions.append(f"error {symbol} {pos.id}: {one_line(exc)}")
@@ -183,12 +281,14 @@ class SessionSweep:
                     return
 
     async def _position(self, pos: Position, book: OpenBook | None, report: SessionReport) -> None:
-        """Reconcile, settle, reprice, cover: each step sees the position the previous one left."""
-        engine = self.engine
+        """Reconcile, settle, trim, reprice, cover: each step sees the position the previous
+        one left, and each engine call comes after a check of the guard."""
+        engine, check = self.engine, self.guard.check
         if book is not None:
             for step in pos.live:
                 if step.order_id in book or step.acked_at > book.taken_at:
                     continue
+                check()
                 found = await reconcile_step(self.app.exchange, engine, pos, step)
                 if found is None:
                     continue
@@ -201,16 +301,31 @@ class SessionSweep:
                     f"reconciled {pos.symbol} {pos.id} TP {step.order_id}: {found.finding}"
                 )
         if pos.pending is not None:
+            check()
             after = self._note(
                 report, pos, await engine.cover(pos.session_id, pos.id, position=pos), "covered"
             )
             if after is None:
                 return
             pos = after
+        if pos.over_covered > 0 and not self.app.settings.dry_run:
+            check()
+            for outcome in await engine.trim(pos):
+                if outcome.result is Result.CANCELLED:
+                    report.trimmed += 1
+                    report.actions.append(
+                        f"trimmed {pos.symbol} {pos.id}: a TP offered more than the "
+                        f"{pos.open_quantity} still held"
+                    )
+                    pos = outcome.position or pos
+                else:
+                    pos = self._note(report, pos, outcome, "covered") or pos
         if not self.app.settings.dry_run and engine.stale_steps(pos):
+            check()
             for outcome in await engine.reprice(pos):
                 pos = self._note(report, pos, outcome, "repriced") or pos
         if pos.uncovered > 0 and pos.dust != pos.uncovered:
+            check()
             self._note(
                 report, pos, await engine.cover(pos.session_id, pos.id, position=pos), "covered"
             )
@@ -255,6 +370,34 @@ class SessionSweep:
         return after
 
     # --- bookkeeping -----------------------------------------------------------------
+    async def record_idle(self, sids: list[str], views: dict[str, SessionView]) -> None:
+        """Sessions with nothing to do: COMPLETED now, unless a sweep holds their lock."""
+        if not sids:
+            return
+        self.guard.check()
+        now = iso(self.app.clock.now_ms())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                view = views[sid]
+                keys = self.keys
+                await self._idle(
+                    keys=[
+                        keys.settlement_lock(sid),
+                        keys.settlement_status(sid),
+                        keys.settlement_last_run(sid),
+                        keys.metrics_settlement(sid),
+                    ],
+                    args=[
+                        SweepStatus.COMPLETED.value,
+                        now,
+                        view.uncovered,
+                        view.dust,
+                        view.positions,
+                    ],
+                    client=pipe,
+                )
+            await pipe.execute()
+
     async def _record(self, sid: str, report: SessionReport) -> None:
         now = self.app.clock.now_ms()
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -266,6 +409,7 @@ class SessionSweep:
                     "uncovered": report.uncovered_after,
                     "covered": report.covered,
                     "repriced": report.repriced,
+                    "trimmed": report.trimmed,
                     "dust": report.dust,
                     "positions": report.positions,
                     "errors": report.error_count,
@@ -280,7 +424,8 @@ class SessionSweep:
             lines.append(
                 f"{stamp} sweep {report.status}: positions {report.positions}, uncovered "
                 f"{report.uncovered_before} -> {report.uncovered_after}, covered {report.covered}, "
-                f"repriced {report.repriced}, dust {report.dust}, errors {report.error_count}, "
+                f"repriced {report.repriced}, trimmed {report.trimmed}, dust {report.dust}, "
+                f"errors {report.error_count}, "
                 f"{report.duration_ms} ms\n"
             )
             await asyncio.to_thread(

@@ -28,6 +28,7 @@ from mmops.progress import Progress
 from mmops.reporting import render_table
 from storage import redis as redis_store
 from storage import session_reader as reader
+from storage.alerts import write_alert
 from storage.keys import Keys
 from storage.postgres import TRANSIENT_PG_ERRORS, create_pool
 from workers.migration import MigrationResult, MigrationStatus, Migrator
@@ -108,9 +109,15 @@ class CliParts:
     clock: Clock
 
     async def alert(self, kind: str, message: str, **figures: object) -> None:
-        fields = {"kind": kind, "message": message, "ts": str(self.clock.now_ms())}
-        fields.update({k: str(v) for k, v in figures.items()})
-        await self.redis.xadd(self.keys.alerts, fields)  # type: ignore[arg-type]
+        await write_alert(
+            self.redis,
+            self.keys,
+            self.clock.now_ms(),
+            kind,
+            message,
+            maxlen=self.settings.alerts_maxlen,
+            **figures,
+        )
 
 
 async def main(settings: Settings, args: argparse.Namespace) -> int:

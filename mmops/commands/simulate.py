@@ -31,6 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_trader_arguments(cmd, volatility=0.3)
     cmd.add_argument(
+        "--rolling",
+        action="store_true",
+        help="rolling sessions: --sessions live at once, each --session-seconds long, the next "
+        "starting as one ends; an ended session's TPs fill within --close-within seconds",
+    )
+    cmd.add_argument("--session-seconds", type=float, default=60.0, metavar="S", help="(--rolling)")
+    cmd.add_argument("--close-within", type=float, default=30.0, metavar="S", help="(--rolling)")
+    cmd.add_argument(
         "--tag",
         default="",
         help="id tag of the sessions (default: seed and start time; "
@@ -90,6 +98,9 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         volatility=args.volatility,
         tag=args.tag,
         after_end=args.after_end,
+        rolling=getattr(args, "rolling", False),
+        session_seconds=getattr(args, "session_seconds", 60.0),
+        close_within=getattr(args, "close_within", 30.0),
     )
     config.validate()
     return config

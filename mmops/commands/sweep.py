@@ -1,8 +1,11 @@
-"""`mmops sweep [--once]` and `mmops verify-coverage`.
+"""`mmops sweep --once | --loop` and `mmops verify-coverage`.
 
 `sweep --once` runs one sweeper pass (no lease: the per-session locks keep it from
-colliding with a running sweeper) and prints one row per session; exit 1 if the pass had
-errors. Without --once it is the sweeper loop, like `mmops sweeper`.
+colliding with a running sweeper) and prints one row per session (`--json`: the report
+as JSON); exit 1 if the pass had errors. SIGTERM/SIGINT stop the pass between two
+actions; what it did so far is printed. `sweep --loop` is the sweeper loop, like
+`mmops sweeper`. One of the two must be given: a bare `mmops sweep` used to start the
+endless loop silently (and ignore --json); now it stops with one line saying so.
 
 `verify-coverage` prints, per session and pair, filled / covered / dust / uncovered
 quantities and the age of the oldest uncovered position (since its last buy fill); exit 1
@@ -12,6 +15,7 @@ if any position has been uncovered longer than one SETTLEMENT_INTERVAL_MINUTES.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,7 +30,8 @@ from mmops.reporting import render_table
 from trading.positions import decode_position
 from workers.discovery import RecentSessions, discover
 from workers.session_view import figures_of
-from workers.sweeper import Sweeper, SweepReport
+from workers.sweep_pass import SweepReport
+from workers.sweeper import Sweeper
 
 ZERO = Decimal(0)
 
@@ -34,9 +39,13 @@ ZERO = Decimal(0)
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sweep = sub.add_parser(
         "sweep",
-        help="the sweeper: one pass with --once (prints a table per session), else the loop",
+        help="the sweeper: one pass with --once (prints a table per session), the loop with --loop",
     )
-    sweep.add_argument("--once", action="store_true", help="run one pass, print its report, exit")
+    mode = sweep.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="run one pass, print its report, exit")
+    mode.add_argument(
+        "--loop", action="store_true", help="run the sweeper loop until SIGTERM (= mmops sweeper)"
+    )
     sweep.add_argument("--json", action="store_true", help="with --once: the report as JSON")
     sweep.set_defaults(func=_sweep)
     verify = sub.add_parser(
@@ -49,7 +58,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    if not args.once:
+    if not (args.once or args.loop):
+        print(
+            "mmops sweep: give --once (one pass, printed) or --loop (the sweeper loop, "
+            "like `mmops sweeper`)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.loop:
+        if args.json:
+            print("mmops sweep: --json goes with --once, not --loop", file=sys.stderr)
+            return 2
         from mmops.commands.run import serve
 
         runner.run(lambda s: serve(s, ("sweeper",)))
@@ -83,8 +102,11 @@ def report_dict(report: SweepReport) -> dict[str, Any]:
         "by": report.by,
         "duration_ms": report.duration_ms,
         "discovered": report.discovered,
-        "truncated": report.truncated,
+        "with_work": report.with_work,
+        "swept": report.swept,
+        "stopped": report.stopped,
         "open_orders": report.open_orders,
+        "book": report.book,
         "unknown_orders": report.unknown_orders,
         "migrations": report.migrations,
         "notes": report.notes,
@@ -109,6 +131,7 @@ def render_sweep(report: SweepReport) -> str:
             s.uncovered_after,
             s.covered,
             s.repriced,
+            s.trimmed,
             s.dust,
             s.error_count,
             s.duration_ms,
@@ -125,6 +148,7 @@ def render_sweep(report: SweepReport) -> str:
             report.total("uncovered_after"),
             report.total("covered"),
             report.total("repriced"),
+            report.total("trimmed"),
             report.total("dust"),
             report.total("error_count") + len(report.errors),
             report.duration_ms,
@@ -141,6 +165,7 @@ def render_sweep(report: SweepReport) -> str:
                 "uncov after",
                 "covered now",
                 "repriced",
+                "trimmed",
                 "dust",
                 "errors",
                 "ms",
@@ -149,6 +174,15 @@ def render_sweep(report: SweepReport) -> str:
             rule=True,
         )
     ]
+    lines.append(
+        f"sessions: {report.discovered} looked at, {report.with_work} with work, {report.swept} swept"
+        + (
+            f", {report.deferred} deferred to the next passes (SETTLEMENT_MAX_SESSIONS)"
+            if report.deferred
+            else ""
+        )
+        + (f"; stopped early: {report.stopped}" if report.stopped else "")
+    )
     stream = report.stream
     taken = ", ".join(f"{g} {n}" for g, n in stream.taken_over.items()) or "none"
     lines.append(
@@ -160,9 +194,14 @@ def render_sweep(report: SweepReport) -> str:
             else ""
         )
     )
-    book = "unavailable" if report.open_orders is None else str(report.open_orders)
+    if report.open_orders is not None:
+        book = f"open orders {report.open_orders}"
+    elif report.book:
+        book = f"{report.book} since the last pass"
+    else:
+        book = "open orders unavailable"
     lines.append(
-        f"exchange: open orders {book}; reconciled {report.total('reconciled')}; filled without a "
+        f"exchange: {book}; reconciled {report.total('reconciled')}; filled without a "
         f"fill event {report.total('filled_unreported')}; unknown orders {len(report.unknown_orders)}"
     )
     if report.risk is not None and report.risk.limit is None:
@@ -178,7 +217,8 @@ def render_sweep(report: SweepReport) -> str:
             f"limit {r.limit}: {state}"
             + (" (set now)" if r.set_now else "")
             + (" (previous day's halt cleared)" if r.cleared else "")
-            + (f"; no bid for {', '.join(r.unpriced)}" if r.unpriced else "")
+            + (f"; no quote for {', '.join(r.unpriced)}" if r.unpriced else "")
+            + (f"; no last price, valued at the bid: {', '.join(r.at_bid)}" if r.at_bid else "")
             + (
                 f"; emergency exits {r.exits}, TPs cancelled {r.cancelled}"
                 if r.exits or r.cancelled

@@ -21,7 +21,8 @@ holds a ``{tag}``, that tag wins; it is the same for every key, so one slot stil
 =================  ======  ============================================================
 name               type    contents
 =================  ======  ============================================================
-``orders``         hash    order id -> JSON order (trading/paper/stored.py); every order
+``orders``         hash    order id -> JSON order (trading/paper/stored.py); every order,
+                           until its session's state is removed (``forget``, retention)
 ``open_clients``   hash    client id -> order id, OPEN orders only (uniqueness + index)
 ``clients``        hash    client id -> most recent order id placed with it
 ``free``           hash    asset -> free balance, integer units of 1e-8
@@ -29,7 +30,8 @@ name               type    contents
 ``prices``         hash    symbol -> "LAST BID ASK" (decimal strings)
 ``bids``           hash    symbol -> best bid, integer units of 1e-18 (post-only check)
 ``ticks``          hash    symbol -> tick of an unlisted symbol (first price wins)
-``seen_fills``     set     fill ids already applied by observe_fill
+``seen_fills``     set     fill ids (``<sid>/<fill id>``) already applied by observe_fill,
+                           until their session's state is removed (``forget``)
 ``seq``            string  counter ordering the orders
 ``init``           string  set once the starting balances were applied
 ``faults``         hash    PAPER_FAULTS kind -> faults injected (chaos runs only)

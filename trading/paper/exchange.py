@@ -17,26 +17,26 @@ from storage.keys import Keys
 from storage.pipeliner import Pipeliner
 from storage.redis import as_text
 from trading.exchange import (
-    DuplicateClientId,
     ExchangeError,
-    InsufficientFunds,
     Market,
     Order,
+    OrderChanges,
     OrderNotFound,
     OrderStatus,
     PermanentError,
-    PostOnlyRejected,
     Quote,
     SeenFill,
     SellRequest,
     TransientError,
 )
-from trading.paper.faults import MESSAGES, PaperFaults, fault_error
+from trading.paper.faults import PaperFaults, fault_error
 from trading.paper.rules import KRAKEN_USD_PAIRS, generic_rules, generic_tick, split_symbol
 from trading.paper.scripts import (
     BY_CLIENT_LUA,
     CANCEL_LUA,
+    CHANGES_LUA,
     FILL_LUA,
+    FORGET_LUA,
     INIT_LUA,
     OBSERVE_LUA,
     OBSERVE_MANY_LUA,
@@ -44,14 +44,12 @@ from trading.paper.scripts import (
     PLACE_LUA,
     SET_PRICE_LUA,
 )
-from trading.paper.stored import decode_order, new_order_id, sorted_orders
+from trading.paper.stored import decode_order, new_order_id, place_args, placed, sorted_orders
 from trading.paper.units import (
     PRICE_EXP,
     bounded,
-    exact_units,
     from_units,
     positive,
-    price_from_units,
     round_to_step,
     to_units,
 )
@@ -70,8 +68,14 @@ KEY_NAMES = (
     "seq",
     "init",
     "faults",
+    "changes",
+    "change_seq",
+    "changes_floor",
 )
-_PLACE_KEYS = ("orders", "open_clients", "clients", "free", "locked", "bids", "seq")
+_CHANGE_KEYS = ("changes", "change_seq", "changes_floor")
+_PLACE_KEYS = ("orders", "open_clients", "clients", "free", "locked", "bids", "seq", *_CHANGE_KEYS)
+_FINAL_KEYS = ("orders", "open_clients", "free", "locked", *_CHANGE_KEYS)  # cancel, fill
+FORGET_CHUNK = 2000  # orders (and fills) per forget script call
 _REFUSED_BEFORE_PLACING = frozenset({"rate_limit", "place_5xx", "place_timeout"})
 
 
@@ -104,6 +108,7 @@ class PaperExchange:
         self._faults = faults
         self._k = {name: keys.paper(name) for name in KEY_NAMES}
         self._place_keys = [self._k[name] for name in _PLACE_KEYS]
+        self._final_keys = [self._k[name] for name in _FINAL_KEYS]
         self._starting: list[str] = []
         for asset, amount in (starting_balances or {}).items():
             if not isinstance(amount, Decimal) or not amount.is_finite() or amount < 0:
@@ -124,6 +129,8 @@ class PaperExchange:
         self._init = register(INIT_LUA)
         self._by_client = register(BY_CLIENT_LUA)
         self._open = register(OPEN_LUA)
+        self._forget = register(FORGET_LUA)
+        self._changes = register(CHANGES_LUA)
 
     async def _run(
         self, script: AsyncScript, keys: list[str], args: Sequence[Any] = (), *, hot: bool = False
@@ -228,14 +235,15 @@ class PaperExchange:
         self._remember_tick(symbol, stored)
 
     async def quote(self, symbol: str) -> Quote:
-        """Bid/ask around the last price: last x (1 -/+ half_spread), rounded out to the tick."""
+        """Bid/ask around the last price: last x (1 -/+ half_spread), rounded out to the tick;
+        and the last price itself."""
         split_symbol(symbol)
         await self._maybe_fail("fetch")
         raw = await self._redis.hget(self._k["prices"], symbol)
         if raw is None:
             raise TransientError(f"no price yet for {symbol}")
-        _, bid, ask = as_text(raw).split(" ")
-        return Quote(bid=Decimal(bid), ask=Decimal(ask))
+        last, bid, ask = as_text(raw).split(" ")
+        return Quote(bid=Decimal(bid), ask=Decimal(ask), last=Decimal(last))
 
     # --- fills ---------------------------------------------------------------------
     async def observe_fills(self, fills: Sequence[SeenFill]) -> None:
@@ -313,9 +321,8 @@ class PaperExchange:
                 net = to_units(gross, ROUND_DOWN) - fee
             filled = int(o["fil"]) + qty
             status = OrderStatus.CLOSED if qty == remaining else OrderStatus.OPEN
-            keys = [k["orders"], k["open_clients"], k["free"], k["locked"]]
             args = [order_id, o["fil"], filled, remaining - qty, qty, net, status.value]
-            outcome, raw = await self._run(self._fill, keys, args)
+            outcome, raw = await self._run(self._fill, self._final_keys, args)
             if outcome == b"ok":
                 return decode_order(raw)
             if outcome == b"missing":
@@ -353,7 +360,7 @@ class PaperExchange:
         injected: Counter[str] = Counter()
         for i, request in enumerate(requests):
             try:
-                args = _place_args(request)
+                args = place_args(request)
             except ExchangeError as exc:  # refused before reaching the exchange
                 results[i] = exc
                 continue
@@ -404,7 +411,7 @@ class PaperExchange:
                 if detail == b"fault":
                     injected["post_only"] += 1
                 i = pending[answered][0]
-                results[i] = _placed(requests[i], outcome, detail)
+                results[i] = placed(requests[i], outcome, detail)
                 answered += 1
             pending = pending[answered:]
 
@@ -412,9 +419,7 @@ class PaperExchange:
         """Cancel and unlock the remainder; an order already closed is returned unchanged."""
         await self._maybe_fail("cancel")
         await self._ensure_init()
-        k = self._k
-        keys = [k["orders"], k["open_clients"], k["free"], k["locked"]]
-        outcome, raw = await self._run(self._cancel, keys, [order_id])
+        outcome, raw = await self._run(self._cancel, self._final_keys, [order_id])
         if outcome == b"missing":
             raise OrderNotFound(f"no paper order {order_id[:40]!r}")
         return decode_order(raw)
@@ -435,10 +440,34 @@ class PaperExchange:
         raws = await self._run(self._open, [self._k["open_clients"], self._k["orders"]])
         return [o for o in sorted_orders(raws) if symbol is None or o.symbol == symbol]
 
+    async def order_changes(self, cursor: str | None) -> OrderChanges:
+        """The orders changed since `cursor` (any status), or every open order when the
+        cursor is None or older than the change log keeps: one consistent read."""
+        await self._maybe_fail("fetch")
+        k = self._k
+        keys = [k["changes"], k["change_seq"], k["changes_floor"], k["open_clients"], k["orders"]]
+        seq, mode, *raws = await self._run(self._changes, keys, [cursor or ""])
+        return OrderChanges(
+            cursor=str(int(seq)), complete=mode == b"full", orders=sorted_orders(raws)
+        )
+
     async def orders(self, symbol: str | None = None) -> list[Order]:
         """Every order ever placed, oldest first (simulator hook, for tests and reports)."""
         raws = await self._redis.hvals(self._k["orders"])
         return [o for o in sorted_orders(raws) if symbol is None or o.symbol == symbol]
+
+    async def forget(self, *, order_ids: Sequence[str], fill_ids: Sequence[str]) -> int:
+        """Drop the records of a session that is removed (session retention): its orders
+        that are no longer open, with their client ids, and its seen fills, so that no
+        paper record lives forever. An open order is kept. Returns the orders dropped."""
+        keys = [self._k[name] for name in ("orders", "clients", "seen_fills", "changes")]
+        forgotten = 0
+        orders, fills = list(order_ids), list(fill_ids)
+        for i in range(0, max(len(orders), len(fills), 1), FORGET_CHUNK):
+            part, seen = orders[i : i + FORGET_CHUNK], fills[i : i + FORGET_CHUNK]
+            if part or seen:
+                forgotten += int(await self._run(self._forget, keys, [len(part), *part, *seen]))
+        return forgotten
 
     # --- balances ------------------------------------------------------------------
     async def free_balance(self, asset: str) -> Decimal:
@@ -467,41 +496,3 @@ class PaperExchange:
 
     async def close(self) -> None:
         """Nothing to release: the Redis client is shared and closed by its owner."""
-
-
-def _place_args(r: SellRequest) -> list[str]:
-    """A request's fields for PLACE_LUA (all but the order id); PermanentError if invalid."""
-    base, quote = split_symbol(r.symbol)
-    units = exact_units("amount", positive("amount", r.amount))
-    positive("price", r.price)
-    price_units = to_units(r.price, ROUND_UP, PRICE_EXP)
-    return [
-        r.client_id,
-        r.symbol,
-        base,
-        quote,
-        str(r.amount),
-        str(units),
-        str(r.price),
-        str(price_units),
-        "1" if r.post_only else "0",
-    ]
-
-
-def _placed(r: SellRequest, outcome: bytes, detail: bytes) -> Order | ExchangeError:
-    """The Order, or the error, of one request from PLACE_LUA's reply."""
-    if outcome == b"ok":
-        return decode_order(detail)
-    if outcome == b"dup":
-        return DuplicateClientId(f"client id {r.client_id!r} is open as {as_text(detail)}")
-    if outcome == b"post_only":
-        if detail == b"fault":
-            return PostOnlyRejected(
-                f"post-only sell at {r.price}: {MESSAGES['post_only']} (paper fault post_only)"
-            )
-        bid = price_from_units(detail)
-        return PostOnlyRejected(f"post-only sell at {r.price} would cross the bid {bid}")
-    if outcome == b"funds":
-        base = r.symbol.partition("/")[0]
-        return InsufficientFunds(f"free {base} {from_units(int(detail))} < {r.amount} ({r.symbol})")
-    raise RuntimeError(f"unexpected reply of the paper place script: {as_text(outcome)[:40]!r}")

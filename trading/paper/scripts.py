@@ -23,11 +23,34 @@ local function ge(a, b)
 end
 """
 
+# Every change of an order is logged: `changes` (zset order id -> sequence number of its
+# latest change), `change_seq` (the counter). Every 1000th change drops the entries older
+# than the last CHANGES_KEPT changes and records their bound in `changes_floor`: a reader
+# whose cursor (the last sequence number it saw) is below it reads the whole open book.
+CHANGES_KEPT = 100_000
+_LUA_CHANGED = (
+    """
+local function changed(changes, seq_key, floor_key, id)
+  local seq = redis.call('INCR', seq_key)
+  redis.call('ZADD', changes, seq, id)
+  if seq % 1000 == 0 and seq > """
+    + str(CHANGES_KEPT)
+    + """ then
+    local floor = seq - """
+    + str(CHANGES_KEPT)
+    + """
+    redis.call('ZREMRANGEBYSCORE', changes, '-inf', floor)
+    redis.call('SET', floor_key, floor)
+  end
+end
+"""
+)
+
 # The fields of one sell request in PLACE_LUA's ARGV, after ARGV[1] (the timestamp).
 PLACE_FIELDS = 10
 
 # Place a batch of limit sells, one after the other, as place_limit_sell would one by one.
-# KEYS: orders open_clients clients free locked bids seq
+# KEYS: orders open_clients clients free locked bids seq changes change_seq changes_floor
 # ARGV: ts, then per request: id cid symbol base quote amount units price price_e18 post_only
 #   post_only: '1' post-only, '0' not, 'fault' reject as post-only (the PAPER_FAULTS knob)
 # Returns a flat list, per request {outcome, detail}: ok <order json> | dup <open order id>
@@ -36,6 +59,7 @@ PLACE_FIELDS = 10
 #   request and stops there; the caller sends the rest again with fresh ids.
 PLACE_LUA = (
     _LUA_GE
+    + _LUA_CHANGED
     + """
 local function place(a, ts)
   local id, cid, sym, base = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
@@ -58,6 +82,7 @@ local function place(a, ts)
   redis.call('HSET', KEYS[1], id, order)
   redis.call('HSET', KEYS[2], cid, id)
   redis.call('HSET', KEYS[3], cid, id)
+  changed(KEYS[8], KEYS[9], KEYS[10], id)
   return 'ok', order
 end
 
@@ -74,8 +99,10 @@ return out
 """
 )
 
-# KEYS: orders open_clients free locked   ARGV: id
-CANCEL_LUA = """
+# KEYS: orders open_clients free locked changes change_seq changes_floor   ARGV: id
+CANCEL_LUA = (
+    _LUA_CHANGED
+    + """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return {'missing', ''} end
 local o = cjson.decode(raw)
@@ -88,12 +115,17 @@ o.st = 'canceled'
 raw = cjson.encode(o)
 redis.call('HSET', KEYS[1], ARGV[1], raw)
 if redis.call('HGET', KEYS[2], o.cid) == ARGV[1] then redis.call('HDEL', KEYS[2], o.cid) end
+changed(KEYS[5], KEYS[6], KEYS[7], ARGV[1])
 return {'ok', raw}
 """
+)
 
 # Compare-and-set fill computed in Python (prices x quantities need decimals).
-# KEYS: orders open_clients free locked   ARGV: id expected_fil fil rem qty net status
-FILL_LUA = """
+# KEYS: orders open_clients free locked changes change_seq changes_floor
+# ARGV: id expected_fil fil rem qty net status
+FILL_LUA = (
+    _LUA_CHANGED
+    + """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return {'missing', ''} end
 local o = cjson.decode(raw)
@@ -106,8 +138,10 @@ redis.call('HSET', KEYS[1], ARGV[1], raw)
 if o.st ~= 'open' and redis.call('HGET', KEYS[2], o.cid) == ARGV[1] then
   redis.call('HDEL', KEYS[2], o.cid)
 end
+changed(KEYS[5], KEYS[6], KEYS[7], ARGV[1])
 return {'ok', raw}
 """
+)
 
 # Shared tail: store the price and, for an unlisted symbol, its tick (first one wins).
 _LUA_SET_PRICE = """
@@ -186,12 +220,57 @@ return redis.call('HGET', KEYS[2], id)
 """
 
 # KEYS: open_clients orders  (HMGET in chunks: unpack() is limited to ~8000 values)
-OPEN_LUA = """
-local ids = redis.call('HVALS', KEYS[1])
-local out = {}
-for i = 1, #ids, 500 do
-  local part = redis.call('HMGET', KEYS[2], unpack(ids, i, math.min(i + 499, #ids)))
-  for _, raw in ipairs(part) do if raw then out[#out + 1] = raw end end
+_LUA_READ = """
+local function read(orders, ids, out)
+  for i = 1, #ids, 500 do
+    local part = redis.call('HMGET', orders, unpack(ids, i, math.min(i + 499, #ids)))
+    for _, raw in ipairs(part) do if raw then out[#out + 1] = raw end end
+  end
+  return out
 end
-return out
+"""
+OPEN_LUA = (
+    _LUA_READ
+    + """
+return read(KEYS[2], redis.call('HVALS', KEYS[1]), {})
+"""
+)
+
+# The orders changed since a cursor, or the whole open book when the cursor is unknown or
+# older than the log keeps: one consistent read.
+# KEYS: changes change_seq changes_floor open_clients orders   ARGV: cursor ('' for none)
+# Returns {seq, 'changes' | 'full', order json...}: seq is the cursor to pass next time.
+CHANGES_LUA = (
+    _LUA_READ
+    + """
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local floor = tonumber(redis.call('GET', KEYS[3]) or '0')
+local cursor = tonumber(ARGV[1])
+if cursor == nil or cursor < floor or cursor > seq then
+  return read(KEYS[5], redis.call('HVALS', KEYS[4]), {seq, 'full'})
+end
+return read(KEYS[5], redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. cursor, '+inf'), {seq, 'changes'})
+"""
+)
+
+# Forget a session whose state retention removes: its finished orders (never an open one)
+# with their client-id entries and change-log entries, and its fill records.
+# KEYS: orders clients seen_fills changes   ARGV: n, n order ids, then fill ids
+FORGET_LUA = """
+local n = tonumber(ARGV[1])
+local forgotten = 0
+for i = 2, n + 1 do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw then
+    local o = cjson.decode(raw)
+    if o.st ~= 'open' then
+      if redis.call('HGET', KEYS[2], o.cid) == ARGV[i] then redis.call('HDEL', KEYS[2], o.cid) end
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      redis.call('ZREM', KEYS[4], ARGV[i])
+      forgotten = forgotten + 1
+    end
+  end
+end
+for i = n + 2, #ARGV do redis.call('SREM', KEYS[3], ARGV[i]) end
+return forgotten
 """
