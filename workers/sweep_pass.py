@@ -208,6 +208,8 @@ class SessionSweep:
         if view is None:
             raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.positions(sid))  # type: ignore[assignment]
             view, _ = self.cache.refresh(sid, raw)
+        if locked and self.app.book.ledger.cluster:  # writes a crash left in the outbox
+            await self.app.book.ledger.outbox.drain(sid)
         work = self.work(view, book) if locked else []
         async with self.redis.pipeline(transaction=False) as pipe:
             if locked:
