@@ -21,6 +21,7 @@ the exchange is called, an entry is acked only after its effects are durable.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -71,7 +72,6 @@ class BuyBatch:
 
     async def run(self, items: Sequence[tuple[Entry, Fill]]) -> list[float | None]:
         """Per entry: None (done: ack it) or NOT_HANDLED (give it to the one-by-one path)."""
-        await self._observe([fill for _, fill in items])
         markets = await self._markets({fill.symbol for _, fill in items})
         positions: dict[tuple[str, str], _Position] = {}
         for entry, fill in items:
@@ -91,7 +91,11 @@ class BuyBatch:
                 continue  # a step of it is being placed: the one-by-one path waits for it
             groups.setdefault(share.sid, []).append(group)
             order.append(share)
-        statuses = await self.book.commit_many(groups)
+        # the exchange takes note while the fills are recorded (one round trip less); the
+        # TPs are placed only after it did (the paper exchange credits the bought coins)
+        _, statuses = await asyncio.gather(
+            self._observe([fill for _, fill in items]), self.book.commit_many(groups)
+        )
         crash_point("fill_recorded")
         applied: set[int] = set()
         by_sid = {sid: iter(s) for sid, s in statuses.items()}
