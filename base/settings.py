@@ -8,40 +8,40 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from decimal import Decimal
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
-T = TypeVar("T")
+from base.secrets import MIN_SECRET_CHARS, url_passwords, webhook_secrets
+from base.secrets import redact_url as redact_url
+from base.setting_values import SettingsError as SettingsError
+from base.setting_values import (
+    _bool,
+    _bounded,
+    _decimal,
+    _int,
+    _level,
+    _non_negative_decimal,
+    _percent_below_100,
+    _port,
+    _positive_decimal,
+    _positive_int,
+    _str,
+    _tier,
+    check_paper_faults,
+    parse_balances,
+    parse_paper_faults,
+)
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
-KRAKEN_TIERS = ("starter", "intermediate", "pro")
 # The Redis client's socket timeout (storage/redis.py): a reply slower than this is an error.
 REDIS_SOCKET_TIMEOUT_S = 10
 # A blocking XREADGROUP must come back well before that timeout, or every idle read ends
 # in a socket timeout that looks like an unreachable server: at most half of it.
 MAX_BLOCK_MS = REDIS_SOCKET_TIMEOUT_S * 1000 // 2
-MIN_SECRET_CHARS = 4  # shorter values are not redacted: '***' for every 'a' would say nothing
-
-
-class SettingsError(ValueError):
-    """One bad setting; str() is the one-line message for the operator."""
-
-
-# scheme://user:PASSWORD@host...: the password runs to the last '@' (so an unescaped '#',
-# '/' or '@' in it is still hidden); and a libpq-style ?password=... query parameter
-_USERINFO_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):.*@(?=[^@]*$)")
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&#]*", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***, for messages and logs."""
-    url = _USERINFO_PASSWORD.sub(r"\g<head>:***@", url, count=1)
-    return _QUERY_PASSWORD.sub(r"\g<head>***", url)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -317,39 +317,6 @@ def _check_webhook_url(url: str) -> None:
         )
 
 
-def url_passwords(url: str) -> list[str]:
-    """The password of a URL's user:password@ and of its ?password= query parameter."""
-    found: list[str] = []
-    match = _USERINFO_PASSWORD.match(url)
-    if match:
-        found.append(url[len(match.group("head")) + 1 : match.end() - 1])
-    _, _, query = url.partition("?")
-    found += [v for k, v in parse_qsl(query.partition("#")[0]) if k.lower() == "password"]
-    return [p for p in found if p]
-
-
-def webhook_secrets(url: str) -> list[str]:
-    """What of a webhook URL is secret: everything after the host (Slack:
-    /services/T…/B…/TOKEN, Discord: /api/webhooks/ID/TOKEN), its last path segment and
-    long segments on their own, query values, and a user:password."""
-    found = url_passwords(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return [*found, url]
-    if not parts.hostname:  # no host to tell apart from the rest: all of it is secret
-        return [*found, url]
-    rest = url.split(parts.netloc, 1)[1] if parts.netloc else url
-    if rest.strip("/"):
-        found.append(rest)
-    segments = [s for s in parts.path.split("/") if s]
-    if segments:
-        found.append(segments[-1])
-        found += [s for s in segments if len(s) >= 16]
-    found += [v for _, v in parse_qsl(parts.query)]
-    return found
-
-
 def _check_cluster_url(url: str) -> None:
     """A cluster node is a TCP address with database 0 (a cluster has no other)."""
     parts = urlsplit(url)
@@ -364,134 +331,6 @@ def _check_cluster_url(url: str) -> None:
             f"REDIS_URL: a Redis Cluster has only database 0 (REDIS_CLUSTER=true), got {redact_url(url)!r}"
         )
 
-
-def parse_balances(name: str, raw: str) -> dict[str, Decimal]:
-    """'BTC=1.5,USD=100000' -> {'BTC': Decimal('1.5'), 'USD': Decimal('100000')}."""
-    out: dict[str, Decimal] = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        asset, sep, amount = item.partition("=")
-        value = _decimal(name, amount) if sep else None
-        if not asset or value is None or value < 0:
-            raise SettingsError(
-                f"{name}: expected ASSET=AMOUNT,... with amounts >= 0, got {item!r}"
-            )
-        out[asset.strip()] = value
-    return out
-
-
-# PAPER_FAULTS kinds by the paper exchange calls they hit (trading/paper/faults.py). One
-# draw per call picks at most one kind, so the kinds of one call add up to at most 1.
-PAPER_FAULT_CALLS: Mapping[str, tuple[str, ...]] = {
-    "place": ("rate_limit", "place_5xx", "place_timeout", "post_only", "lost_response"),
-    "cancel": ("rate_limit", "cancel_5xx"),
-    "fetch": ("rate_limit", "fetch_5xx"),
-}
-PAPER_FAULT_KINDS = tuple(dict.fromkeys(k for kinds in PAPER_FAULT_CALLS.values() for k in kinds))
-
-
-def parse_paper_faults(name: str, raw: str) -> tuple[tuple[str, float], ...]:
-    """'place_5xx=0.02,post_only=0.01' -> (('place_5xx', 0.02), ('post_only', 0.01))."""
-    out: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        kind, sep, text = (part.strip() for part in item.partition("="))
-        try:
-            value = Decimal(text) if sep else None
-        except InvalidOperation:
-            value = None
-        if value is not None and not value.is_finite():
-            value = None
-        if kind not in PAPER_FAULT_KINDS or value is None or not Decimal(0) <= value <= 1:
-            raise SettingsError(
-                f"{name}: expected KIND=PROBABILITY,... with probabilities from 0 to 1 and kinds "
-                f"{' '.join(PAPER_FAULT_KINDS)}, got {item[:60]!r}"
-            )
-        out[kind] = float(value)
-    faults = tuple(out.items())
-    check_paper_faults(name, faults)
-    return faults
-
-
-def check_paper_faults(name: str, faults: tuple[tuple[str, float], ...]) -> None:
-    table = dict(faults)
-    for kind, value in table.items():
-        if kind not in PAPER_FAULT_KINDS or not 0 <= value <= 1:
-            raise SettingsError(f"{name}: {kind}={value} is not a known kind with 0 <= p <= 1")
-    for call, kinds in PAPER_FAULT_CALLS.items():
-        if sum(table.get(kind, 0.0) for kind in kinds) > 1:
-            raise SettingsError(
-                f"{name}: the kinds of one {call} call ({' + '.join(kinds)}) add up to more than 1"
-            )
-
-
-def _str(name: str, raw: str) -> str:
-    return raw
-
-
-def _bool(name: str, raw: str) -> bool:
-    low = raw.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
-
-
-def _decimal(name: str, raw: str) -> Decimal:
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
-    if not value.is_finite():
-        raise SettingsError(f"{name}: expected a finite number, got {raw!r}")
-    return value
-
-
-def _bounded(parse: Callable[[str, str], T], low: Any, what: str) -> Callable[[str, str], T]:
-    def check(name: str, raw: str) -> T:
-        value = parse(name, raw)
-        if value < low or (low == 0 and what == "> 0" and value == 0):
-            raise SettingsError(f"{name}: expected a number {what}, got {raw!r}")
-        return value
-
-    return check
-
-
-def _int(name: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
-
-
-def _port(name: str, raw: str) -> int:
-    value = _int(name, raw)
-    if not 0 <= value <= 65535:
-        raise SettingsError(f"{name}: expected a port from 0 to 65535, got {raw!r}")
-    return value
-
-
-def _level(name: str, raw: str) -> str:
-    value = raw.upper()
-    return "WARN" if value == "WARNING" else value
-
-
-def _tier(name: str, raw: str) -> str:
-    value = raw.lower()
-    if value not in KRAKEN_TIERS:
-        raise SettingsError(f"{name}: expected one of {' '.join(KRAKEN_TIERS)}, got {raw!r}")
-    return value
-
-
-def _percent_below_100(name: str, raw: str) -> Decimal:
-    value = _decimal(name, raw)
-    if not Decimal(0) <= value < 100:
-        raise SettingsError(f"{name}: expected a percentage from 0 to below 100, got {raw!r}")
-    return value
-
-
-_positive_int = _bounded(_int, 1, ">= 1")
-_positive_decimal = _bounded(_decimal, 0, "> 0")
-_non_negative_decimal = _bounded(_decimal, 0, ">= 0")
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "stream_shards": _positive_int,

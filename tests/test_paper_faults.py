@@ -9,7 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from base.clock import SystemClock
-from base.settings import PAPER_FAULT_CALLS, Settings
+from base.setting_values import PAPER_FAULT_CALLS
+from base.settings import Settings
 from storage.keys import Keys
 from trading.exchange import (
     DuplicateClientId,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from base.clock import Clock
-from base.settings import Settings, SettingsError, parse_balances
+from base.setting_values import parse_balances
+from base.settings import Settings, SettingsError
 from storage.keys import Keys
 from storage.redis import AnyRedis
 from trading.exchange import Exchange

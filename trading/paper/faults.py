@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-from base.settings import PAPER_FAULT_CALLS, check_paper_faults
+from base.setting_values import PAPER_FAULT_CALLS, check_paper_faults
 from trading.exchange import TransientError
 
 MESSAGES = {
