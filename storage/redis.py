@@ -7,12 +7,14 @@ command to the node serving its key's slot.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Literal, overload
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import BusyLoadingError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from base.logs import one_line
@@ -95,7 +97,7 @@ async def connect(url: str, *, blocking: bool = False, cluster: bool = False) ->
     try:
         if isinstance(conn, RedisCluster):
             await conn.initialize()
-        await conn.ping()
+        await _answers(conn)
         if isinstance(conn, aioredis.Redis) and await _cluster_enabled(conn):
             raise ServerUnreachable(
                 f"{where} is a Redis Cluster node: set REDIS_CLUSTER=true to use it"
@@ -112,6 +114,23 @@ async def connect(url: str, *, blocking: bool = False, cluster: bool = False) ->
         await conn.aclose()
         raise
     return conn
+
+
+LOADING_WAIT_S = 60.0  # a Redis that restarts answers LOADING while it reads its AOF
+
+
+async def _answers(conn: AnyRedis) -> None:
+    """PING, waiting while the server loads its data set (a restart): a worker started
+    meanwhile comes up once Redis does, instead of exiting."""
+    deadline = time.monotonic() + LOADING_WAIT_S
+    while True:
+        try:
+            await conn.ping()
+            return
+        except BusyLoadingError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 async def _cluster_enabled(conn: aioredis.Redis) -> bool:
