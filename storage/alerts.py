@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from storage.keys import Keys
+from storage.redis import AnyRedis
 
 
 def alert_fields(
@@ -16,7 +15,7 @@ def alert_fields(
 
 
 async def write_alert(
-    redis: aioredis.Redis, keys: Keys, now_ms: int, kind: str, message: str, **figures: object
+    redis: AnyRedis, keys: Keys, now_ms: int, kind: str, message: str, **figures: object
 ) -> None:
     """Append one alert (the webhook forwarder picks it up from the stream)."""
     await redis.xadd(keys.alerts, alert_fields(kind, message, now_ms, figures))  # type: ignore[arg-type]

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 import msgspec
 import orjson
-import redis.asyncio as aioredis
 
 from events.schema import Fill
 from storage.keys import Keys
 from storage.ops import Op
 from storage.pipeliner import Pipeliner
-from storage.redis import as_text
+from storage.redis import AnyRedis, as_text
 
 # KEYS: documents hash, fills hash.
 # ARGV: fill_id ('' for none), fill payload, n, then n × (id, expected version, json), then ops.
@@ -114,7 +113,7 @@ CommitReply = Applied | AlreadyRecorded | VersionMoved
 class Ledger:
     """Compare-and-set commits on the documents hash of a session (`keys.positions(sid)`)."""
 
-    redis: aioredis.Redis
+    redis: AnyRedis
     keys: Keys
 
     def __post_init__(self) -> None:

@@ -7,23 +7,37 @@ command to the node serving its key's slot.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, overload
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from base.logs import one_line
 from base.settings import redact_url
 
 # Errors after which the same command may succeed later: the entry stays pending.
+# On a cluster also those of a failover under way, once redis-py's own retries ran out:
+# CLUSTERDOWN (a master is failing, no replica promoted yet), TRYAGAIN (a slot migrating)
+# and a slot that no node serves in the client's map.
 TRANSIENT_REDIS_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ConnectionError,
     OSError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
 )
 
 
@@ -55,10 +69,14 @@ def client(url: str, *, blocking: bool = False) -> aioredis.Redis:
     )
 
 
-def cluster_client(url: str, *, blocking: bool = False) -> RedisCluster:
-    """A Redis Cluster client that starts from the node at `url` (redis:// or rediss://)."""
+def cluster_client(
+    url: str, *, blocking: bool = False, nodes: Sequence[tuple[str, int]] = ()
+) -> RedisCluster:
+    """A Redis Cluster client that starts from the node at `url` (redis:// or rediss://)
+    and from `nodes` (host, port), e.g. the nodes another client knows now."""
     return RedisCluster.from_url(
         url,
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes] or None,
         decode_responses=False,
         socket_timeout=None if blocking else 10,
         socket_connect_timeout=5,

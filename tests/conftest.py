@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -23,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from base.settings import Settings
+from storage import redis as redis_store
 from storage import schema
 from storage.keys import Keys
 from storage.servers import Servers, ensure_servers
@@ -81,11 +83,25 @@ async def pg_schema(servers: Servers, names: tuple[str, str]) -> AsyncIterator[s
 
 
 @pytest.fixture
-def settings(servers: Servers, names: tuple[str, str], pg_schema: str) -> Settings:
+def redis_target(request: pytest.FixtureRequest) -> str:
+    """Where the test's Redis is: "single" (the default), or "cluster" when its suite runs
+    on both (`pytestmark = ON_BOTH`, tests/cluster.py): then `settings`, `redis`, `keys` and
+    `env` point at the local Redis Cluster (REDIS_CLUSTER=true)."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def settings(
+    servers: Servers, names: tuple[str, str], pg_schema: str, redis_target: str, request: Any
+) -> Settings:
     """Settings pointing at this test's key prefix and schema, tuned for fast tests."""
     prefix, _ = names
+    redis_url, cluster = servers.redis_url, False
+    if redis_target == "cluster":
+        redis_url, cluster = request.getfixturevalue("redis_cluster").url, True
     return Settings(
-        redis_url=servers.redis_url,
+        redis_url=redis_url,
+        redis_cluster=cluster,
         database_url=with_search_path(servers.database_url, pg_schema),
         key_prefix=prefix,
         consumer_name="test-consumer",
@@ -99,13 +115,18 @@ def settings(servers: Servers, names: tuple[str, str], pg_schema: str) -> Settin
 
 @pytest.fixture
 def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.stream)
+    return Keys.of(settings)
 
 
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    """A client on the test Redis; the test's keys are deleted afterwards."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    """A client on the test Redis (a RedisCluster when the test runs on the cluster); the
+    test's keys are deleted afterwards (from every master of a cluster)."""
+    client: Any = (
+        await redis_store.connect(settings.redis_url, cluster=True)
+        if settings.redis_cluster
+        else aioredis.Redis.from_url(settings.redis_url)
+    )
     yield client
     async for key in client.scan_iter(match=f"{settings.key_prefix}*", count=1000):
         await client.unlink(key)
@@ -140,6 +161,10 @@ def env(settings: Settings) -> dict[str, str]:
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
     )
+    if settings.redis_cluster:
+        out["REDIS_CLUSTER"] = "true"
+    if settings.stream_shards != 1:
+        out["MM_STREAM_SHARDS"] = str(settings.stream_shards)
     return out
 
 

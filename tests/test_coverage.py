@@ -11,6 +11,7 @@ import pytest
 from base.clock import ManualClock
 from base.settings import Settings
 from mmops.app import App
+from tests.cluster import ON_BOTH
 from tests.helpers import (
     drain_coverage,
     fill,
@@ -21,6 +22,8 @@ from tests.helpers import (
 )
 from trading.client_ids import PREFIX, client_id
 from trading.positions import Buy, new_position
+
+pytestmark = ON_BOTH  # single Redis and the local Redis Cluster (tests/cluster.py)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pytest
 from base.clock import ManualClock
 from base.settings import Settings
 from mmops.app import App
+from tests.cluster import ON_BOTH
 from tests.conftest import MMOPS, wait_for
 from tests.helpers import drain_coverage, fill, now_ms, orders_per_client_id, takeprofit_entries
 from trading.client_ids import client_id
@@ -28,6 +29,8 @@ from trading.positions import Buy, encode_position, new_position
 from workers.lease import lease_ttl_ms
 from workers.sweep_pass import SessionSweep, SweepStatus
 from workers.sweeper import Sweeper
+
+pytestmark = ON_BOTH  # single Redis and the local Redis Cluster (tests/cluster.py)
 
 D = Decimal
 HOUR = 3_600_000

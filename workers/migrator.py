@@ -30,7 +30,6 @@ from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, InvalidOpe
 from typing import Protocol
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from base import logs
@@ -43,7 +42,7 @@ from storage import schema
 from storage import session_reader as reader
 from storage.keys import Keys
 from storage.postgres import create_pool
-from storage.redis import ServerUnreachable, as_text
+from storage.redis import AnyRedis, ServerUnreachable, as_text
 from storage.session_reader import (
     CloseRow,
     FillRow,
@@ -100,7 +99,7 @@ class Parts(Protocol):
     """What migration needs from the process (mmops.app.App has it all)."""
 
     settings: Settings
-    redis: aioredis.Redis
+    redis: AnyRedis
     keys: Keys
     clock: Clock
 
@@ -169,7 +168,7 @@ async def migrate_session(
         return MigrationResult(sid, Status.NOT_ENDED, "no session_ended recorded for it")
     if wait_for_coverage:
         reason = (
-            await coverage_backlog(parts.redis, parts.keys, sid, header.end_id)
+            await coverage_backlog(parts.redis, parts.keys.stream_for(sid), sid, header.end_id)
             if header.end_id
             else "the coverage group has not recorded the session's end"
         )
@@ -233,18 +232,19 @@ async def migrate_session(
 
 
 async def coverage_backlog(
-    redis: aioredis.Redis, keys: Keys, sid: str, upto: str, *, group: str = COVERAGE_GROUP
+    redis: AnyRedis, stream: str, sid: str, upto: str, *, group: str = COVERAGE_GROUP
 ) -> str | None:
-    """Why `group` has not yet processed every entry of `sid` up to `upto`; None once it has.
+    """Why `group` has not yet processed every entry of `sid` up to `upto` in `stream` (the
+    session's shard, `keys.stream_for(sid)`); None once it has.
 
     Processed = delivered (the group's last-delivered-id >= `upto`) and no longer
     pending (acked: handled or dead-lettered). Pending entries at or before `upto` are
     looked up to see whose they are; one whose payload is gone counts as this session's.
     """
     try:
-        groups = await redis.xinfo_groups(keys.stream)
+        groups = await redis.xinfo_groups(stream)
     except ResponseError:  # no stream yet
-        return f"the stream {keys.stream} does not exist"
+        return f"the stream {stream} does not exist"
     info = next((g for g in groups if as_text(g["name"]) == group), None)
     if info is None:
         return f"consumer group {group} does not exist yet"
@@ -253,15 +253,13 @@ async def coverage_backlog(
         return f"{group} has not read up to {upto} yet (last delivered {last})"
     start = "-"
     for _ in range(PENDING_PAGES):
-        rows = await redis.xpending_range(
-            keys.stream, group, min=start, max=upto, count=PENDING_PAGE
-        )
+        rows = await redis.xpending_range(stream, group, min=start, max=upto, count=PENDING_PAGE)
         if not rows:
             return None
         ids = [as_text(row["message_id"]) for row in rows]
         async with redis.pipeline(transaction=False) as pipe:
             for mid in ids:
-                pipe.xrange(keys.stream, mid, mid, count=1)
+                pipe.xrange(stream, mid, mid, count=1)
             found = await pipe.execute()
         for mid, entries in zip(ids, found, strict=True):
             owner = session_of(entries[0][1]) if entries else None
@@ -323,7 +321,8 @@ class MigratorHandler:
 
     async def on_session_ended(self, entry: Entry, event: SessionEnded) -> None:
         sid = event.session_id
-        reason = await coverage_backlog(self.parts.redis, self.parts.keys, sid, entry.id)
+        stream = self.parts.keys.stream_for(sid)  # the shard this entry came from
+        reason = await coverage_backlog(self.parts.redis, stream, sid, entry.id)
         if reason:
             raise Retry(reason, after_ms=COVERAGE_WAIT_MS)
         result = await migrate_session(
@@ -362,10 +361,12 @@ async def _state_missing(
     if pool is not None and not dry:
         migrated = await pool.fetchval("SELECT migrated_at FROM sessions WHERE id = $1", sid)
         if migrated is not None:  # migrated earlier; only the Redis marker was lost
-            async with parts.redis.pipeline(transaction=True) as pipe:
-                pipe.set(parts.keys.migration_completed(sid), iso(int(migrated.timestamp() * 1000)))
-                pipe.zrem(parts.keys.sessions_ended, sid)
-                await pipe.execute()
+            # the marker, then the index (its own slot on a cluster): a crash in between
+            # leaves the session in the index, and the next look at it removes it
+            await parts.redis.set(
+                parts.keys.migration_completed(sid), iso(int(migrated.timestamp() * 1000))
+            )
+            await parts.redis.zrem(parts.keys.sessions_ended, sid)
             return MigrationResult(
                 sid, Status.ALREADY, f"in PostgreSQL since {migrated.isoformat()}"
             )
@@ -375,6 +376,9 @@ async def _state_missing(
 
 
 async def _mark_completed(parts: Parts, sid: str, now: int, result: MigrationResult) -> None:
+    """The session's marker and figures in one MULTI (its slot), then the global index: a
+    crash in between leaves it in mm:sessions:ended, which the next look at it (completed
+    already) removes."""
     keys = parts.keys
     async with parts.redis.pipeline(transaction=True) as pipe:
         pipe.set(keys.migration_completed(sid), iso(now))
@@ -387,8 +391,8 @@ async def _mark_completed(parts: Parts, sid: str, now: int, result: MigrationRes
                 "duplicates": result.duplicates,
             },
         )
-        pipe.zrem(keys.sessions_ended, sid)
         await pipe.execute()
+    await parts.redis.zrem(keys.sessions_ended, sid)
 
 
 class Sink(Protocol):
@@ -490,7 +494,7 @@ class SessionMigration:
     bench/migrate.py.
     """
 
-    redis: aioredis.Redis
+    redis: AnyRedis
     keys: Keys
     header: SessionHeader
     now: int

@@ -181,12 +181,15 @@ class Sweeper:
         return report
 
     async def _retention(self, report: SweepReport) -> None:
-        """MM_STREAM_RETENTION_HOURS: trim the input stream, never past what every group acked."""
-        result = await retention.trim(self.app)
-        if result.removed:
-            report.notes.append(
-                f"retention: trimmed {result.removed} entries below {result.min_id} ({result.reason})"
-            )
+        """MM_STREAM_RETENTION_HOURS: trim each shard of the input stream, never past what
+        every group of that shard acked."""
+        for result in await retention.trim_all(self.app):
+            if result.removed:
+                where = f" of {result.stream}" if self.keys.shards > 1 else ""
+                report.notes.append(
+                    f"retention: trimmed {result.removed} entries{where} below {result.min_id} "
+                    f"({result.reason})"
+                )
 
     async def _phase(self, report: SweepReport, name: str, work: Awaitable[Any]) -> Any:
         started = time.perf_counter()
@@ -283,6 +286,9 @@ class Sweeper:
             for sid in ended_at:
                 pipe.exists(self.keys.migration_completed(sid))
             completed = await pipe.execute()
+        finished = [sid for sid, done in zip(ended_at, completed, strict=True) if done]
+        if finished:  # migrated; the index entry outlived a crash between the two writes
+            await self.redis.zrem(self.keys.sessions_ended, *finished)
         for sid, done in zip(ended_at, completed, strict=True):
             if done:
                 continue

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from base.clock import Clock, SystemClock
 from base.logs import one_line
@@ -31,6 +30,7 @@ from storage import schema
 from storage import session_reader as reader
 from storage.keys import Keys
 from storage.postgres import create_pool
+from storage.redis import AnyRedis
 from workers.migrator import TRANSIENT_PG_ERRORS, MigrationResult, Status, migrate_session
 
 
@@ -104,7 +104,7 @@ class CliParts:
     """What migrate_session needs, without an exchange (the CLI places no orders)."""
 
     settings: Settings
-    redis: aioredis.Redis
+    redis: AnyRedis
     keys: Keys
     clock: Clock
 
@@ -115,8 +115,8 @@ class CliParts:
 
 
 async def main(settings: Settings, args: argparse.Namespace) -> int:
-    redis = await redis_store.connect(settings.redis_url)
-    parts = CliParts(settings, redis, Keys(settings.key_prefix, settings.stream), SystemClock())
+    redis = await redis_store.connect(settings.redis_url, cluster=settings.redis_cluster)
+    parts = CliParts(settings, redis, Keys.of(settings), SystemClock())
     pool: asyncpg.Pool | None = None
     try:
         sids = await _sessions(parts, args)

@@ -11,7 +11,7 @@ from base import logs, metrics
 from base.settings import Settings
 from mmops import runner
 from mmops.app import App, run_until_stopped
-from workers.groups import GROUPS, runtime_for
+from workers.groups import GROUPS, runtimes_for
 
 log = logs.get("mmops.run")
 WORKERS = ("coverage", "migrator", "sweeper")
@@ -67,7 +67,7 @@ async def serve(settings: Settings, names: tuple[str, ...], *, until_drained: bo
             "started %s as %s",
             " ".join(names),
             settings.consumer,
-            extra={"stream": app.keys.stream},
+            extra={"stream": ",".join(app.keys.streams)},
         )
         await run_until_stopped(app, tasks)
     finally:
@@ -89,16 +89,16 @@ async def build(
     """The loops of the named workers, sharing one App (connections, exchange, positions).
 
     The stream workers come from the registry of consumer groups (workers/groups.py),
-    each with its own configuration; the sweeper brings the alerts webhook group along."""
+    each with its own configuration and a runtime per shard of the input stream; the
+    sweeper brings the alerts webhook group along."""
     groups: list[str] = [name for name in ("coverage", "migrator") if name in names]
     if "sweeper" in names and GROUPS["webhook"].enabled(app.settings):
         groups.append("webhook")
     tasks: list[Callable[[], Awaitable[object]]] = []
-    for name in groups:
-        runtime, close = await runtime_for(name, app, app.settings.consumer)
-        if close is not None:
-            closers.append(close)
-        tasks.append(partial(runtime.run, until_drained=until_drained))
+    for name in groups:  # one runtime per shard of the input stream (workers/groups.py)
+        runtimes = await runtimes_for(name, app, app.settings.consumer)
+        closers.append(runtimes.aclose)
+        tasks.append(partial(runtimes.run, until_drained=until_drained))
     if "sweeper" in names:
         from workers.sweeper import Sweeper
 
