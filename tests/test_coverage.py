@@ -23,7 +23,8 @@ from tests.helpers import (
 from trading.client_ids import PREFIX, client_id
 from trading.positions import Buy, new_position
 
-pytestmark = ON_BOTH  # single Redis and the local Redis Cluster (tests/cluster.py)
+# single Redis and the local Redis Cluster (tests/cluster.py); every test records fills
+pytestmark = [ON_BOTH, pytest.mark.needs_outbox]
 
 
 @pytest.fixture

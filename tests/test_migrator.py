@@ -250,6 +250,7 @@ async def test_session_started_makes_a_live_session_row(
     assert await pg.fetchval("SELECT count(*) FROM fills") == 0
 
 
+@pytest.mark.needs_outbox
 async def test_full_session_rows_and_totals_exactly(
     app: App, migrator: MigratorHandler, pg: asyncpg.Pool
 ) -> None:
@@ -361,6 +362,7 @@ async def test_full_session_rows_and_totals_exactly(
     assert await app.redis.zscore(app.keys.sessions_ended, "s-1") is None
 
 
+@pytest.mark.needs_outbox
 async def test_row_decoders_read_what_the_models_read(app: App) -> None:
     """storage.session_reader's lean FillRow/PositionRow mirror Fill/Position: same values."""
     await full_session(app)
@@ -400,6 +402,7 @@ async def test_row_decoders_read_what_the_models_read(app: App) -> None:
             ]
 
 
+@pytest.mark.needs_outbox
 async def test_rerun_inserts_nothing_and_new_fills_add_only_themselves(
     app: App, migrator: MigratorHandler, pg: asyncpg.Pool, settings: Settings
 ) -> None:
@@ -448,6 +451,7 @@ async def test_rerun_inserts_nothing_and_new_fills_add_only_themselves(
         await pool.close()
 
 
+@pytest.mark.needs_outbox
 async def test_dry_run_writes_nothing_and_acks(
     app: App, pg: asyncpg.Pool, settings: Settings
 ) -> None:
@@ -474,6 +478,7 @@ async def test_dry_run_writes_nothing_and_acks(
     )
 
 
+@pytest.mark.needs_outbox
 async def test_waits_until_coverage_has_processed_the_sessions_events(
     app: App, migrator: MigratorHandler, pg: asyncpg.Pool
 ) -> None:
@@ -496,6 +501,7 @@ async def test_waits_until_coverage_has_processed_the_sessions_events(
     assert await pg.fetchval("SELECT total_fills FROM sessions WHERE id = 's-w'") == 1
 
 
+@pytest.mark.needs_outbox
 async def test_fill_count_mismatch_alerts_and_does_not_complete(
     app: App, migrator: MigratorHandler, pg: asyncpg.Pool
 ) -> None:
@@ -518,6 +524,7 @@ async def test_fill_count_mismatch_alerts_and_does_not_complete(
     assert await app.redis.zscore(app.keys.sessions_ended, "s-m") is not None
 
 
+@pytest.mark.needs_outbox
 async def test_state_missing_alerts_acks_and_does_not_complete(
     app: App, migrator: MigratorHandler, pg: asyncpg.Pool
 ) -> None:
@@ -535,6 +542,7 @@ async def test_state_missing_alerts_acks_and_does_not_complete(
     assert await pg.fetchval("SELECT count(*) FROM sessions WHERE migrated_at IS NOT NULL") == 0
 
 
+@pytest.mark.needs_outbox
 async def test_postgres_cut_mid_transaction_writes_nothing_then_lands_once(
     app: App, pg: asyncpg.Pool, settings: Settings
 ) -> None:

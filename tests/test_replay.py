@@ -102,6 +102,7 @@ async def processed(settings: Settings, redis: aioredis.Redis, keys: Keys) -> li
     return ids
 
 
+@pytest.mark.needs_outbox
 async def test_replaying_a_processed_range_does_nothing(
     env: dict[str, str], redis: aioredis.Redis, keys: Keys, processed: list[str]
 ) -> None:
@@ -121,6 +122,7 @@ async def test_replaying_a_processed_range_does_nothing(
     assert await group_state(redis, keys, "coverage") == before  # nothing read, acked or claimed
 
 
+@pytest.mark.needs_outbox
 async def test_replaying_unprocessed_entries_reports_their_effects(
     env: dict[str, str], redis: aioredis.Redis, keys: Keys, processed: list[str]
 ) -> None:
@@ -139,6 +141,7 @@ async def test_replaying_unprocessed_entries_reports_their_effects(
     assert effects(out) == {"take-profit events": 0, "fills recorded": 0, "exchange orders": 0}
 
 
+@pytest.mark.needs_outbox
 async def test_reset_moves_the_group_for_a_full_reprocess(
     env: dict[str, str], settings: Settings, redis: aioredis.Redis, keys: Keys, processed: list[str]
 ) -> None:
@@ -165,6 +168,7 @@ async def test_usage_errors(env: dict[str, str], redis: aioredis.Redis, keys: Ke
     assert code == 1 and f"no group 'coverage' on {keys.stream}" in err
 
 
+@pytest.mark.needs_outbox
 async def test_migrator_replay_writes_once(
     env: dict[str, str], redis: aioredis.Redis, keys: Keys, pg: asyncpg.Pool, processed: list[str]
 ) -> None:

@@ -96,6 +96,7 @@ async def uncovered(app: App, sid: str) -> dict[str, Decimal]:
 
 
 # --- coverage ------------------------------------------------------------------------
+@pytest.mark.needs_outbox
 async def test_one_sweep_covers_200_fills_and_the_worker_places_no_second_order(
     app: App, sweeper: Sweeper
 ) -> None:
@@ -129,6 +130,7 @@ async def test_one_sweep_covers_200_fills_and_the_worker_places_no_second_order(
     assert len(await takeprofit_entries(app, "created")) == 200
 
 
+@pytest.mark.needs_outbox
 async def test_a_pass_over_covered_positions_asks_the_exchange_once(
     app: App, settings: Settings
 ) -> None:
@@ -148,6 +150,7 @@ async def test_a_pass_over_covered_positions_asks_the_exchange_once(
         await counted.close()
 
 
+@pytest.mark.needs_outbox
 async def test_status_metrics_and_session_log(app: App, settings: Settings, tmp_path: Path) -> None:
     await xadd_fills(app, "s-log", per_pair=1)
     logged = await App.open(
@@ -195,6 +198,7 @@ async def test_a_locked_session_is_left_alone(app: App, sweeper: Sweeper) -> Non
     assert await app.redis.get(app.keys.settlement_lock("s-locked")) == b"someone-else"
 
 
+@pytest.mark.needs_outbox
 async def test_one_broken_pair_does_not_stop_the_others(app: App, sweeper: Sweeper) -> None:
     await seed_uncovered(app, "s-mixed", "o-bad", symbol="NOT-A-SYMBOL")
     for n, (symbol, price, qty) in enumerate(PAIRS[:3]):
@@ -209,6 +213,7 @@ async def test_one_broken_pair_does_not_stop_the_others(app: App, sweeper: Sweep
 
 
 # --- aging ---------------------------------------------------------------------------
+@pytest.mark.needs_outbox
 async def test_aging_reprices_exactly_once_per_tier_crossing(
     app: App, sweeper: Sweeper, clock: ManualClock
 ) -> None:
@@ -235,6 +240,7 @@ async def test_aging_reprices_exactly_once_per_tier_crossing(
     assert max((await orders_per_client_id(app)).values()) == 1
 
 
+@pytest.mark.needs_outbox
 async def test_a_tp_found_filled_when_repricing_is_recorded_not_replaced(
     app: App, clock: ManualClock
 ) -> None:
@@ -253,6 +259,7 @@ async def test_a_tp_found_filled_when_repricing_is_recorded_not_replaced(
 
 
 # --- reconciliation ------------------------------------------------------------------
+@pytest.mark.needs_outbox
 async def test_reconciliation_with_the_exchange(app: App, sweeper: Sweeper) -> None:
     await xadd_fills(app, "s-r", per_pair=1)
     await drain_coverage(app)
@@ -330,6 +337,7 @@ class Down(Counting):
         return call
 
 
+@pytest.mark.needs_outbox
 async def test_exchange_down_leaves_positions_uncovered_and_reported_then_covers_them(
     app: App, settings: Settings, clock: ManualClock
 ) -> None:
@@ -363,6 +371,7 @@ async def test_exchange_down_leaves_positions_uncovered_and_reported_then_covers
 
 
 # --- stream care ---------------------------------------------------------------------
+@pytest.mark.needs_outbox
 async def test_stuck_entries_dead_consumers_and_dead_letters(
     app: App, settings: Settings, clock: ManualClock
 ) -> None:
@@ -404,6 +413,7 @@ async def test_a_live_coverage_consumer_is_left_to_do_its_job(app: App, sweeper:
 
 
 # --- discovery -----------------------------------------------------------------------
+@pytest.mark.needs_outbox
 async def test_sessions_from_redis_and_postgres(
     app: App, pg: asyncpg.Pool, clock: ManualClock
 ) -> None:
@@ -427,6 +437,7 @@ async def test_sessions_from_redis_and_postgres(
     assert report.total("covered") == 3 and report.notes == []
 
 
+@pytest.mark.needs_outbox
 async def test_postgres_unreachable_sweeps_the_redis_sessions(
     app: App, settings: Settings, clock: ManualClock
 ) -> None:
@@ -469,6 +480,7 @@ async def test_at_most_max_sessions_most_recent_first(
 
 
 # --- migration safety net ------------------------------------------------------------
+@pytest.mark.needs_outbox
 async def test_overdue_sessions_are_migrated_or_alerted_with_the_reason(
     app: App, sweeper: Sweeper, pg: asyncpg.Pool, clock: ManualClock
 ) -> None:
@@ -498,6 +510,7 @@ async def test_overdue_sessions_are_migrated_or_alerted_with_the_reason(
 
 
 # --- the loop and the lease ----------------------------------------------------------
+@pytest.mark.needs_outbox
 async def test_run_loops_until_stop_and_releases_the_lease(app: App, sweeper: Sweeper) -> None:
     await seed_uncovered(app, "s-loop", "o-1")
     task = asyncio.ensure_future(sweeper.run())
@@ -608,6 +621,7 @@ def _passed_by(app: App, token: str) -> Callable[[], Any]:
     return check
 
 
+@pytest.mark.needs_outbox
 async def test_each_pass_trims_the_stream_to_its_retention_but_never_unprocessed_entries(
     settings: Settings, redis: object, clock: ManualClock
 ) -> None:
