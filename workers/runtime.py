@@ -290,11 +290,11 @@ class Runtime:
             pipe.xpending(self.stream, self.group)
             pipe.xinfo_groups(self.stream)
             _, pending, groups = await pipe.execute()
-        metrics.PENDING.labels(self.group).set(int(pending["pending"]))
+        metrics.PENDING.labels(self.group, self.stream).set(int(pending["pending"]))
         for info in groups:
             if as_text(info["name"]) == self.group:
                 lag = info.get("lag")
-                metrics.LAG.labels(self.group).set(-1 if lag is None else int(lag))
+                metrics.LAG.labels(self.group, self.stream).set(-1 if lag is None else int(lag))
         if self._deferred:  # keep deferred entries ours: reset their idle time (JUSTID: no count)
             await self.redis.xclaim(
                 self.stream,
