@@ -14,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import time
-import warnings
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -93,23 +90,13 @@ async def stream_fills(app: App) -> set[tuple[str, str]]:
     return out
 
 
-@pytest.fixture
-def dead_node_sockets() -> Iterator[None]:
-    """redis-py drops a dead node from its map without closing the connections that were
-    in use (it marks them for a reconnect that never comes): they are collected here,
-    their ResourceWarning ignored, rather than in a later test."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
-
 @pytest.mark.cluster
 @pytest.mark.needs_outbox
 @pytest.mark.timeout(300)
-@pytest.mark.usefixtures("dead_node_sockets")
 async def test_the_workers_carry_on_through_a_failover_and_the_invariants_hold(
-    failover_settings: Settings, replicated_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+    failover_settings: Settings,
+    replicated_cluster: LocalCluster,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     check_commit_slots(monkeypatch)  # what a managed cluster refuses, refused here too
     app = await App.open(failover_settings)
