@@ -100,11 +100,21 @@ async def test_the_workers_carry_on_through_a_failover_and_the_invariants_hold(
 ) -> None:
     check_commit_slots(monkeypatch)  # what a managed cluster refuses, refused here too
     app = await App.open(failover_settings)
+    try:
+        assert isinstance(app.redis, RedisCluster)
+        trader = await run_through_a_failover(app, replicated_cluster)
+        await check_invariants(app, trader)
+    finally:
+        await app.close()
+
+
+async def run_through_a_failover(app: App, cluster: LocalCluster) -> Trader:
+    """Two coverage workers run while the master of shard 0 dies; then the recovery."""
     assert isinstance(app.redis, RedisCluster)
     workers: list[tuple[App, GroupRuntimes, asyncio.Future[object]]] = []
     try:
         for name in ("c-1", "c-2"):
-            worker = await App.open(failover_settings)
+            worker = await App.open(app.settings)
             runtimes = await runtimes_for("coverage", worker, name)
             workers.append((worker, runtimes, asyncio.ensure_future(runtimes.run())))
         trader = Trader(app)
@@ -113,26 +123,17 @@ async def test_the_workers_carry_on_through_a_failover_and_the_invariants_hold(
 
         # the master that serves input shard 0 dies; its replica takes over
         node = app.redis.get_node_from_key(app.keys.streams[0])
-        [master] = [m for m in replicated_cluster.live_masters() if m.port == node.port]
+        [master] = [m for m in cluster.live_masters() if m.port == node.port]
         killed_at = time.time_ns() // 1_000_000
         sending = asyncio.ensure_future(trader.run(range(FILLS // 2, FILLS), pause_s=0.05))
-        promoted = await replicated_cluster.fail_over_async(master)
+        promoted = await cluster.fail_over_async(master)
         await sending
-        assert promoted.port != master.port and replicated_cluster.state_ok()
+        assert promoted.port != master.port and cluster.state_ok()
 
         await wait_for(lambda: drained(app), timeout=120)
         assert not any(task.done() for _, _, task in workers)  # they carried on
         processed = sum(r.stats.processed for _, r, _ in workers)
         assert processed >= len(await stream_fills(app))
-
-        # the recovery of a failover (README): replay from before it, then a sweeper pass
-        await replay(app, "coverage", f"{killed_at - 10_000}")
-        sweeper = await Sweeper.create(app)
-        try:
-            report = await sweeper.run_once()
-        finally:
-            await sweeper.close()
-        assert report.ok, [(s.session_id, s.status, s.errors) for s in report.sessions]
     finally:
         for worker, runtimes, task in workers:
             worker.stop.set()
@@ -141,26 +142,35 @@ async def test_the_workers_carry_on_through_a_failover_and_the_invariants_hold(
             await runtimes.aclose()
             await worker.close()
 
+    # the recovery of a failover (README): replay from before it, then a sweeper pass
+    await replay(app, "coverage", f"{killed_at - 10_000}")
+    sweeper = await Sweeper.create(app)
     try:
-        in_stream = await stream_fills(app)
-        lost = {f for f in trader.sent if f not in in_stream}
-        print(f"failover: {len(trader.sent)} fills sent, {trader.retried} sends retried, "
-              f"{len(lost)} lost with the old master")  # fmt: skip
-        recorded: set[tuple[str, str]] = set()
-        for s in range(SESSIONS):
-            sid = f"s-{s}"
-            recorded |= {(sid, as_text(f)) for f in await app.redis.hkeys(app.keys.fills(sid))}
-            for pos in (await app.book.positions(sid)).values():
-                buys = [b.fill_id for b in pos.buys]
-                assert len(buys) == len(set(buys))  # each fill counted once in its position
-                assert pos.filled == Decimal("0.01") * len(buys)
-                assert pos.covered <= pos.filled
-                assert pos.uncovered == 0 and pos.pending is None
-        assert in_stream <= recorded  # every fill in the stream recorded (once: a hash)
-        assert isinstance(app.exchange, PaperExchange)
-        orders = Counter(o.client_id for o in await app.exchange.orders())
-        assert orders and max(orders.values()) == 1  # no client id placed twice
-        for stream in app.keys.streams:
-            assert (await app.redis.xpending(stream, "coverage"))["pending"] == 0
+        report = await sweeper.run_once()
     finally:
-        await app.close()
+        await sweeper.close()
+    assert report.ok, [(s.session_id, s.status, s.errors) for s in report.sessions]
+    return trader
+
+
+async def check_invariants(app: App, trader: Trader) -> None:
+    in_stream = await stream_fills(app)
+    lost = {f for f in trader.sent if f not in in_stream}
+    print(f"failover: {len(trader.sent)} fills sent, {trader.retried} sends retried, "
+          f"{len(lost)} lost with the old master")  # fmt: skip
+    recorded: set[tuple[str, str]] = set()
+    for s in range(SESSIONS):
+        sid = f"s-{s}"
+        recorded |= {(sid, as_text(f)) for f in await app.redis.hkeys(app.keys.fills(sid))}
+        for pos in (await app.book.positions(sid)).values():
+            buys = [b.fill_id for b in pos.buys]
+            assert len(buys) == len(set(buys))  # each fill counted once in its position
+            assert pos.filled == Decimal("0.01") * len(buys)
+            assert pos.covered <= pos.filled
+            assert pos.uncovered == 0 and pos.pending is None
+    assert in_stream <= recorded  # every fill in the stream recorded (once: a hash)
+    assert isinstance(app.exchange, PaperExchange)
+    orders = Counter(o.client_id for o in await app.exchange.orders())
+    assert orders and max(orders.values()) == 1  # no client id placed twice
+    for stream in app.keys.streams:
+        assert (await app.redis.xpending(stream, "coverage"))["pending"] == 0
