@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint typecheck pytest demo bench clean
+.PHONY: install test test-fast test-cluster lint typecheck pytest demo bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ typecheck: install
 
 pytest: install
 	$(BIN)/pytest -q
+
+test-cluster: install
+	$(BIN)/pytest -q -m cluster
 
 # the unit layer: no server, no process (tests/conftest.py marks it)
 test-fast: install

@@ -33,11 +33,14 @@ LATENCY = Histogram(
     registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-PENDING = Gauge("mmops_group_pending", "Entries pending in the group", ["group"], registry=REGISTRY)
+# per stream as well: with MM_STREAM_SHARDS > 1 a group reads several
+PENDING = Gauge(
+    "mmops_group_pending", "Entries pending in the group", ["group", "stream"], registry=REGISTRY
+)
 LAG = Gauge(
     "mmops_group_lag",
     "Entries not yet delivered to the group (-1: unknown)",
-    ["group"],
+    ["group", "stream"],
     registry=REGISTRY,
 )
 HEARTBEAT_AGE = Gauge(

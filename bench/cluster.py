@@ -83,16 +83,26 @@ async def send(redis: AnyRedis, keys: Keys, fills: list[dict[str, str]]) -> dict
     return sent
 
 
+STALL_S = 20.0  # no new TP for this long: the cell is stopped and reported as stalled
+
+
 async def wait_for_tps(
     redis: AnyRedis, keys: Keys, count: int, workers: list[subprocess.Popen[bytes]], within_s: float
 ) -> str:
-    """'' once mm:takeprofits has `count` entries; else why not."""
+    """'' once mm:takeprofits has `count` entries; else why not (a worker exited, no
+    progress for STALL_S, or the time is up)."""
     deadline = time.monotonic() + within_s
+    progress, seen = time.monotonic(), -1
     while (have := int(await redis.xlen(keys.takeprofits))) < count:
         dead = [w.returncode for w in workers if w.poll() is not None]
         if dead:
             return f"worker exited ({dead[0]}); {have}/{count} TPs"
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if have != seen:
+            progress, seen = now, have
+        if now - progress > STALL_S:
+            return f"stalled: {have}/{count} TPs, none for {STALL_S:.0f} s (see the workers' log)"
+        if now > deadline:
             return f"timeout: {have}/{count} TPs in {within_s:.0f} s"
         await asyncio.sleep(0.05)
     return ""

@@ -8,8 +8,6 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
-
 from base import logs
 from base.clock import Clock, SystemClock
 from base.settings import Settings
@@ -17,6 +15,7 @@ from storage import redis as redis_store
 from storage.alerts import write_alert
 from storage.keys import Keys
 from storage.ledger import Ledger
+from storage.redis import AnyRedis
 from trading.book import PositionBook
 from trading.exchange import Exchange
 from trading.placing import Placer
@@ -28,7 +27,7 @@ log = logs.get("mmops.app")
 @dataclass
 class App:
     settings: Settings
-    redis: aioredis.Redis
+    redis: AnyRedis  # a RedisCluster with REDIS_CLUSTER=true
     keys: Keys
     clock: Clock
     exchange: Exchange
@@ -43,8 +42,8 @@ class App:
         """Connect to Redis (ServerUnreachable names it) and build the shared parts."""
         from trading.factory import make_exchange, make_rate_budget
 
-        conn = await redis_store.connect(settings.redis_url)
-        keys = Keys(settings.key_prefix, settings.stream)
+        conn = await redis_store.connect(settings.redis_url, cluster=settings.redis_cluster)
+        keys = Keys.of(settings)
         clock = clock or SystemClock()
         budget = make_rate_budget(settings, conn, keys)
         if exchange is None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from storage import postgres
 from storage.keys import Keys
@@ -100,7 +99,7 @@ class AfterEnd:
 
 
 async def after_end(
-    redis: aioredis.Redis, keys: Keys, database_url: str, sids: list[str]
+    redis: AnyRedis, keys: Keys, database_url: str, sids: list[str]
 ) -> list[AfterEnd]:
     """Per session, its fills after the end in Redis and in PostgreSQL."""
     later: dict[str, list[str]] = {}

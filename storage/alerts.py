@@ -5,11 +5,10 @@ writer of an alert goes through `write_alert` (or passes `maxlen` to its own XAD
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from base.logs import redact
 from base.settings import Settings
 from storage.keys import Keys
+from storage.redis import AnyRedis
 
 ALERTS_MAXLEN: int = Settings().alerts_maxlen  # the default; processes pass the setting
 
@@ -24,7 +23,7 @@ def alert_fields(
 
 
 async def write_alert(
-    redis: aioredis.Redis,
+    redis: AnyRedis,
     keys: Keys,
     now_ms: int,
     kind: str,

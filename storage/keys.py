@@ -19,6 +19,18 @@ from base.settings import Settings
 from events.shards import shard_of
 
 
+def hash_tag(key: str) -> str | None:
+    """What Redis Cluster hashes of `key` when it has a hash tag (the text between the first
+    `{` and the next `}`, if not empty); None when the whole key is hashed."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start + 1 : end]
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = ""
@@ -191,11 +203,20 @@ class Keys:
 
     def dead_marker(self, stream: str, entry_id: str) -> str:
         """set once an entry of `stream` is dead-lettered; in `mm:dead`'s hash slot."""
-        return f"{{{self.dead}}}:seen:{stream}:{entry_id}"
+        return self.beside(self.dead, f"seen:{stream}:{entry_id}")
 
     def failures(self, group: str, stream: str) -> str:
-        """hash entry id -> times `group`'s handler raised on it (poison detection)."""
-        return f"{self.prefix}mm:failures:{group}:{stream}"
+        """hash entry id -> times `group`'s handler raised on it (poison detection); in the
+        stream's hash slot, so the ack and the clean-up of the counts go to one node:
+        `{mm:events}:failures:<group>`, `mm:events:{n}:failures:<group>`."""
+        return self.beside(stream, f"failures:{group}")
+
+    def beside(self, key: str, suffix: str) -> str:
+        """A key in `key`'s Redis Cluster hash slot, starting with the prefix:
+        `<key>:<suffix>` when `key` has a hash tag, else `<prefix>{<key>}:<suffix>`."""
+        if hash_tag(key) is not None:
+            return f"{key}:{suffix}"
+        return f"{self.prefix}{{{key}}}:{suffix}"
 
     def heartbeats(self, group: str) -> str:
         """zset consumer -> last heartbeat (epoch ms) of live consumers of a group."""

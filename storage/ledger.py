@@ -17,14 +17,13 @@ from dataclasses import dataclass
 
 import msgspec
 import orjson
-import redis.asyncio as aioredis
 
 from events.schema import Fill
 from storage.keys import Keys
 from storage.ops import Op
 from storage.outbox import Outbox, split
 from storage.pipeliner import Pipeliner
-from storage.redis import as_text
+from storage.redis import AnyRedis, as_text
 
 # Applies a list of storage.ops values ([kind, args...]); `decimal_incrby` is an exact
 # decimal counter: integer 1e-8 units in <field>_e8, the decimal text in <field>.
@@ -195,7 +194,7 @@ GroupStatus = str  # 'ok' | 'dup' (a fill was recorded before) | 'conflict' (a v
 class Ledger:
     """Compare-and-set commits on the documents hash of a session (`keys.positions(sid)`)."""
 
-    redis: aioredis.Redis
+    redis: AnyRedis
     keys: Keys
     cluster: bool = False  # writes to global keys go through the session's outbox
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 
-import redis.asyncio as aioredis
+from storage.redis import AnyRedis
 
 # KEYS: key   ARGV: token, ttl ms — extend only our own key
 _RENEW = """
@@ -39,9 +39,7 @@ return 0
 class TokenLock:
     """`key` held with `token` for `ttl_ms`: acquire, renew, release; `held` is the last answer."""
 
-    def __init__(
-        self, redis: aioredis.Redis, key: str, ttl_ms: int, *, token: str | None = None
-    ) -> None:
+    def __init__(self, redis: AnyRedis, key: str, ttl_ms: int, *, token: str | None = None) -> None:
         self.redis = redis
         self.key = key
         self.ttl_ms = ttl_ms
@@ -73,7 +71,7 @@ class Lease(TokenLock):
     The token names the holder (`<holder>/<random>`), so the key says who holds it.
     """
 
-    def __init__(self, redis: aioredis.Redis, key: str, holder: str, ttl_ms: int) -> None:
+    def __init__(self, redis: AnyRedis, key: str, holder: str, ttl_ms: int) -> None:
         super().__init__(redis, key, ttl_ms, token=f"{holder}/{secrets.token_hex(6)}")
         self._refresh = redis.register_script(_REFRESH)
 

@@ -9,10 +9,10 @@ partially filled < a final status); an identical event changes nothing.
 from __future__ import annotations
 
 import msgspec
-import redis.asyncio as aioredis
 
 from events import Order
 from storage.keys import Keys
+from storage.redis import AnyRedis
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 
@@ -47,7 +47,7 @@ def status_rank(status: str) -> int:
 class OrderBook:
     """Writes `order` events; `record` returns whether the event was newer than the stored."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: AnyRedis, keys: Keys) -> None:
         self.keys = keys
         self._newer = redis.register_script(_NEWER)
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Literal, overload
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import BusyLoadingError, RedisClusterException, RedisError, ResponseError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -22,11 +31,17 @@ from base.settings import REDIS_SOCKET_TIMEOUT_S, redact_url
 from storage.wire import fast_packing
 
 # Errors after which the same command may succeed later: the entry stays pending.
+# On a cluster also those of a failover under way, once redis-py's own retries ran out:
+# CLUSTERDOWN (a master is failing, no replica promoted yet), TRYAGAIN (a slot migrating)
+# and a slot that no node serves in the client's map.
 TRANSIENT_REDIS_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ConnectionError,
     OSError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
 )
 
 
@@ -60,10 +75,14 @@ def client(url: str, *, blocking: bool = False) -> aioredis.Redis:
     )
 
 
-def cluster_client(url: str, *, blocking: bool = False) -> RedisCluster:
-    """A Redis Cluster client that starts from the node at `url` (redis:// or rediss://)."""
+def cluster_client(
+    url: str, *, blocking: bool = False, nodes: Sequence[tuple[str, int]] = ()
+) -> RedisCluster:
+    """A Redis Cluster client that starts from the node at `url` (redis:// or rediss://)
+    and from `nodes` (host, port), e.g. the nodes another client knows now."""
     return RedisCluster.from_url(
         url,
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes] or None,
         decode_responses=False,
         socket_timeout=None if blocking else REDIS_SOCKET_TIMEOUT_S,
         socket_connect_timeout=5,

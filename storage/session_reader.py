@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
-import redis.asyncio as aioredis
 
 from events.schema import Fill, Order
 from storage.keys import Keys
 from storage.ledger import decode_fill
-from storage.redis import as_text
+from storage.redis import AnyRedis, as_text
 
 SCAN_COUNT = 1000  # HSCAN COUNT: entries per round trip (a hint; Redis may return more)
 
@@ -133,7 +132,7 @@ class SessionHeader:
         return self.listed_pairs + tuple(sorted(p for p in self.seen_pairs if p not in listed))
 
 
-async def read_header(redis: aioredis.Redis, keys: Keys, sid: str) -> SessionHeader:
+async def read_header(redis: AnyRedis, keys: Keys, sid: str) -> SessionHeader:
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.session(sid))
         pipe.smembers(keys.pairs(sid))
@@ -181,7 +180,7 @@ class Once:
 
 
 async def scan_items_raw(
-    redis: aioredis.Redis, key: str, count: int = SCAN_COUNT
+    redis: AnyRedis, key: str, count: int = SCAN_COUNT
 ) -> AsyncIterator[list[tuple[bytes, bytes]]]:
     """The hash's (field, value) pairs, a chunk per HSCAN round trip, each field once."""
     once = Once()
@@ -202,7 +201,7 @@ async def scan_items_raw(
 
 
 async def scan_values(
-    redis: aioredis.Redis, key: str, count: int = SCAN_COUNT
+    redis: AnyRedis, key: str, count: int = SCAN_COUNT
 ) -> AsyncIterator[list[bytes]]:
     """The hash's values, a chunk per HSCAN round trip, each field's once."""
     async for items in scan_items_raw(redis, key, count):
@@ -210,7 +209,7 @@ async def scan_values(
 
 
 async def scan_items(
-    redis: aioredis.Redis, key: str, count: int = SCAN_COUNT
+    redis: AnyRedis, key: str, count: int = SCAN_COUNT
 ) -> AsyncIterator[list[tuple[str, bytes]]]:
     """The hash's (field, value) pairs, a chunk per HSCAN round trip, each field once."""
     async for items in scan_items_raw(redis, key, count):
@@ -218,7 +217,7 @@ async def scan_items(
 
 
 async def scan_members(
-    redis: aioredis.Redis, key: str, count: int = SCAN_COUNT
+    redis: AnyRedis, key: str, count: int = SCAN_COUNT
 ) -> AsyncIterator[list[str]]:
     """The set's members, a chunk per SSCAN round trip, each once."""
     once = Once()
@@ -233,14 +232,14 @@ async def scan_members(
 
 
 async def fills(
-    redis: aioredis.Redis, keys: Keys, sid: str, count: int = SCAN_COUNT
+    redis: AnyRedis, keys: Keys, sid: str, count: int = SCAN_COUNT
 ) -> AsyncIterator[list[Fill]]:
     async for chunk in scan_values(redis, keys.fills(sid), count):
         yield [decode_fill(raw) for raw in chunk]
 
 
 async def fills_by_id(
-    redis: aioredis.Redis, keys: Keys, sid: str, ids: Sequence[str], count: int = SCAN_COUNT
+    redis: AnyRedis, keys: Keys, sid: str, ids: Sequence[str], count: int = SCAN_COUNT
 ) -> AsyncIterator[list[bytes | None]]:
     """The recorded fills with these ids, in this order (None: no such fill), per HMGET.
 
@@ -265,7 +264,7 @@ async def fills_by_id(
 
 
 async def order_events(
-    redis: aioredis.Redis, keys: Keys, sid: str, count: int = SCAN_COUNT
+    redis: AnyRedis, keys: Keys, sid: str, count: int = SCAN_COUNT
 ) -> AsyncIterator[list[Order]]:
     """The trader's `order` events (the latest one per order id)."""
     async for chunk in scan_values(redis, keys.orders(sid), count):
@@ -281,7 +280,7 @@ class TpRecord:
 
 
 async def tp_records(
-    redis: aioredis.Redis, keys: Keys, sid: str, skip: set[str], count: int = SCAN_COUNT
+    redis: AnyRedis, keys: Keys, sid: str, skip: set[str], count: int = SCAN_COUNT
 ) -> list[TpRecord]:
     """The TP records of the session whose order id is not in `skip` (normally none)."""
     wanted: list[str] = []
@@ -303,7 +302,7 @@ async def tp_records(
     return out
 
 
-async def ended_sessions(redis: aioredis.Redis, keys: Keys, since_ms: int) -> list[tuple[str, int]]:
+async def ended_sessions(redis: AnyRedis, keys: Keys, since_ms: int) -> list[tuple[str, int]]:
     """(sid, ended_at ms) of sessions that ended at or after `since_ms`, oldest first.
 
     Sources: `mm:sessions:ended` (ended, not migrated yet) and the sessions active since

@@ -3,7 +3,10 @@
 redis-py turns an entry's fields into a dict, which keeps only the last value of a
 repeated field; the contract makes such an entry invalid (docs/contract.md §1), so the
 runtime reads through a client whose XREADGROUP and XAUTOCLAIM replies are left as
-pairs. That client shares the connection pool of the one it is made from.
+pairs. On one Redis that client shares the connection pool of the one it is made from.
+A RedisCluster keeps one table of reply parsers for all its nodes, so changing it would
+change every XREADGROUP of the process: the reader is a RedisCluster of its own (its
+own connections, started from the nodes the other client knows), closed after use.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from storage.redis import as_text, stream_id
+from storage.redis import AnyRedis, as_text, cluster_client, stream_id
 
 Pairs = list[tuple[bytes, bytes]]
 
@@ -55,16 +59,23 @@ def _raw_xautoclaim(response: Any, **options: Any) -> Any:
     return [response[0], _entries(response[1]), *response[2:]]
 
 
-def pair_reader(redis: aioredis.Redis) -> aioredis.Redis:
-    """A client on `redis`'s connection pool whose stream reads keep every field pair."""
-    reader = aioredis.Redis(connection_pool=redis.connection_pool)
+def pair_reader(redis: AnyRedis, url: str) -> AnyRedis:
+    """A client whose stream reads keep every field pair: on `redis`'s connection pool, or
+    for a cluster a RedisCluster of its own from `url` and the nodes `redis` knows (it
+    connects on first use; `aclose()` it when done, which leaves a shared pool open)."""
+    reader: AnyRedis
+    if isinstance(redis, RedisCluster):
+        nodes = [(node.host, int(node.port)) for node in redis.get_nodes()]
+        reader = cluster_client(url, blocking=True, nodes=nodes)
+    else:
+        reader = aioredis.Redis(connection_pool=redis.connection_pool)
     reader.set_response_callback("XREADGROUP", _raw_xread)
     reader.set_response_callback("XAUTOCLAIM", _raw_xautoclaim)
     return reader
 
 
 async def read_group(
-    reader: aioredis.Redis,
+    reader: AnyRedis,
     group: str,
     consumer: str,
     stream: str,
@@ -91,7 +102,7 @@ class Claimed:
 
 
 async def autoclaim(
-    reader: aioredis.Redis,
+    reader: AnyRedis,
     stream: str,
     group: str,
     consumer: str,
@@ -112,7 +123,7 @@ Wanted = Callable[[dict[bytes, bytes] | None], bool]
 
 
 async def pending_before(
-    redis: aioredis.Redis,
+    redis: AnyRedis,
     stream: str,
     group: str,
     upto: str,

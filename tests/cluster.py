@@ -12,25 +12,104 @@
   the cluster (`cluster_redis`); both clean up the test's keys.
 - `replicated_cluster`: a cluster of its own, 3 masters with one replica each, for a test
   that kills nodes (`fail_over()` / `await fail_over_async()`); stopped after the test.
+
+Suites on both (FastStream's tests/brokers/base model, as one parametrized fixture): a
+module with `pytestmark = ON_BOTH` runs each of its tests twice, on the single Redis and
+on the cluster, through the `redis_target` fixture that `settings`, `redis`, `keys` and
+`env` follow (tests/conftest.py). The cluster runs carry the `cluster` marker. A test
+commit on the cluster is checked to stay in its session's hash slot (`strict_slots`);
+writes to global keys go through the session's outbox (storage/outbox.py). After each cluster run,
+`cluster_connections_closed` closes the connections redis-py dropped without closing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+import gc
+import warnings
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 
 from base.settings import Settings
 from storage import redis as redis_store
+from storage.ledger import Ledger
 from storage.local_cluster import LocalCluster, each_master_client
+from storage.ops import Op
 from storage.redis import AnyRedis
+from storage.scripts import slot_of
+
+ON_BOTH = pytest.mark.parametrize(
+    "redis_target", ["single", pytest.param("cluster", marks=pytest.mark.cluster)], indirect=True
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: runs on the local Redis Cluster")
+
+
+@pytest.fixture(autouse=True)
+def strict_slots(redis_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the cluster, a commit whose ops reach beyond the session's hash slot raises
+    CrossSlot, as a managed Redis Cluster refuses it. The local cluster (Redis OSS) lets a
+    script without flags touch other slots of its own node, so without this check the
+    outcome would depend on which node the test's key prefix put the global keys on."""
+    if redis_target == "cluster":
+        check_commit_slots(monkeypatch)
+
+
+def check_commit_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a Ledger commit raise CrossSlot when the ops its script runs reach beyond the
+    session's slot (what the outbox routes elsewhere is checked by its own drain)."""
+    route = Ledger._route
+
+    def checked(self: Ledger, sid: str, ops: Sequence[Op]) -> tuple[Sequence[Op], bytes]:
+        local, away = route(self, sid, ops)
+        slot_of([*self._session_keys(sid), *map(op_key, local)])
+        return local, away
+
+    monkeypatch.setattr(Ledger, "_route", checked)
+
+
+def op_key(op: Op) -> str:
+    """The key a commit op writes (storage/ops.py: the command's first argument)."""
+    return str(op.args[1] if op.kind == "call" else op.args[0])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        on_cluster = item.get_closest_marker("cluster") is not None
+        if on_cluster and isinstance(item, pytest.Function):
+            item.fixturenames.insert(0, "cluster_connections_closed")
+
+
+CLUSTER_PORTS: set[int] = set()  # every node of every local cluster this run started
+
+
+@pytest.fixture
+async def cluster_connections_closed() -> AsyncIterator[None]:
+    """After a cluster run (`cluster` marker: its first fixture, so torn down last), close
+    what is still connected to a node: the test's clients are closed by then, so it is what
+    redis-py 8.1 dropped without closing on a topology change (the connections in use on a
+    node that left its map, the startup nodes it replaced), which the garbage collector
+    would otherwise find during a later test (a ResourceWarning, an error there)."""
+    yield
+    for obj in gc.get_objects():
+        if not isinstance(obj, AbstractConnection) or not obj.is_connected:
+            continue
+        if getattr(obj, "port", None) in CLUSTER_PORTS:
+            await obj.disconnect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), masters=3).start()
+    CLUSTER_PORTS.update(node.port for node in cluster.nodes)
     yield cluster
     cluster.stop()
 
@@ -66,6 +145,7 @@ def any_redis(request: pytest.FixtureRequest) -> AnyRedis:
 @pytest.fixture
 def replicated_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     cluster = LocalCluster(tmp_path_factory.mktemp("replicated"), masters=3, replicas=1).start()
+    CLUSTER_PORTS.update(node.port for node in cluster.nodes)
     yield cluster
     cluster.stop()
 

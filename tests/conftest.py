@@ -40,6 +40,7 @@ import redis.asyncio as aioredis
 from base.clock import Clock
 from base.settings import Settings
 from mmops.app import App
+from storage import redis as redis_store
 from storage import schema
 from storage.keys import Keys
 from storage.servers import Servers, ensure_servers
@@ -63,11 +64,12 @@ DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 # --- markers -----------------------------------------------------------------------------
 LAYERS = ("redis", "postgres", "process")
 # Fixtures that reach the servers (any_redis asks for its server when it runs) ...
-REACH_SERVERS = {"servers", "redis_cluster", "replicated_cluster", "any_redis"}
+REACH_SERVERS = {"servers", "redis_cluster", "replicated_cluster", "any_redis", "redis_target"}
 # ... and the marks a test using the servers gets from each fixture it uses.
 MARKS_OF_FIXTURE = {
     "redis": ("redis",),
     "any_redis": ("redis",),
+    "redis_target": ("redis",),  # ON_BOTH: the suite runs on the single Redis and the cluster
     "redis_cluster": ("redis",),
     "replicated_cluster": ("redis", "process"),  # a cluster of its own, nodes killed
     "pg": ("postgres",),
@@ -173,11 +175,25 @@ async def pg_schema(servers: Servers, names: tuple[str, str]) -> AsyncIterator[s
 
 
 @pytest.fixture
-def settings(servers: Servers, names: tuple[str, str], pg_schema: str) -> Settings:
+def redis_target(request: pytest.FixtureRequest) -> str:
+    """Where the test's Redis is: "single" (the default), or "cluster" when its suite runs
+    on both (`pytestmark = ON_BOTH`, tests/cluster.py): then `settings`, `redis`, `keys` and
+    `env` point at the local Redis Cluster (REDIS_CLUSTER=true)."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def settings(
+    servers: Servers, names: tuple[str, str], pg_schema: str, redis_target: str, request: Any
+) -> Settings:
     """Settings pointing at this test's key prefix and schema, tuned for fast tests."""
     prefix, _ = names
+    redis_url, cluster = servers.redis_url, False
+    if redis_target == "cluster":
+        redis_url, cluster = request.getfixturevalue("redis_cluster").url, True
     return Settings(
-        redis_url=servers.redis_url,
+        redis_url=redis_url,
+        redis_cluster=cluster,
         database_url=with_search_path(servers.database_url, pg_schema),
         key_prefix=prefix,
         consumer_name="test-consumer",
@@ -191,7 +207,7 @@ def settings(servers: Servers, names: tuple[str, str], pg_schema: str) -> Settin
 
 @pytest.fixture
 def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.stream)
+    return Keys.of(settings)
 
 
 @asynccontextmanager
@@ -208,9 +224,19 @@ async def scoped_redis(url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    """A client on the test Redis; the test's keys are deleted afterwards."""
-    async with scoped_redis(settings.redis_url, settings.key_prefix) as client:
-        yield client
+    """A client on the test Redis (a RedisCluster when the test runs on the cluster); the
+    test's keys are deleted afterwards (from every master of a cluster)."""
+    if not settings.redis_cluster:
+        async with scoped_redis(settings.redis_url, settings.key_prefix) as client:
+            yield client
+        return
+    cluster: Any = await redis_store.connect(settings.redis_url, cluster=True)
+    try:
+        yield cluster
+        async for key in cluster.scan_iter(match=f"{settings.key_prefix}*", count=1000):
+            await cluster.unlink(key)
+    finally:
+        await cluster.aclose()
 
 
 @pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
@@ -266,6 +292,10 @@ def env(settings: Settings) -> dict[str, str]:
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
     )
+    if settings.redis_cluster:
+        out["REDIS_CLUSTER"] = "true"
+    if settings.stream_shards != 1:
+        out["MM_STREAM_SHARDS"] = str(settings.stream_shards)
     return out
 
 

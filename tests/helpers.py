@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from mmops.app import App
 from trading.paper import PaperExchange
-from workers.groups import runtime_for
+from workers.groups import runtimes_for
 from workers.runtime import RunStats
 
 
@@ -43,13 +43,13 @@ def fill(
 
 
 async def drain(app: App, group: str, consumer: str = "test-consumer") -> RunStats:
-    """Run `group` (from the registry, with its own configuration) until nothing is left."""
-    runtime, close = await runtime_for(group, app, consumer)
+    """Run `group` (from the registry, with its own configuration, a runtime per shard)
+    until nothing is left."""
+    runtimes = await runtimes_for(group, app, consumer)
     try:
-        return await runtime.run(until_drained=True)
+        return await runtimes.run(until_drained=True)
     finally:
-        if close is not None:
-            await close()
+        await runtimes.aclose()
 
 
 async def drain_coverage(app: App, consumer: str = "test-consumer") -> RunStats:

@@ -8,6 +8,7 @@ from decimal import Decimal
 from base.clock import ManualClock
 from base.settings import Settings
 from mmops.app import App
+from tests.cluster import ON_BOTH
 from tests.helpers import (
     drain_coverage,
     fill,
@@ -18,6 +19,9 @@ from tests.helpers import (
 )
 from trading.client_ids import PREFIX, client_id
 from trading.positions import Buy, new_position
+
+# single Redis and the local Redis Cluster (tests/cluster.py); every test records fills
+pytestmark = ON_BOTH
 
 
 async def test_buy_fill_gets_a_take_profit_at_the_tier_price(app: App) -> None:

@@ -19,6 +19,7 @@ from storage import schema
 from storage.ledger import decode_fill
 from storage.postgres import create_pool
 from storage.session_reader import FillRow, decode_fill_row, decode_position_row, ms_to_datetime
+from tests.cluster import ON_BOTH
 from tests.conftest import MakeApp, wait_for, with_search_path
 from tests.pg_proxy import PgProxy
 from trading.positions import decode_position
@@ -26,6 +27,8 @@ from workers.coverage import CoverageHandler
 from workers.migration import MigrationStatus, migrate_session
 from workers.migrator import MigratorHandler
 from workers.runtime import RunStats, Runtime
+
+pytestmark = ON_BOTH  # single Redis and the local Redis Cluster (tests/cluster.py)
 
 D = Decimal
 T0 = 1_763_700_000_000  # 2025-11-21 04:40:00 UTC

@@ -15,9 +15,12 @@ from events import encode
 from events.schema import Fill, SessionEnded, SessionStarted
 from mmops.app import App
 from storage.keys import Keys
+from tests.cluster import ON_BOTH
 from tests.conftest import MMOPS, ROOT
 from workers.coverage import CoverageHandler
 from workers.runtime import Runtime
+
+pytestmark = ON_BOTH  # single Redis and the local Redis Cluster (tests/cluster.py)
 
 TS = 1_763_700_000_000
 

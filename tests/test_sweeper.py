@@ -20,6 +20,7 @@ import pytest
 from base.clock import ManualClock
 from base.settings import Settings
 from mmops.app import App
+from tests.cluster import ON_BOTH
 from tests.conftest import MMOPS, MakeApp, wait_for
 from tests.helpers import drain_coverage, fill, now_ms, orders_per_client_id, takeprofit_entries
 from trading.client_ids import client_id
@@ -31,7 +32,10 @@ from workers.lease import lease_ttl_ms
 from workers.sweep_pass import SessionSweep, SweepStatus
 from workers.sweeper import Sweeper
 
-pytestmark = pytest.mark.postgres  # the sweeper reads recent sessions from PostgreSQL
+pytestmark = [
+    ON_BOTH,
+    pytest.mark.postgres,
+]  # single Redis and the local cluster; the sweeper reads PostgreSQL
 
 D = Decimal
 HOUR = 3_600_000

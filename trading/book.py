@@ -11,13 +11,11 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
-
 from events.schema import Fill
 from storage.keys import Keys
 from storage.ledger import AlreadyRecorded, Applied, Group, Ledger, Write
 from storage.ops import Op
-from storage.redis import as_text
+from storage.redis import AnyRedis, as_text
 from trading.positions import Position, decode_position, encode_position
 
 
@@ -49,7 +47,7 @@ class PositionBook:
     _cache: OrderedDict[tuple[str, str], Position] = field(default_factory=OrderedDict)
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> AnyRedis:
         return self.ledger.redis
 
     @property

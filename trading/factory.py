@@ -3,8 +3,6 @@ trading-rate budget that goes with it (Kraken only)."""
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from base.clock import Clock
 from base.setting_values import parse_balances
 from base.settings import Settings, SettingsError
@@ -44,7 +42,7 @@ def check_pending_settle(pending_settle_ms: int, worst_call_ms: int) -> None:
 
 def make_exchange(
     settings: Settings,
-    redis: aioredis.Redis,
+    redis: AnyRedis,
     keys: Keys,
     clock: Clock,
     *,

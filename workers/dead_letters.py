@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from base import logs, metrics
 from events.codec import session_of
 from storage.keys import Keys
+from storage.redis import AnyRedis
 from storage.streams import Entry, Pairs
 
 log = logs.get("mmops.dead")
@@ -52,7 +51,7 @@ def bounded(fields: Pairs | None, max_bytes: int) -> tuple[Pairs, int]:
 
 @dataclass
 class DeadLetters:
-    redis: aioredis.Redis
+    redis: AnyRedis
     keys: Keys
     max_bytes: int
     maxlen: int

@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import msgspec
-import redis.asyncio as aioredis
 
 from base import logs
 from storage.keys import Keys
+from storage.redis import AnyRedis
+from storage.scripts import Script, load, queue
 from trading.positions import decode_position
 from workers.session_view import FiguresCache, SessionView, figures_of
 
@@ -44,11 +45,11 @@ return table.concat(out, '\\n')
 class FiguresReader:
     """Keeps `cache` in step with Redis for the sessions a pass looks at."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, cache: FiguresCache) -> None:
+    def __init__(self, redis: AnyRedis, keys: Keys, cache: FiguresCache) -> None:
         self.redis = redis
         self.keys = keys
         self.cache = cache
-        self._versions = redis.register_script(_VERSIONS)
+        self._versions = Script(_VERSIONS)
         self.read = 0  # positions read and decoded by the last `views` (a figure for reports)
 
     async def views(self, sids: list[str]) -> dict[str, SessionView]:
@@ -62,11 +63,12 @@ class FiguresReader:
     async def _chunk(self, sids: list[str]) -> None:
         cache, keys = self.cache, self.keys
         unknown = [sid for sid in sids if sid not in cache.sessions]
+        await load(self.redis, self._versions)  # one round trip a chunk instead of NOSCRIPT care
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in unknown:
                 pipe.get(keys.sweeper_view(sid))
             for sid in sids:
-                await self._versions(keys=[keys.positions(sid)], client=pipe)
+                queue(pipe, self._versions, [keys.positions(sid)], [])
             replies = await pipe.execute()
         for sid, raw in zip(unknown, replies, strict=False):
             cache.sessions[sid] = self._load(raw)

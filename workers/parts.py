@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
 from base.clock import Clock
 from base.settings import Settings
 from storage.keys import Keys
+from storage.redis import AnyRedis
 from trading.book import PositionBook
 from trading.exchange import Exchange
 from trading.takeprofit import TakeProfitEngine
@@ -23,7 +22,7 @@ class Parts(Protocol):
     """Connections, names, time, the stop signal and alerts."""
 
     settings: Settings
-    redis: aioredis.Redis
+    redis: AnyRedis
     keys: Keys
     clock: Clock
     stop: asyncio.Event

@@ -1,10 +1,11 @@
 """Stream retention: trim the input stream to MM_STREAM_RETENTION_HOURS, never past unacked work.
 
-`trim(app)` removes entries older than now - MM_STREAM_RETENTION_HOURS (XTRIM MINID),
-but never an entry some consumer group still needs: the bound is lowered to, for each
-group, its smallest pending id, or the id right after its last-delivered-id when
+`trim(app, stream)` removes entries older than now - MM_STREAM_RETENTION_HOURS (XTRIM
+MINID), but never an entry some consumer group still needs: the bound is lowered to, for
+each group, its smallest pending id, or the id right after its last-delivered-id when
 nothing is pending. A stream without groups is not trimmed (nobody has acked anything).
-Called from the sweeper loop; see docs/operations.md.
+`trim_all(app)` does it for every shard of the input stream (MM_STREAM_SHARDS), each
+against its own groups. Called from the sweeper loop; see docs/operations.md.
 
 `trim_outputs(app)` caps the output streams once more each pass (`XTRIM MAXLEN ~` to
 TAKEPROFITS_MAXLEN, ALERTS_MAXLEN, DEAD_MAXLEN): their writers cap them as they write,
@@ -34,9 +35,15 @@ class TrimResult:
     reason: str  # what set the bound, or why there was no trim
 
 
-async def trim(app: Parts, *, approximate: bool = True) -> TrimResult:
-    """Trim the input stream (`~` MINID by default: cheap, may keep a few older entries)."""
-    stream = app.keys.stream
+async def trim_all(app: Parts, *, approximate: bool = True) -> list[TrimResult]:
+    """Trim every shard of the input stream, shard 0 first."""
+    return [await trim(app, stream, approximate=approximate) for stream in app.keys.streams]
+
+
+async def trim(app: Parts, stream: str | None = None, *, approximate: bool = True) -> TrimResult:
+    """Trim one stream of the input (default: the unsharded one; `~` MINID by default:
+    cheap, may keep a few older entries)."""
+    stream = stream or app.keys.stream
     hours = app.settings.stream_retention_hours
     if hours is None:
         return TrimResult(stream, 0, None, "MM_STREAM_RETENTION_HOURS is not set")
@@ -52,7 +59,8 @@ async def trim(app: Parts, *, approximate: bool = True) -> TrimResult:
     bound, reason = cutoff, f"retention {hours} h"
     for group in groups:
         name = as_text(group["name"])
-        floor = await acked_floor(app, name, as_text(group.get("last-delivered-id") or "0-0"))
+        delivered = as_text(group.get("last-delivered-id") or "0-0")
+        floor = await acked_floor(app, stream, name, delivered)
         if stream_id(floor) < stream_id(bound):
             bound, reason = floor, f"group {name} still needs entries from {floor}"
     removed = int(await app.redis.xtrim(stream, minid=bound, approximate=approximate))
@@ -61,9 +69,9 @@ async def trim(app: Parts, *, approximate: bool = True) -> TrimResult:
     return TrimResult(stream, removed, bound, reason)
 
 
-async def acked_floor(app: Parts, group: str, last_delivered: str) -> str:
+async def acked_floor(app: Parts, stream: str, group: str, last_delivered: str) -> str:
     """The lowest id the group may still need: its smallest pending id, else last-delivered + 1."""
-    summary = await app.redis.xpending(app.keys.stream, group)
+    summary = await app.redis.xpending(stream, group)
     if int(summary.get("pending") or 0) and summary.get("min") is not None:
         return as_text(summary["min"])
     ms, seq = stream_id(last_delivered)

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from base import logs, metrics
@@ -32,7 +31,7 @@ from base.logs import one_line
 from base.settings import Settings, redact_url
 from events import EventError, decode
 from storage.keys import Keys
-from storage.redis import TRANSIENT_REDIS_ERRORS, as_text, stream_id
+from storage.redis import TRANSIENT_REDIS_ERRORS, AnyRedis, as_text, stream_id
 from storage.streams import Entry, autoclaim, pair_reader, read_group
 from workers.dead_letters import DeadLetters
 from workers.handler import (
@@ -63,9 +62,11 @@ class Deferred:
 
 @dataclass
 class Runtime:
-    """Consumes `keys.stream` (or `handler.stream`) as `consumer` of `handler.group`."""
+    """Consumes one stream as `consumer` of `handler.group`: `stream`, else `handler.stream`,
+    else the unsharded input stream. With MM_STREAM_SHARDS > 1 a group has one runtime per
+    shard (workers/groups.py builds them), each with a handler of its own."""
 
-    redis: aioredis.Redis
+    redis: AnyRedis
     keys: Keys
     settings: Settings
     handler: Handler
@@ -76,6 +77,11 @@ class Runtime:
     heartbeat_every_s: float = 2.0
     draining: bool = False  # one pass: transient failures are left pending, not retried in-process
     config: ConsumerConfig | None = None  # default: from settings (CONSUMER_* settings)
+    stream: str = ""
+    # handlers in flight at once; a group's shard runtimes share one (CONSUMER_CONCURRENCY)
+    limit: asyncio.Semaphore | None = None
+    # leave the group's heartbeats when run() ends (a group's shard runtimes leave together)
+    leaves: bool = True
     _claim_cursor: str = "0-0"
     _last_claim: float = 0.0
     _last_heartbeat: float = 0.0
@@ -83,14 +89,14 @@ class Runtime:
     _transient_tries: dict[str, int] = field(default_factory=dict)
     _failed_ids: set[str] = field(default_factory=set)  # failures this process recorded
     handled: set[str] = field(default_factory=set)  # done in the batch at hand, not acked yet
+    _reader: AnyRedis | None = None
 
     def __post_init__(self) -> None:
         self.cfg: ConsumerConfig = self.config or ConsumerConfig.from_settings(self.settings)
-        self.stream: str = getattr(self.handler, "stream", None) or self.keys.stream
+        self.stream = self.stream or getattr(self.handler, "stream", None) or self.keys.stream
         self.decode: Callable[..., Any] = getattr(self.handler, "decode", None) or (
             lambda fields: decode(fields, max_bytes=self.cfg.max_entry_bytes)
         )
-        self.reader = pair_reader(self.redis)
         self.dead_letters = DeadLetters(
             self.redis, self.keys, self.cfg.max_entry_bytes, self.cfg.dead_maxlen
         )
@@ -102,6 +108,13 @@ class Runtime:
     @property
     def group(self) -> str:
         return self.handler.group
+
+    @property
+    def reader(self) -> AnyRedis:
+        """The pair-keeping client (storage/streams.py), made on first use."""
+        if self._reader is None:
+            self._reader = pair_reader(self.redis, self.settings.redis_url)
+        return self._reader
 
     # --- lifecycle ---------------------------------------------------------------
     async def ensure_group(self) -> None:
@@ -116,6 +129,13 @@ class Runtime:
         """Consume until `stop` is set (SIGTERM) or, with until_drained, nothing is left."""
         self.draining = until_drained
         await self._retrying(self.ensure_group)
+        try:
+            await self._consume(until_drained)
+        finally:
+            await self._leave()
+        return self.stats
+
+    async def _consume(self, until_drained: bool) -> None:
         backlog = True  # first our own pending entries (ID 0), then new ones (>)
         after = "0-0"
         while not self.stop.is_set():
@@ -152,12 +172,14 @@ class Runtime:
                     backlog, after = True, "0-0"
                     continue
                 raise
-        await self._leave()
-        return self.stats
 
     async def _leave(self) -> None:
-        with contextlib.suppress(*TRANSIENT_REDIS_ERRORS):
-            await self.redis.zrem(self.keys.heartbeats(self.group), self.consumer)
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            with contextlib.suppress(*TRANSIENT_REDIS_ERRORS):
+                await reader.aclose()
+        if self.leaves:
+            await leave(self.redis, self.keys, self.group, self.consumer)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -270,11 +292,11 @@ class Runtime:
             pipe.xpending(self.stream, self.group)
             pipe.xinfo_groups(self.stream)
             _, pending, groups = await pipe.execute()
-        metrics.PENDING.labels(self.group).set(int(pending["pending"]))
+        metrics.PENDING.labels(self.group, self.stream).set(int(pending["pending"]))
         for info in groups:
             if as_text(info["name"]) == self.group:
                 lag = info.get("lag")
-                metrics.LAG.labels(self.group).set(-1 if lag is None else int(lag))
+                metrics.LAG.labels(self.group, self.stream).set(-1 if lag is None else int(lag))
         if self._deferred:  # keep deferred entries ours: reset their idle time (JUSTID: no count)
             await self.redis.xclaim(
                 self.stream,
@@ -367,7 +389,7 @@ class Runtime:
         finished: list[asyncio.Future[float | None]] = [loop.create_future() for _ in lanes]
         for index, deferred in enumerate(held):
             finished[index].set_result(deferred.at)
-        limit = asyncio.Semaphore(self.cfg.concurrency)
+        limit = self.limit or asyncio.Semaphore(self.cfg.concurrency)
         done: list[str] = []
         first = len(held)
         if getattr(self.handler, "handle_bulk", None) is not None:
@@ -515,6 +537,12 @@ class Runtime:
     async def _dead_letter(self, dead: Sequence[tuple[Entry, str]]) -> None:
         await self.dead_letters.send(self.stream, self.group, dead)
         self.stats.dead += len(dead)
+
+
+async def leave(redis: AnyRedis, keys: Keys, group: str, consumer: str) -> None:
+    """The consumer is no longer live in the group (its heartbeat goes)."""
+    with contextlib.suppress(*TRANSIENT_REDIS_ERRORS):
+        await redis.zrem(keys.heartbeats(group), consumer)
 
 
 def jittered(base: float) -> float:

@@ -1,10 +1,12 @@
 """Stream care, the first phase of a sweep pass: the input stream's consumer groups.
 
 Entries stuck in the `coverage`/`migrator` groups, consumers long dead, growth of the
-dead-letter stream. A group with no live consumer and work waiting is taken over: the
-sweeper consumes it itself, as one of its consumers, through the group's own registration
-(`workers.groups.runtime_for`), within a time budget. The migrator's undelivered backlog
-is left to the migration safety net: only its stuck entries are taken over.
+dead-letter stream, on every shard of the input stream (MM_STREAM_SHARDS): each shard's
+groups are looked at on their own. A group with no live consumer and work waiting on a
+shard is taken over there: the sweeper consumes that shard itself, as one of the group's
+consumers, through the group's own registration (`workers.groups.runtime_for`), within
+a time budget. The migrator's undelivered backlog is left to the migration safety net:
+only its stuck entries are taken over.
 """
 
 from __future__ import annotations
@@ -69,11 +71,23 @@ class StreamCare:
         self.settings = app.settings
         self.consumer = consumer
         self._alerted: set[str] = set()
+        self._deadline = 0.0  # loop time by which this pass's takeovers stop
         self._delconsumer = app.redis.register_script(_DELCONSUMER_IF_IDLE)
 
     async def check(self, report: StreamReport) -> None:
         now = time.time_ns() // 1_000_000  # stream ids and heartbeats are wall-clock times
-        stream = self.keys.stream
+        # one time budget for the takeovers of a pass, whatever the number of shards
+        budget = min(60.0, max(5.0, self.settings.interval_seconds / 2))
+        self._deadline = asyncio.get_running_loop().time() + budget
+        live = {group: await self._live(group, now) for group in self.groups}
+        report.live.update({group: len(names) for group, names in live.items()})
+        for stream in self.keys.streams:
+            await self._check_stream(stream, live, now, report)
+        await self._dead_letters(report)
+
+    async def _check_stream(
+        self, stream: str, live: dict[str, list[str]], now: int, report: StreamReport
+    ) -> None:
         try:
             infos = {as_text(g["name"]): g for g in await self.redis.xinfo_groups(stream)}
             exists = True
@@ -81,29 +95,28 @@ class StreamCare:
             if "no such key" not in str(exc).lower():
                 raise
             infos, exists = {}, False
+        where = "" if self.keys.shards == 1 else f" on {stream}"
         for group in self.groups:
-            live = await self._live(group, now)
-            report.live[group] = len(live)
             info = infos.get(group)
             if info is not None:
-                await self._forget_dead(group, live, report)
-            if live or not exists:
+                await self._forget_dead(stream, group, live[group], report)
+            if live[group] or not exists:
                 continue
-            idle = await self._idle_pending(group) if info is not None else 0
+            idle = await self._idle_pending(stream, group) if info is not None else 0
             # the migrator's undelivered backlog is the migration safety net's: reclaim only
-            if idle > 0 or (group == "coverage" and await self._behind(info, now)):
-                await self._take_over(group, report)
-                if (left := await self._idle_pending(group)) > 0:
-                    report.stuck[group] = left
+            if idle > 0 or (group == "coverage" and await self._behind(stream, info, now)):
+                await self._take_over(stream, group, report)
+                if (left := await self._idle_pending(stream, group)) > 0:
+                    report.stuck[group] = report.stuck.get(group, 0) + left
                     await self._alert_once(
-                        f"stuck:{group}",
+                        f"stuck:{group}:{stream}",
                         "stuck_entries",
-                        f"{left} entries of group {group} pending longer than {self.settings.reclaim_idle_ms} ms "
-                        "and no live consumer",
+                        f"{left} entries of group {group}{where} pending longer than "
+                        f"{self.settings.reclaim_idle_ms} ms and no live consumer",
                         group=group,
+                        stream=stream,
                         entries=left,
                     )
-        await self._dead_letters(report)
 
     async def _live(self, group: str, now: int) -> list[str]:
         members = await self.redis.zrangebyscore(
@@ -112,22 +125,42 @@ class StreamCare:
         names = [as_text(m) for m in members]
         return [n for n in names if not n.startswith(SWEEPER_CONSUMER_PREFIX)]
 
-    async def _forget_dead(self, group: str, live: list[str], report: StreamReport) -> None:
-        """XGROUP DELCONSUMER consumers long idle with nothing pending."""
+    async def _forget_dead(
+        self, stream: str, group: str, live: list[str], report: StreamReport
+    ) -> None:
+        """XGROUP DELCONSUMER consumers long idle with nothing pending (on this stream).
+
+        A consumer reads every shard, so it is forgotten on each shard where it is idle;
+        its heartbeat goes only once no shard's group knows it any more."""
         idle_limit = DEAD_CONSUMER_IDLE_FACTOR * self.settings.reclaim_idle_ms
-        for consumer in await self.redis.xinfo_consumers(self.keys.stream, group):
+        for consumer in await self.redis.xinfo_consumers(stream, group):
             name = as_text(consumer["name"])
             if name in live or int(consumer["pending"]) or int(consumer["idle"]) < idle_limit:
                 continue
             self.guard.check()
-            await self._delconsumer(keys=[self.keys.stream], args=[group, name])
-            await self.redis.zrem(self.keys.heartbeats(group), name)
-            report.removed_consumers.append(f"{group}/{name}")
-            log.info("removed consumer %s of %s: idle, nothing pending", name, group)
+            await self._delconsumer(keys=[stream], args=[group, name])
+            if not await self._known_elsewhere(group, name):
+                await self.redis.zrem(self.keys.heartbeats(group), name)
+            shown = f"{group}/{name}" if self.keys.shards == 1 else f"{group}/{name} on {stream}"
+            report.removed_consumers.append(shown)
+            log.info("removed consumer %s of %s on %s: idle, nothing pending", name, group, stream)
 
-    async def _idle_pending(self, group: str) -> int:
+    async def _known_elsewhere(self, group: str, name: str) -> bool:
+        """Whether `name` is still a consumer of `group` on some shard."""
+        if self.keys.shards == 1:
+            return False
+        for stream in self.keys.streams:
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, group)
+            except ResponseError:  # no such stream or group
+                continue
+            if any(as_text(c["name"]) == name for c in consumers):
+                return True
+        return False
+
+    async def _idle_pending(self, stream: str, group: str) -> int:
         rows = await self.redis.xpending_range(
-            self.keys.stream,
+            stream,
             group,
             min="-",
             max="+",
@@ -136,28 +169,32 @@ class StreamCare:
         )
         return len(rows)
 
-    async def _behind(self, info: dict[Any, Any] | None, now: int) -> bool:
+    async def _behind(self, stream: str, info: dict[Any, Any] | None, now: int) -> bool:
         """The group is missing, or its oldest undelivered entry is older than one interval."""
         if info is None:
-            return bool(await self.redis.xlen(self.keys.stream))
+            return bool(await self.redis.xlen(stream))
         if info.get("lag") == 0:
             return False
         after = as_text(info.get("last-delivered-id") or b"0-0")
-        first = await self.redis.xrange(self.keys.stream, min="(" + after, max="+", count=1)
+        first = await self.redis.xrange(stream, min="(" + after, max="+", count=1)
         if not first:
             return False
         ms, _ = stream_id(as_text(first[0][0]))
         return now - ms > self.settings.interval_seconds * 1000
 
-    async def _take_over(self, group: str, report: StreamReport) -> None:
-        """Handle the group's entries as one of its consumers, within a time budget; it ends
-        early when the guard would stop the pass (lease lost, SIGTERM)."""
+    async def _take_over(self, stream: str, group: str, report: StreamReport) -> None:
+        """Handle the group's entries on `stream` as one of its consumers, within a time
+        budget; it ends early when the guard would stop the pass (lease lost, SIGTERM)."""
         self.guard.check()
         stop = asyncio.Event()
         try:
-            runtime, close = await runtime_for(group, self.app, self.consumer, stop=stop)
+            runtime, close = await runtime_for(
+                group, self.app, self.consumer, stop=stop, stream=stream
+            )
         except Exception as exc:  # e.g. the migrator is not installed, PostgreSQL is down
-            report.stuck[group] = await self._idle_pending(group)
+            report.stuck[group] = report.stuck.get(group, 0) + await self._idle_pending(
+                stream, group
+            )
             await self._alert_once(
                 f"nohandler:{group}",
                 "stuck_entries",
@@ -167,8 +204,7 @@ class StreamCare:
             )
             return
         loop = asyncio.get_running_loop()
-        budget = min(60.0, max(5.0, self.settings.interval_seconds / 2))
-        timer = loop.call_later(budget, stop.set)
+        timer = loop.call_later(max(1.0, self._deadline - loop.time()), stop.set)
         mirror = asyncio.ensure_future(self.guard.watch(stop))
         try:
             stats = await runtime.run(until_drained=True)
@@ -179,15 +215,16 @@ class StreamCare:
                 await mirror
             if close is not None:
                 await close()
-        report.taken_over[group] = stats.processed + stats.dead
+        report.taken_over[group] = report.taken_over.get(group, 0) + stats.processed + stats.dead
         log.info(
-            "no live %s consumer: the sweeper handled %d entries (%d dead-lettered)",
+            "no live %s consumer: the sweeper handled %d entries of %s (%d dead-lettered)",
             group,
             stats.processed,
+            stream,
             stats.dead,
             extra={"group": group},
         )
-        await self._delconsumer(keys=[self.keys.stream], args=[group, self.consumer])
+        await self._delconsumer(keys=[stream], args=[group, self.consumer])
 
     async def _dead_letters(self, report: StreamReport) -> None:
         """Alert when mm:dead grew since the last pass."""

@@ -28,6 +28,7 @@ from base import logs
 from base.clock import iso
 from base.logs import one_line
 from storage.locks import TokenLock
+from storage.scripts import Script, load, queue
 from trading.exchange import ExchangeError
 from trading.outcomes import Outcome, Result
 from trading.positions import Position, Step, StepStatus, decode_position
@@ -163,7 +164,7 @@ class SessionSweep:
         self.cache = cache if cache is not None else FiguresCache(app.settings.tier_hours)
         self.pairs_limit = asyncio.Semaphore(pair_concurrency)
         self.guard = guard if guard is not None else Guard(app.stop)
-        self._idle = app.redis.register_script(_RECORD_IDLE)
+        self._idle = Script(_RECORD_IDLE)
 
     async def run(
         self, sid: str, book: OpenBook | None, view: SessionView | None = None
@@ -378,25 +379,27 @@ class SessionSweep:
             return
         self.guard.check()
         now = iso(self.app.clock.now_ms())
+        keys = self.keys
+        await load(self.redis, self._idle)
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in sids:
                 view = views[sid]
-                keys = self.keys
-                await self._idle(
-                    keys=[
+                queue(
+                    pipe,
+                    self._idle,
+                    [
                         keys.settlement_lock(sid),
                         keys.settlement_status(sid),
                         keys.settlement_last_run(sid),
                         keys.metrics_settlement(sid),
                     ],
-                    args=[
+                    [
                         SweepStatus.COMPLETED.value,
                         now,
                         view.uncovered,
                         view.dust,
                         view.positions,
                     ],
-                    client=pipe,
                 )
             await pipe.execute()
 

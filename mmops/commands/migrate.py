@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from base.clock import Clock, SystemClock
 from base.logs import one_line
@@ -31,6 +30,7 @@ from storage import session_reader as reader
 from storage.alerts import write_alert
 from storage.keys import Keys
 from storage.postgres import TRANSIENT_PG_ERRORS, create_pool
+from storage.redis import AnyRedis
 from workers.migration import MigrationResult, MigrationStatus, Migrator
 
 
@@ -104,7 +104,7 @@ class CliParts:
     """What the migration needs, without an exchange (the CLI places no orders)."""
 
     settings: Settings
-    redis: aioredis.Redis
+    redis: AnyRedis
     keys: Keys
     clock: Clock
 
@@ -121,8 +121,8 @@ class CliParts:
 
 
 async def main(settings: Settings, args: argparse.Namespace) -> int:
-    redis = await redis_store.connect(settings.redis_url)
-    parts = CliParts(settings, redis, Keys(settings.key_prefix, settings.stream), SystemClock())
+    redis = await redis_store.connect(settings.redis_url, cluster=settings.redis_cluster)
+    parts = CliParts(settings, redis, Keys.of(settings), SystemClock())
     pool: asyncpg.Pool | None = None
     migrator: Migrator | None = None
     try:

@@ -10,6 +10,10 @@ replayed sessions.
 
 `mmops replay --reset GROUP --to ID` moves the group itself (XGROUP SETID): every entry
 after ID is delivered to the group again, for a full reprocess by the running workers.
+
+With MM_STREAM_SHARDS > 1 both act on every shard of the input stream, shard by shard
+(ids are times, so one range means the same on each; a session's entries all lie in its
+shard), or on one with `--shard N`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from mmops.commands.simulate import StatusLine
 from mmops.reporting import render_table
 from storage import postgres
 from storage.redis import as_text, entries_of, stream_id
-from workers.groups import INPUT_GROUPS, runtime_for
+from workers.groups import INPUT_GROUPS, runtimes_for
 from workers.runtime import Entry, Runtime
 
 GROUPS = INPUT_GROUPS
@@ -63,20 +67,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd.add_argument(
         "--to", dest="end", metavar="ID", help="last entry id (default: the end of the stream)"
     )
+    cmd.add_argument(
+        "--shard",
+        type=int,
+        metavar="N",
+        help="only shard N of the input stream (MM_STREAM_SHARDS > 1; default: every shard)",
+    )
     cmd.set_defaults(func=_replay)
 
 
 def _replay(args: argparse.Namespace) -> int:
+    shard: int | None = args.shard
     if args.reset:
         if args.end is None or not _SETID.fullmatch(args.end) or args.start is not None:
             return _usage("--reset GROUP needs --to ID (an entry id, 0 or $) and no --from")
-        return runner.run(lambda s: reset(s, args.reset, args.end))
+        return runner.run(lambda s: reset(s, args.reset, args.end, shard))
     if args.start is None or not _START.fullmatch(args.start):
         return _usage("--from: expected an entry id (MS or MS-SEQ) or '-'")
     end = args.end or "+"
     if not _END.fullmatch(end):
         return _usage("--to: expected an entry id (MS or MS-SEQ) or '+'")
-    return runner.run(lambda s: _run(s, args.group, args.start, end))
+    return runner.run(lambda s: _run(s, args.group, args.start, end, shard))
+
+
+def _bad_shard(settings: Settings, shard: int | None) -> bool:
+    """--shard out of range: the usage line is printed."""
+    if shard is None or 0 <= shard < settings.stream_shards:
+        return False
+    last = settings.stream_shards - 1
+    _usage(f"--shard: expected 0..{last} (MM_STREAM_SHARDS={settings.stream_shards})")
+    return True
 
 
 def _usage(message: str) -> int:
@@ -84,11 +104,13 @@ def _usage(message: str) -> int:
     return 2
 
 
-async def _run(settings: Settings, group: str, start: str, end: str) -> int:
+async def _run(settings: Settings, group: str, start: str, end: str, shard: int | None) -> int:
+    if _bad_shard(settings, shard):
+        return 2
     app = await App.open(settings)
     try:
         line = StatusLine(sys.stderr, every=5.0)
-        result = await replay(app, group, start, end, progress=line.show)
+        result = await replay(app, group, start, end, shard=shard, progress=line.show)
         line.close()
     finally:
         await app.close()
@@ -137,47 +159,55 @@ async def replay(
     start: str,
     end: str = "+",
     *,
+    shard: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ReplayResult:
-    """Re-run XRANGE start..end through the group's handler; count what changed."""
-    runtime, close = await runtime_for(group, app, "replay", draining=True)
+    """Re-run XRANGE start..end through the group's handler, on every shard of the input
+    stream (or `shard`), each through a runtime of its own; count what changed."""
+    streams = app.keys.streams if shard is None else [app.keys.shard_stream(shard)]
+    runtimes = await runtimes_for(group, app, "replay", draining=True, streams=streams)
     effects = _effects(app, group)
-    result = ReplayResult(app.keys.stream, group)
+    result = ReplayResult(", ".join(streams), group)
     started = time.monotonic()
     try:
         await effects.start()
-        last = await _last_id(app, end)
-        async for page in _pages(app, start, end):
-            if result.first is None:
-                result.first = page[0].id
-            result.last = page[-1].id
-            new = {sid for sid in map(_session, page) if sid and sid not in result.sessions}
-            if new:
-                await effects.add_sessions(new)  # counted before their entries are re-run
-                result.sessions |= new
-            await _run_page(runtime, page, result)
-            if progress is not None and last is not None and time.monotonic() - started > 1.0:
-                span = max(1, _ms(last) - _ms(result.first))
-                share = min(1.0, (_ms(result.last) - _ms(result.first)) / span)
-                progress(f"replay {group}: {result.entries} entries, {share:.0%} of the range")
+        for runtime in runtimes.runtimes:
+            stream = runtime.stream
+            last = await _last_id(app, stream, end)
+            first: str | None = None
+            async for page in _pages(app, stream, start, end):
+                first = first or page[0].id
+                result.first = min(result.first or first, first, key=stream_id)
+                result.last = max(result.last or page[-1].id, page[-1].id, key=stream_id)
+                new = {sid for sid in map(_session, page) if sid and sid not in result.sessions}
+                if new:
+                    await effects.add_sessions(new)  # counted before their entries are re-run
+                    result.sessions |= new
+                await _run_page(runtime, page, result)
+                if progress is not None and last is not None and time.monotonic() - started > 1:
+                    span = max(1, _ms(last) - _ms(first))
+                    share = min(1.0, (_ms(page[-1].id) - _ms(first)) / span)
+                    progress(
+                        f"replay {group} on {stream}: {result.entries} entries, "
+                        f"{share:.0%} of the range"
+                    )
         result.effects = await effects.finish()
     finally:
-        if close is not None:
-            await close()
+        await runtimes.aclose()
     return result
 
 
-async def _last_id(app: App, end: str) -> str | None:
+async def _last_id(app: App, stream: str, end: str) -> str | None:
     if end != "+":
         return end
-    newest = entries_of(await app.redis.xrevrange(app.keys.stream, count=1))
+    newest = entries_of(await app.redis.xrevrange(stream, count=1))
     return newest[0][0] if newest else None
 
 
-async def _pages(app: App, start: str, end: str) -> AsyncIterator[list[Entry]]:
+async def _pages(app: App, stream: str, start: str, end: str) -> AsyncIterator[list[Entry]]:
     cursor = start
     while True:
-        page = entries_of(await app.redis.xrange(app.keys.stream, min=cursor, max=end, count=PAGE))
+        page = entries_of(await app.redis.xrange(stream, min=cursor, max=end, count=PAGE))
         if not page:
             return
         yield [Entry(mid, list(fields.items()) or None) for mid, fields in page]
@@ -318,24 +348,30 @@ class MigratorEffects:
 
 
 # --- reset --------------------------------------------------------------------------------
-async def reset(settings: Settings, group: str, to: str) -> int:
-    """XGROUP SETID: the group will be delivered every entry after `to` again."""
+async def reset(settings: Settings, group: str, to: str, shard: int | None = None) -> int:
+    """XGROUP SETID on every shard (or `shard`): the group will be delivered every entry
+    after `to` again. A shard without the group is named and left alone (exit status 1)."""
+    if _bad_shard(settings, shard):
+        return 2
     app = await App.open(settings)
     try:
-        stream = app.keys.stream
-        try:
-            groups = {as_text(g["name"]): g for g in await app.redis.xinfo_groups(stream)}
-        except ResponseError:
-            groups = {}
-        if group not in groups:
-            print(f"mmops replay: no group {group!r} on {stream}", file=sys.stderr)
-            return 1
-        old = as_text(groups[group].get("last-delivered-id") or "0-0")
-        await app.redis.xgroup_setid(stream, group, to)
-        print(
-            f"group {group} on {stream} moved from {old} to {to}: entries after {to} will be delivered again"
-        )
-        return 0
+        keys = app.keys
+        code = 0
+        for stream in keys.streams if shard is None else [keys.shard_stream(shard)]:
+            try:
+                groups = {as_text(g["name"]): g for g in await app.redis.xinfo_groups(stream)}
+            except ResponseError:
+                groups = {}
+            if group not in groups:
+                print(f"mmops replay: no group {group!r} on {stream}", file=sys.stderr)
+                code = 1
+                continue
+            old = as_text(groups[group].get("last-delivered-id") or "0-0")
+            await app.redis.xgroup_setid(stream, group, to)
+            print(
+                f"group {group} on {stream} moved from {old} to {to}: entries after {to} will be delivered again"
+            )
+        return code
     finally:
         await app.close()
 

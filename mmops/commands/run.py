@@ -12,7 +12,7 @@ from base import logs
 from base.settings import Settings
 from mmops import metrics_http, runner
 from mmops.app import App, run_until_stopped
-from workers.groups import GROUPS, runtime_for
+from workers.groups import GROUPS, runtimes_for
 
 log = logs.get("mmops.run")
 WORKERS = ("coverage", "migrator", "sweeper")
@@ -85,7 +85,7 @@ async def serve(settings: Settings, names: tuple[str, ...], *, until_drained: bo
             "started %s as %s",
             " ".join(names),
             settings.consumer,
-            extra={"stream": app.keys.stream},
+            extra={"stream": ",".join(app.keys.streams)},
         )
         await run_until_stopped(app, tasks)
     finally:
@@ -106,22 +106,22 @@ async def build(
     """The loops of the named workers, sharing one App (connections, exchange, positions).
 
     The stream workers come from the registry of consumer groups (workers/groups.py),
-    each with its own configuration; the sweeper brings the alerts webhook group along."""
+    each with its own configuration and a runtime per shard of the input stream; the
+    sweeper brings the alerts webhook group along."""
     groups: list[str] = [name for name in ("coverage", "migrator") if name in names]
     if "sweeper" in names and GROUPS["webhook"].enabled(app.settings):
         groups.append("webhook")
     tasks: list[Callable[[], Awaitable[object]]] = []
-    for name in groups:
-        runtime, close = await runtime_for(name, app, app.settings.consumer)
-        if close is not None:
-            closers.append(close)
-        task: Callable[[], Awaitable[object]] = partial(runtime.run, until_drained=until_drained)
+    for name in groups:  # one runtime per shard of the input stream (workers/groups.py)
+        runtimes = await runtimes_for(name, app, app.settings.consumer)
+        closers.append(runtimes.aclose)
+        task: Callable[[], Awaitable[object]] = partial(runtimes.run, until_drained=until_drained)
         # a handler's periodic work beside its consumer (the migrator's sync of ended sessions)
-        periodic = getattr(runtime.handler, "keep_in_step", None)
+        periodic = getattr(runtimes.runtimes[0].handler, "keep_in_step", None)
         if periodic is not None and until_drained:
-            task = _then(task, partial(periodic, runtime.stop, once=True))
+            task = _then(task, partial(periodic, app.stop, once=True))
         elif periodic is not None:
-            tasks.append(partial(periodic, runtime.stop))
+            tasks.append(partial(periodic, app.stop))
         tasks.append(task)
     if "sweeper" in names:
         from workers.sweeper import Sweeper

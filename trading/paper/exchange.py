@@ -10,12 +10,11 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal, localcontext
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from storage.keys import Keys
 from storage.pipeliner import Pipeliner
-from storage.redis import as_text
+from storage.redis import AnyRedis, as_text
 from trading.exchange import (
     ExchangeError,
     Market,
@@ -91,7 +90,7 @@ class PaperExchange:
     def __init__(
         self,
         *,
-        redis: aioredis.Redis,
+        redis: AnyRedis,
         keys: Keys,
         maker_fee: Decimal = Decimal("0.0025"),
         starting_balances: Mapping[str, Decimal] | None = None,

@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from decimal import localcontext
 
-import redis.asyncio as aioredis
-
 from storage import session_reader as reader
 from storage.keys import Keys
-from storage.redis import stream_id
+from storage.redis import AnyRedis, stream_id
 from storage.session_reader import FillRow, decode_fill_row, gc_paused
 from storage.session_writer import FILL_COLUMNS, NeedsEscaping, copy_line, join_unescaped
 from trading.fees import charged_in_base, fee_in_quote
@@ -46,7 +44,7 @@ class ContentFilter:
 class FillsPass:
     """Streams the fill lines (`lines`), then settles the fills the filter flagged (`settle`)."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, tally: SessionTally, mode: Mode) -> None:
+    def __init__(self, redis: AnyRedis, keys: Keys, tally: SessionTally, mode: Mode) -> None:
         self.redis = redis
         self.keys = keys
         self.tally = tally

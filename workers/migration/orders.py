@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from decimal import localcontext
 
-import redis.asyncio as aioredis
-
 from events import Order
 from storage import session_reader as reader
 from storage.keys import Keys
 from storage.orders import status_rank
+from storage.redis import AnyRedis
 from storage.session_reader import decode_order
 from storage.session_writer import copy_line
 from workers.migration.figures import EXACT, average_price
@@ -22,7 +21,7 @@ FINAL_RANK = status_rank("filled")
 
 
 async def trader_order_lines(
-    redis: aioredis.Redis, keys: Keys, tally: SessionTally, *, derive: bool
+    redis: AnyRedis, keys: Keys, tally: SessionTally, *, derive: bool
 ) -> AsyncIterator[bytes]:
     """The trader's `order` events; with `derive`, then its orders known only from fills:
     quantity = filled = the sum of their fills, price = their volume-weighted average
@@ -74,7 +73,7 @@ async def trader_order_lines(
 
 
 async def order_event_lines(
-    redis: aioredis.Redis,
+    redis: AnyRedis,
     keys: Keys,
     tally: SessionTally,
     order_ids: Sequence[str],

@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from decimal import Decimal, InvalidOperation, localcontext
 
-import redis.asyncio as aioredis
-
 from base import logs
 from storage import session_reader as reader
 from storage.keys import Keys
 from storage.orders import status_rank
+from storage.redis import AnyRedis
 from storage.session_reader import CloseRow, PositionRow, decode_position_row, gc_paused
 from storage.session_writer import ORDER_COLUMNS, copy_line, join_unescaped
 from trading.pnl import buy_cost, unit_cost
@@ -35,9 +34,7 @@ from workers.migration.tally import SessionTally
 log = logs.get("mmops.migrator")
 
 
-async def tp_order_lines(
-    redis: aioredis.Redis, keys: Keys, tally: SessionTally
-) -> AsyncIterator[bytes]:
+async def tp_order_lines(redis: AnyRedis, keys: Keys, tally: SessionTally) -> AsyncIterator[bytes]:
     """Our TP orders, from the positions' steps (and any TP record they miss)."""
     async for raws in reader.scan_values(redis, keys.positions(tally.sid)):
         lines: list[str] = []

@@ -15,7 +15,6 @@ import time
 from typing import Protocol
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from base import logs
 from base.clock import Clock, iso
@@ -27,6 +26,7 @@ from storage import schema
 from storage import session_reader as reader
 from storage.keys import Keys
 from storage.postgres import create_pool
+from storage.redis import AnyRedis
 from storage.session_reader import SessionHeader, ms_to_datetime
 from storage.session_writer import SessionWriter, upsert_started
 from workers.migration.readiness import coverage_backlog
@@ -41,7 +41,7 @@ class MigrationParts(Protocol):
     """What migration needs from the process (mmops.app.App has it all)."""
 
     settings: Settings
-    redis: aioredis.Redis
+    redis: AnyRedis
     keys: Keys
     clock: Clock
 
@@ -317,10 +317,12 @@ async def _state_missing(
     if pool is not None and not dry:
         migrated = await pool.fetchval("SELECT migrated_at FROM sessions WHERE id = $1", sid)
         if migrated is not None:  # migrated earlier; only the Redis marker was lost
-            async with parts.redis.pipeline(transaction=True) as pipe:
-                pipe.set(parts.keys.migration_completed(sid), iso(int(migrated.timestamp() * 1000)))
-                pipe.zrem(parts.keys.sessions_ended, sid)
-                await pipe.execute()
+            # the marker, then the index (its own slot on a cluster): a crash in between
+            # leaves the session in the index, and the next look at it removes it
+            await parts.redis.set(
+                parts.keys.migration_completed(sid), iso(int(migrated.timestamp() * 1000))
+            )
+            await parts.redis.zrem(parts.keys.sessions_ended, sid)
             return MigrationResult(
                 sid, MigrationStatus.ALREADY, f"in PostgreSQL since {migrated.isoformat()}"
             )
@@ -332,6 +334,9 @@ async def _state_missing(
 async def _mark_completed(
     parts: MigrationParts, sid: str, now: int, result: MigrationResult
 ) -> None:
+    """The session's marker and figures in one MULTI (its slot), then the global index and
+    wait list: a crash in between leaves it in mm:sessions:ended, which the next look at it
+    (completed already) removes."""
     keys = parts.keys
     async with parts.redis.pipeline(transaction=True) as pipe:
         pipe.set(keys.migration_completed(sid), iso(now))
@@ -344,9 +349,9 @@ async def _mark_completed(
                 "duplicates": result.duplicates,
             },
         )
-        pipe.zrem(keys.sessions_ended, sid)
-        pipe.hdel(keys.migration_waiting, sid)
         await pipe.execute()
+    await parts.redis.zrem(keys.sessions_ended, sid)
+    await parts.redis.hdel(keys.migration_waiting, sid)
 
 
 def _ms_since(started: float) -> int:

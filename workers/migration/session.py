@@ -13,13 +13,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from decimal import localcontext
 
-import redis.asyncio as aioredis
-
 from storage import changes as change_log
 from storage import session_reader as reader
 from storage.changes import Changes
 from storage.keys import Keys
-from storage.redis import as_text
+from storage.redis import AnyRedis, as_text
 from storage.session_reader import SessionHeader, decode_fill_row, decode_position_row, gc_paused
 from storage.session_writer import FILL_COLUMNS, ORDER_COLUMNS, POSITION_COLUMNS, join_unescaped
 from workers.migration.figures import EXACT
@@ -33,7 +31,7 @@ from workers.migration.tally import SessionTally
 
 class SessionMigration:
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, header: SessionHeader, now: int, mode: Mode
+        self, redis: AnyRedis, keys: Keys, header: SessionHeader, now: int, mode: Mode
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -112,9 +110,7 @@ class SessionMigration:
         )
 
 
-async def _not_ours(
-    redis: aioredis.Redis, keys: Keys, sid: str, order_ids: Iterable[str]
-) -> list[str]:
+async def _not_ours(redis: AnyRedis, keys: Keys, sid: str, order_ids: Iterable[str]) -> list[str]:
     """The ids that are not one of the session's TP orders (the trader's), sorted."""
     ids = sorted(order_ids)
     if not ids:
