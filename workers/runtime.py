@@ -5,7 +5,8 @@ entries first, then new ones, always with COUNT and BLOCK, every field pair kept
 per-lane ordering with bounded concurrency across lanes (workers/lanes.py), acking after
 the handler returns, reclaiming idle entries (XAUTOCLAIM, cursor kept), dead-lettering
 invalid or poison entries once (workers/dead_letters.py), heartbeats, metrics and
-graceful shutdown. A fix here fixes every worker.
+graceful shutdown. A fix here fixes every worker. Running a batch through the handler
+(lane order, the bulk path, deferrals, retries) is its other half, workers/dispatch.py.
 
 Poison is counted in handler failures, not in Redis deliveries: an entry is
 dead-lettered after its handler raised MAX_DELIVERIES times. Reading an entry again
@@ -21,7 +22,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from redis.exceptions import ResponseError
 
@@ -34,34 +35,17 @@ from storage.keys import Keys
 from storage.redis import TRANSIENT_REDIS_ERRORS, AnyRedis, as_text, stream_id
 from storage.streams import Entry, autoclaim, pair_reader, read_group
 from workers.dead_letters import DeadLetters
-from workers.handler import (
-    TRANSIENT_ERRORS,
-    BulkHandler,
-    ConsumerConfig,
-    Handler,
-    Invalid,
-    Retry,
-    RunStats,
-    Transient,
-)
-from workers.lanes import LEFT_PENDING, NOT_HANDLED, Lane, dependencies
+from workers.dispatch import TRANSIENT_RETRIES, TRANSIENT_RETRY_S, Deferred, Dispatch
+from workers.handler import ConsumerConfig, Handler, Invalid, Retry, RunStats, Transient
+from workers.lanes import Lane, dependencies
 
 log = logs.get("mmops.runtime")
 
-TRANSIENT_RETRY_S = 1.0  # a transient failure is retried in-process after 1, 2, 4 s
-TRANSIENT_RETRIES = 3
 TRIMMED = "entry payload is missing (trimmed from the stream)"
 
 
 @dataclass
-class Deferred:
-    at: float  # time.monotonic() when it is due
-    entry: Entry
-    lane: Lane
-
-
-@dataclass
-class Runtime:
+class Runtime(Dispatch):
     """Consumes one stream as `consumer` of `handler.group`: `stream`, else `handler.stream`,
     else the unsharded input stream. With MM_STREAM_SHARDS > 1 a group has one runtime per
     shard (workers/groups.py builds them), each with a handler of its own."""
@@ -104,10 +88,6 @@ class Runtime:
         attach = getattr(self.handler, "attach", None)
         if attach is not None:  # a handler that needs to know its stream and group
             attach(self)
-
-    @property
-    def group(self) -> str:
-        return self.handler.group
 
     @property
     def reader(self) -> AnyRedis:
@@ -373,167 +353,6 @@ class Runtime:
             self.stats.processed += len(done)
             metrics.PROCESSED.labels(self.group).inc(len(done))
 
-    async def handle_batch(self, items: Sequence[tuple[Entry, Any]]) -> list[str]:
-        """Run decoded entries through the handler in lane order, concurrently across lanes;
-        the ids whose effects are done. Acks nothing (replay uses it as it is).
-
-        Entries this runtime deferred earlier are still in front of their lanes: an entry
-        whose lane conflicts with one of them is deferred with it, so a lane's order
-        survives a deferral (the deferred entry comes back merged into stream order)."""
-        if not items:
-            return []
-        held = list(self._deferred.values())
-        lanes = [d.lane for d in held] + [self.handler.lane(event) for _, event in items]
-        waits = dependencies(lanes)[len(held) :]
-        loop = asyncio.get_running_loop()
-        finished: list[asyncio.Future[float | None]] = [loop.create_future() for _ in lanes]
-        for index, deferred in enumerate(held):
-            finished[index].set_result(deferred.at)
-        limit = self.limit or asyncio.Semaphore(self.cfg.concurrency)
-        done: list[str] = []
-        first = len(held)
-        if getattr(self.handler, "handle_bulk", None) is not None:
-            await self._bulk(cast(BulkHandler, self.handler), items, waits, finished, first, done)
-        await asyncio.gather(
-            *(
-                self._run_entry(
-                    k + first, items[k], lanes[k + first], waits[k], finished, limit, done
-                )
-                for k in range(len(items))
-                if not finished[k + first].done()
-            )
-        )
-        return done
-
-    async def _bulk(
-        self,
-        handler: BulkHandler,
-        items: Sequence[tuple[Entry, Any]],
-        waits: list[list[int]],
-        finished: list[asyncio.Future[float | None]],
-        first: int,
-        done: list[str],
-    ) -> None:
-        """The entries the handler takes in bulk and that wait for nothing else of the batch
-        (nor for a deferred entry): handled together, in one call (the coverage hot path).
-        What the handler leaves (NOT_HANDLED) goes the one-by-one way with the rest."""
-        bulk: list[int] = []
-        taken: set[int] = set()
-        for k, (_, event) in enumerate(items):
-            if handler.bulk(event) and all(w in taken for w in waits[k]):
-                bulk.append(k)
-                taken.add(k + first)
-        if not bulk:
-            return
-        started = time.perf_counter()
-        batch = [items[k] for k in bulk]
-        try:
-            outcomes = await handler.handle_bulk(batch)
-        except TRANSIENT_ERRORS as exc:  # nothing is lost: the entries go one by one
-            log.warning("bulk handling of %d entries failed: %s", len(bulk), one_line(exc))
-            return
-        elapsed = time.perf_counter() - started
-        for k, outcome in zip(bulk, outcomes, strict=True):
-            if outcome == NOT_HANDLED:
-                continue
-            finished[k + first].set_result(outcome)
-            if outcome is None:
-                entry = items[k][0]
-                done.append(entry.id)
-                self.handled.add(entry.id)
-                metrics.LATENCY.labels(self.group).observe(elapsed / len(bulk))
-
-    async def _run_entry(
-        self,
-        index: int,
-        item: tuple[Entry, Any],
-        lane: Lane,
-        waits: list[int],
-        finished: list[asyncio.Future[float | None]],
-        limit: asyncio.Semaphore,
-        done: list[str],
-    ) -> None:
-        """Handle one entry once the earlier entries of its lane family are through.
-
-        An entry behind one that was deferred is deferred with it; behind one left
-        pending (a failure), it is left pending too, so lane order survives retries.
-        """
-        entry, event = item
-        outcome: float | None = None
-        try:
-            for earlier in waits:
-                held = await finished[earlier]
-                if held is not None:
-                    if held != LEFT_PENDING:
-                        self._deferred[entry.id] = Deferred(held, entry, lane)
-                    outcome = held
-                    return
-            async with limit:
-                outcome = await self._handle(entry, event, lane)
-            if outcome is None:
-                done.append(entry.id)
-                self.handled.add(entry.id)
-        finally:
-            finished[index].set_result(outcome)
-
-    async def _handle(self, entry: Entry, event: Any, lane: Lane) -> float | None:
-        """Run the handler: None when done, else when to retry (or LEFT_PENDING)."""
-        started = time.perf_counter()
-        try:
-            await self.handler.handle(entry, event)
-        except Retry as exc:
-            at = time.monotonic() + exc.after_ms / 1000
-            self._deferred[entry.id] = Deferred(at, entry, lane)
-            self.stats.deferred += 1
-            self.stats.note(f"{entry.id} not ready: {exc}")
-            log.debug("deferred %s: %s", entry.id, exc, extra={"group": self.group})
-            return at
-        except Invalid as exc:  # invalid for the state it met: a dead letter, not a failure
-            await self._dead_letter([(entry, str(exc))])
-            return None
-        except TRANSIENT_ERRORS as exc:
-            # a dependency hiccup (e.g. a stale connection after a Redis restart): try again
-            # shortly, a few times; then it is left to the reclaim. Not a failure of the entry.
-            self._failed(entry, exc, trace=False)
-            tries = self._transient_tries.get(entry.id, 0)
-            if tries >= TRANSIENT_RETRIES or self.draining:  # a drain makes one pass, no waiting
-                self._transient_tries.pop(entry.id, None)
-                return LEFT_PENDING
-            self._transient_tries[entry.id] = tries + 1
-            at = time.monotonic() + TRANSIENT_RETRY_S * (1 << tries)
-            self._deferred[entry.id] = Deferred(at, entry, lane)
-            return at
-        except Exception as exc:  # a bug or bad data: keep it pending, count the failure
-            self._failed(entry, exc, trace=True)
-            await self._count_failure(entry)
-            return LEFT_PENDING
-        metrics.LATENCY.labels(self.group).observe(time.perf_counter() - started)
-        if self._transient_tries:
-            self._transient_tries.pop(entry.id, None)
-        return None
-
-    async def _count_failure(self, entry: Entry) -> None:
-        self._failed_ids.add(entry.id)
-        with contextlib.suppress(*TRANSIENT_REDIS_ERRORS):
-            await self.redis.hincrby(self.failures_key, entry.id, 1)
-
-    def _failed(self, entry: Entry, exc: BaseException, *, trace: bool) -> None:
-        self.stats.failed += 1
-        metrics.FAILED.labels(self.group).inc()
-        message = one_line(exc)
-        self.stats.note(f"{entry.id}: {message}")
-        log.warning(
-            "entry %s left pending: %s",
-            entry.id,
-            message,
-            exc_info=exc if trace else None,
-            extra={
-                "group": self.group,
-                "failures": entry.failures,
-                "error_type": type(exc).__name__,
-            },
-        )
-
     async def _dead_letter(self, dead: Sequence[tuple[Entry, str]]) -> None:
         await self.dead_letters.send(self.stream, self.group, dead)
         self.stats.dead += len(dead)
@@ -550,7 +369,10 @@ def jittered(base: float) -> float:
 
 
 __all__ = [
+    "TRANSIENT_RETRIES",
+    "TRANSIENT_RETRY_S",
     "ConsumerConfig",
+    "Deferred",
     "Entry",
     "Handler",
     "Invalid",
