@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from base import logs
+from trading.client_ids import is_ours
 from trading.exchange import Exchange, ExchangeError, Order, SellRequest
 from trading.kraken_limits import PLACE_COST, RateBudget, cancel_cost
 
@@ -115,6 +117,28 @@ class Placer:
         """One of our orders on the pair is no longer open (filled or cancelled)."""
         if self.budget is not None:
             await self.budget.release_open(symbol)
+
+    async def open_counts(self) -> dict[str, int]:
+        """mmops' open orders per pair as the budget counts them (none without a budget)."""
+        if self.budget is None:
+            return {}
+        return {pair.symbol: pair.open_orders for pair in await self.budget.state()}
+
+    async def sync_open(self, before: Mapping[str, int], orders: Iterable[Order]) -> None:
+        """After a whole read of the exchange's open orders: bring each pair's count in line.
+
+        The count is corrected by what the read found against what the budget counted when
+        the read began (`open_counts`), not set: an order placed during the read is then
+        counted twice until the next read corrects it, which errs on the safe side of the
+        cap, where setting the count would forget it."""
+        if self.budget is None:
+            return
+        found = Counter(order.symbol for order in orders if is_ours(order.client_id))
+        for symbol in sorted(before.keys() | found.keys()):
+            delta = found[symbol] - before.get(symbol, 0)
+            if delta:
+                log.info("open orders of %s: %+d to match the exchange", symbol, delta)
+                await self.budget.record(symbol, 0, new_orders=delta)
 
     async def alert_due(self, symbol: str) -> bool:
         """Whether the open-order cap of the pair is to be alerted now (once per pair and hour)."""

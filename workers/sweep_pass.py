@@ -267,7 +267,7 @@ class SessionSweep:
         self, symbol: str, positions: list[Position], book: OpenBook | None, report: SessionReport
     ) -> None:
         async with self.pairs_limit:
-            for pos in positions:
+            for pos in cheapest_first(positions):
                 try:
                     await self._position(pos, book, report)
                 except PassStopped:
@@ -456,3 +456,15 @@ def _append(path: Path, lines: list[str]) -> None:
 def _safe_name(sid: str) -> str:
     """A session id as a directory name ('.' and '..' are valid ids, not valid directories)."""
     return sid if sid.strip(".") else "_" + sid
+
+
+def cheapest_first(positions: list[Position]) -> list[Position]:
+    """A pair's positions in the order their work spends the rate budget best: those with
+    no live TP first (covering them cancels nothing), then by their oldest live TP, oldest
+    first (Kraken charges less for cancelling an older order: trading/kraken_limits.py)."""
+
+    def oldest(pos: Position) -> tuple[int, int]:
+        live = [step.acked_at or step.claimed_at for step in pos.live]
+        return (1, min(live)) if live else (0, pos.opened_at)
+
+    return sorted(positions, key=oldest)

@@ -260,7 +260,9 @@ class Sweeper:
 
     async def _book(self, report: SweepReport) -> OpenBook | None:
         """The exchange's book: what changed since the last pass where the exchange can say."""
+        placer = self.app.engine.placer
         try:
+            counted = await placer.open_counts()
             book = await book_since_last_pass(self.app)
         except ExchangeError as exc:
             report.notes.append(
@@ -268,6 +270,8 @@ class Sweeper:
             )
             log.warning(report.notes[-1])
             return None
+        if book.complete:  # the whole book: the budget's open-order counts follow it
+            await placer.sync_open(counted, book.orders.values())
         report.open_orders = len(book.orders) if book.complete else None
         report.book = "whole" if book.complete else f"{len(book.orders) + len(book.closed)} changes"
         self._book_read = book
