@@ -64,7 +64,7 @@ DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 # --- markers -----------------------------------------------------------------------------
 LAYERS = ("redis", "postgres", "process")
 # Fixtures that reach the servers (any_redis asks for its server when it runs) ...
-REACH_SERVERS = {"servers", "redis_cluster", "replicated_cluster", "any_redis", "redis_target"}
+REACH_SERVERS = {"servers", "redis_cluster", "replicated_cluster", "any_redis"}
 # ... and the marks a test using the servers gets from each fixture it uses.
 MARKS_OF_FIXTURE = {
     "redis": ("redis",),
@@ -77,6 +77,7 @@ MARKS_OF_FIXTURE = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks it adds
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by what it uses: a test whose fixtures reach the servers gets the marks
     of those fixtures; a test with no server and no layer mark is `unit`."""
