@@ -95,7 +95,7 @@ class TakeProfitEngine:
         self.keys = keys
         self.settings = settings
         self.clock = clock
-        self.records = TpRecords(keys, clock)
+        self.records = TpRecords(keys, clock, settings.takeprofits_maxlen)
         self.settler = StepSettler(
             book=book,
             exchange=exchange,

@@ -1,7 +1,7 @@
 """What a take-profit step leaves in Redis besides the position: the contract's records.
 
 Each method returns the `storage.ops` that go into the same compare-and-set as the
-step's change (storage/ledger.py): the `mm:takeprofits` entry (DESIGN: docs/contract.md
+step's change (storage/ledger.py): the `mm:takeprofits` entry (docs/contract.md
 §2, "Streams written by mmops"), the `tp_order:{sid}:<order_id>` hash, the
 `tp_attempt` marker and the `metrics:takeprofit:{sid}` counters.
 """
@@ -30,6 +30,7 @@ Refusal = Literal["failed", "skipped"]
 class TpRecords:
     keys: Keys
     clock: Clock
+    maxlen: int = 100_000  # TAKEPROFITS_MAXLEN: the stream is capped as it is written
 
     def event(
         self,
@@ -62,7 +63,7 @@ class TpRecords:
         }
         if replaces:
             fields["replaces"] = replaces
-        return ops.xadd(self.keys.takeprofits, fields)
+        return ops.xadd(self.keys.takeprofits, fields, maxlen=self.maxlen)
 
     def attempt(self, pos: Position, step: Step) -> list[Op]:
         """A claimed step: the fast duplicate marker, and the indexes that let a TP fill find

@@ -54,7 +54,8 @@ class DeadLetters:
     redis: AnyRedis
     keys: Keys
     max_bytes: int
-    maxlen: int
+    maxlen: int  # DEAD_MAXLEN
+    alerts_maxlen: int = 10_000  # ALERTS_MAXLEN: the dead_letter alert's stream
 
     def __post_init__(self) -> None:
         self._once = self.redis.register_script(_ONCE)
@@ -77,7 +78,7 @@ class DeadLetters:
                         "entry_id": entry.id,
                         "session_id": session_of(entry.fields) or "",
                     },
-                    maxlen=self.maxlen,
+                    maxlen=self.alerts_maxlen,
                     approximate=True,
                 )
                 log.warning("dead-lettered %s: %s", entry.id, reason, extra={"group": group})

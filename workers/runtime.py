@@ -82,7 +82,11 @@ class Runtime(Dispatch):
             lambda fields: decode(fields, max_bytes=self.cfg.max_entry_bytes)
         )
         self.dead_letters = DeadLetters(
-            self.redis, self.keys, self.cfg.max_entry_bytes, self.cfg.dead_maxlen
+            self.redis,
+            self.keys,
+            self.cfg.max_entry_bytes,
+            self.cfg.dead_maxlen,
+            self.settings.alerts_maxlen,
         )
         self.failures_key = self.keys.failures(self.group, self.stream)
         attach = getattr(self.handler, "attach", None)

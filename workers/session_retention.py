@@ -1,7 +1,7 @@
 """Session retention (docs/contract.md §3 Retention): Redis holds open work, not history.
 
 A session's Redis state is kept while any of its positions is open (or a TP of it may
-still sell), while any of its changes is not yet in PostgreSQL (`storage.synced`), and
+still sell), while any of its changes is not yet in PostgreSQL (`storage.changes.is_synced`), and
 for SESSION_RETENTION_DAYS after it closed; then every per-session key is removed
 (`Keys.session_keys`), the session leaves the indexes, and an exchange that keeps
 history in mmops' Redis (the paper one) forgets its finished orders and fill records.
