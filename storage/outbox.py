@@ -7,8 +7,8 @@ commit script appends those writes to `outbox:{sid}` — in the session's slot, 
 with the change — and `drain` then moves them:
 
 1. each write is applied by a script on the slot of its key, guarded by a marker in that
-   slot (`{<key's tag>}:applied:<sid>:<outbox entry>:<n>`, SET NX with a TTL): a write
-   applied before (a crash after it, before step 2) is not applied twice;
+   slot (`<MM_KEY_PREFIX>{<key's tag>}:applied:<sid>:<outbox entry>:<n>`, SET NX with a
+   TTL): a write applied before (a crash after it, before step 2) is not applied twice;
 2. the outbox entry is deleted (XDEL).
 
 Nothing is lost (the entry stays until every write of it is applied) and nothing is
@@ -100,5 +100,5 @@ class Outbox:
             if kind != "call":  # decimal counters never leave their session's slot
                 raise ValueError(f"{kind} cannot go through the outbox")
             key = str(args[1])
-            marker = f"{{{hash_tag(key)}}}:applied:{sid}:{entry_id}:{n}"
+            marker = f"{self.keys.prefix}{{{hash_tag(key)}}}:applied:{sid}:{entry_id}:{n}"
             await scripts.run(self.redis, _APPLY_ONCE, [marker, key], [MARKER_TTL_S, kind, *args])
