@@ -2,8 +2,9 @@
 
 Pure data and arithmetic; storage/ledger.py persists it. The Structs are immutable
 trees of numbers and strings — they cannot form reference cycles — so the cyclic garbage
-collector does not track them (`gc=False`): the coverage hot path makes one per fill. A position's quantities are
-derived from what happened to it (buy fills, closes, TP steps), never stored twice.
+collector does not track them (`gc=False`): the coverage hot path makes one per fill. A
+position's quantities are derived from what happened to it (buy fills, closes, TP steps),
+never stored twice.
 
 Arithmetic runs in base/money.py's MONEY context, whatever the caller's: quantities,
 costs and proceeds are exact; the unit cost (a division) and what is derived from it

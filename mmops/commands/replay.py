@@ -141,8 +141,9 @@ class ReplayResult:
     def render(self) -> str:
         span = f" ({self.first} .. {self.last})" if self.first else ""
         lines = [
-            f"re-ran {self.entries} entries of {self.stream}{span} through the {self.group} handler: "
-            f"{self.handled} handled, {self.invalid} invalid (skipped), {self.deferred} not ready, {self.failed} failed",
+            f"re-ran {self.entries} entries of {self.stream}{span} through the {self.group} "
+            f"handler: {self.handled} handled, {self.invalid} invalid (skipped), {self.deferred} "
+            f"not ready, {self.failed} failed",
             f"effects: {self.total_effects} over {len(self.sessions)} sessions",
         ]
         rows = [[name, count] for name, count in self.effects.items()]
@@ -369,7 +370,8 @@ async def reset(settings: Settings, group: str, to: str, shard: int | None = Non
             old = as_text(groups[group].get("last-delivered-id") or "0-0")
             await app.redis.xgroup_setid(stream, group, to)
             print(
-                f"group {group} on {stream} moved from {old} to {to}: entries after {to} will be delivered again"
+                f"group {group} on {stream} moved from {old} to {to}: entries after {to} will be "
+                "delivered again"
             )
         return code
     finally:
