@@ -1,4 +1,4 @@
-"""The position model (DESIGN §3): one position per buy order, its closes and its TP steps.
+"""The position model (docs/contract.md §3): one position per buy order, its closes and TP steps.
 
 Pure data and arithmetic; storage/ledger.py persists it. The Structs are immutable
 trees of numbers and strings — they cannot form reference cycles — so the cyclic garbage

@@ -4,7 +4,7 @@
 XRANGE and calls the group's handler on each entry directly, lanes concurrently and
 each lane in stream order, as the runtime does. It never reads, acks or claims through
 the consumer group, so the group's position and pending entries are untouched. With
-the invariants (DESIGN §4) a range that was already processed causes no effects; the
+the invariants (docs/contract.md §4) a range that was already processed causes no effects; the
 command reports the effects it did cause, measured by before/after counts over the
 replayed sessions.
 
