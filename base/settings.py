@@ -146,7 +146,8 @@ class Settings:
             )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(
-                f"REDIS_URL: expected redis://, rediss:// or unix://, got {redact_url(self.redis_url)!r}"
+                "REDIS_URL: expected redis://, rediss:// or unix://, got "
+                f"{redact_url(self.redis_url)!r}"
             )
         if not self.database_url.startswith(("postgresql://", "postgres://")):
             raise SettingsError(
@@ -185,7 +186,8 @@ class Settings:
             and not (self.exchange_api_key and self.exchange_api_secret)
         ):
             raise SettingsError(
-                f"EXCHANGE_API_KEY: required with EXCHANGE={self.exchange} (and EXCHANGE_API_SECRET)"
+                f"EXCHANGE_API_KEY: required with EXCHANGE={self.exchange} "
+                "(and EXCHANGE_API_SECRET)"
             )
         if (
             self.tp_maker_fee_percent is not None
@@ -328,7 +330,8 @@ def _check_cluster_url(url: str) -> None:
     database = parts.path.strip("/")
     if database not in ("", "0"):
         raise SettingsError(
-            f"REDIS_URL: a Redis Cluster has only database 0 (REDIS_CLUSTER=true), got {redact_url(url)!r}"
+            "REDIS_URL: a Redis Cluster has only database 0 (REDIS_CLUSTER=true), got "
+            f"{redact_url(url)!r}"
         )
 
 

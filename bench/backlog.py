@@ -151,8 +151,8 @@ async def wait_drained(
             _check_alive(workers)
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{label}: not drained in {timeout_s:.0f} s ({read - pending - before} of {total}, "
-                    f"{pending} pending)"
+                    f"{label}: not drained in {timeout_s:.0f} s ({read - pending - before} of "
+                    f"{total}, {pending} pending)"
                 )
             await asyncio.sleep(0.05)
 

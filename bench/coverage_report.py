@@ -91,10 +91,11 @@ def table_rows(s: Summary, args: argparse.Namespace) -> list[list[object]]:
             [
                 f"latency at {args.rate:,} fills/s (Redis's clock)",
                 f"p50 {s.v('lat_p50')} / p99 {s.v('lat_p99')} / max {s.v('lat_max')} ms",
-                f"fill id -> its TP's `created` id; {s.med('lat_n'):,.0f} fills over {args.seconds:g} s "
-                f"at {s.v('lat_rate')}/s on Redis's clock ({args.warmup:g} s warm-up not counted); "
-                f"{s.total('lat_uncovered')} without TP, {s.total('lat_shared')} sharing a TP; "
-                f"1 ms resolution; load {s.v('lat_load', '{:.1f}')}",
+                f"fill id -> its TP's `created` id; {s.med('lat_n'):,.0f} fills over "
+                f"{args.seconds:g} s at {s.v('lat_rate')}/s on Redis's clock ({args.warmup:g} s "
+                f"warm-up not counted); {s.total('lat_uncovered')} without TP, "
+                f"{s.total('lat_shared')} sharing a TP; 1 ms resolution; load "
+                f"{s.v('lat_load', '{:.1f}')}",
                 "p99 <= 5 ms, max <= 20 ms",
                 met(s.med("lat_p99") <= 5 and s.med("lat_max") <= 20),
                 f"{HUMMINGBOT}; {FREQTRADE}; {STREAM_ALONE}",
@@ -138,9 +139,9 @@ def table_rows(s: Summary, args: argparse.Namespace) -> list[list[object]]:
                 f"throughput, {processes} processes",
                 f"{s.v(p)} fills/s = {s.v(f'x{processes}', '{:.2f}')}x one",
                 f"one group, {processes} consumers; drained in {s.v(f'{p}_s', '{:.2f}')} s; "
-                f"{s.total(f'{p}_uncovered')} without TP; CPU per fill: workers {s.v(f'{p}_cpu_us')} "
-                f"us, Redis {s.v(f'{p}_redis_us')} us; each worker on a CPU {s.v(f'{p}_busy')} % of "
-                f"the drain; load {s.v(f'{p}_load', '{:.1f}')}",
+                f"{s.total(f'{p}_uncovered')} without TP; CPU per fill: workers "
+                f"{s.v(f'{p}_cpu_us')} us, Redis {s.v(f'{p}_redis_us')} us; each worker on a CPU "
+                f"{s.v(f'{p}_busy')} % of the drain; load {s.v(f'{p}_load', '{:.1f}')}",
                 scaling,
                 met(s.med(f"x{processes}") >= 1.8) if processes == 2 else "-",
                 "-",

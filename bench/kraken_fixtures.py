@@ -203,7 +203,8 @@ def parse_gap(parser: Any, method: str, kraken: Any, stand_in: Any) -> list[str]
     depends = {"average", "cost", "fee", "fees", "trades", "lastUpdateTimestamp", "triggerPrice",
                "stopPrice", "takeProfitPrice", "stopLossPrice", "remaining", "filled", "price",
                "timeInForce", "postOnly", "type", "lastTradeTimestamp", "datetime", "timestamp",
-               "high", "low", "open", "close", "last", "vwap", "change", "percentage", "previousClose", "baseVolume", "quoteVolume", "bidVolume", "askVolume"}  # fmt: skip
+               "high", "low", "open", "close", "last", "vwap", "change", "percentage",
+               "previousClose", "baseVolume", "quoteVolume", "bidVolume", "askVolume"}  # fmt: skip
     return sorted(
         f"ccxt fills {f} only from Kraken's" for f in filled(kraken) - filled(stand_in) - depends
     )

@@ -369,7 +369,8 @@ def all_fills(n: int, pairs: int, per_order: int) -> Iterator[Fill]:
 
 async def one_insert_per_row(conn: asyncpg.Connection, records: list[tuple[object, ...]]) -> float:
     await truncate(conn)
-    sql = f"INSERT INTO fills ({', '.join(FILL_COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(FILL_COLUMNS)))})"
+    placeholders = ", ".join(f"${i + 1}" for i in range(len(FILL_COLUMNS)))
+    sql = f"INSERT INTO fills ({', '.join(FILL_COLUMNS)}) VALUES ({placeholders})"
     started = time.perf_counter()
     async with conn.transaction():
         for record in records:
@@ -544,8 +545,8 @@ async def main(args: argparse.Namespace) -> int:
     ]
     print()
     print(
-        f"mmops migration benchmark: {n:,} fills over {args.pairs} pairs, {n_positions:,} positions "
-        f"({args.fills_per_order} buy fills + 1 TP fill each), {n_tps:,} TP orders"
+        f"mmops migration benchmark: {n:,} fills over {args.pairs} pairs, {n_positions:,} "
+        f"positions ({args.fills_per_order} buy fills + 1 TP fill each), {n_tps:,} TP orders"
     )
     header = ("measure", "rows", "fills", "seconds", "rows/s", "fills/s")
     print(

@@ -171,7 +171,8 @@ def verdict(samples: list[Sample]) -> tuple[bool, str]:
     flat = last <= middle * 1.10
     return flat, (
         f"used_memory median, middle third of the run {middle:.2f} MB, last third {last:.2f} MB "
-        f"({(last / middle - 1) * 100:+.1f} %): {'FLAT' if flat else 'GROWING'} (flat: at most +10 %)"
+        f"({(last / middle - 1) * 100:+.1f} %): {'FLAT' if flat else 'GROWING'} "
+        "(flat: at most +10 %)"
     )
 
 
@@ -227,7 +228,8 @@ async def main(args: argparse.Namespace) -> int:
             t = time.monotonic() - began
             samples.append(await sample(redis, keys, t, procs))
             print(
-                f"soak {t:5.0f} s: used_memory {samples[-1].used_mb:.2f} MB, keys {samples[-1].keys}",
+                f"soak {t:5.0f} s: used_memory {samples[-1].used_mb:.2f} MB, keys "
+                f"{samples[-1].keys}",
                 file=sys.stderr,
             )
             if sim.poll() is not None:
@@ -275,10 +277,10 @@ async def main(args: argparse.Namespace) -> int:
         for s in samples
     ]
     print(
-        f"soak: {args.duration:.0f} s of `mmops simulate --rolling` ({args.sessions} sessions live, "
-        f"{args.session_seconds:.0f} s each, TPs filled within {args.close_within:.0f} s after the end), "
-        f"{args.rate:g} buy fills/s; SESSION_RETENTION_DAYS = {args.retention_minutes} min, sweeper every "
-        f"{SWEEP_INTERVAL_MIN * 60} s; own redis-server"
+        f"soak: {args.duration:.0f} s of `mmops simulate --rolling` ({args.sessions} sessions "
+        f"live, {args.session_seconds:.0f} s each, TPs filled within {args.close_within:.0f} s "
+        f"after the end), {args.rate:g} buy fills/s; SESSION_RETENTION_DAYS = "
+        f"{args.retention_minutes} min, sweeper every {SWEEP_INTERVAL_MIN * 60} s; own redis-server"
     )
     print(
         render_table(

@@ -14,7 +14,8 @@ then in a new Python process (issue 12 item 4, target <= 1 s each):
 and asserts zero uncovered positions after the covering pass. `--runs N` (default 3)
 repeats the whole sequence on fresh data and prints the median and the range.
 
-    .venv/bin/python -m bench.sweep [--runs 3] [--sessions 100 --pairs 10 --positions 100] [--profile]
+    .venv/bin/python -m bench.sweep [--runs 3] [--profile]
+        [--sessions 100 --pairs 10 --positions 100]
 
 Uses REDIS_URL (default redis://127.0.0.1:6379/0) under a throw-away key prefix; PostgreSQL
 is not needed (discovery notes it and uses Redis).

@@ -1,4 +1,4 @@
-"""The four event types of the input stream (DESIGN §1), as typed msgspec Structs."""
+"""The four event types of the input stream (docs/contract.md §1), as typed msgspec Structs."""
 
 from __future__ import annotations
 

@@ -95,7 +95,8 @@ class App:
 
 
 async def run_until_stopped(app: App, tasks: list[Callable[[], Awaitable[object]]]) -> None:
-    """Run worker loops until app.stop; a loop that dies stops the others (supervisor restarts us)."""
+    """Run worker loops until app.stop; a loop that dies stops the others (supervisor
+    restarts us)."""
     running = [asyncio.ensure_future(task()) for task in tasks]
     try:
         done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)

@@ -35,7 +35,8 @@ COMMAND_MODULES = (
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="mmops",
-        description="Back office of a multi-pair spot market maker: take-profit coverage, sweeper, migration.",
+        description="Back office of a multi-pair spot market maker: "
+        "take-profit coverage, sweeper, migration.",
         epilog="Settings come from the environment (see README: Settings).",
     )
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -42,8 +42,9 @@ async def pnl_rows(database_url: str) -> list[list[object]]:
     conn = await postgres.connect(database_url)
     try:
         rows = await conn.fetch(
-            """SELECT symbol, count(*) AS sessions, sum(total_orders) AS orders, sum(total_fills) AS fills,
-                      sum(round_trips) AS round_trips, sum(total_fees) AS fees, sum(total_pnl) AS pnl
+            """SELECT symbol, count(*) AS sessions, sum(total_orders) AS orders,
+                      sum(total_fills) AS fills, sum(round_trips) AS round_trips,
+                      sum(total_fees) AS fees, sum(total_pnl) AS pnl
                FROM session_pairs GROUP BY symbol ORDER BY symbol"""
         )
     except asyncpg.UndefinedTableError:
@@ -129,7 +130,8 @@ async def after_end(
             row = await conn.fetchrow(
                 """SELECT s.closed_at IS NOT NULL AS closed,
                           (SELECT count(*) FROM orders o WHERE o.session_id = s.id
-                           AND o.is_take_profit AND o.status IN ('live', 'pending', 'partially_filled'))::int AS live
+                           AND o.is_take_profit
+                           AND o.status IN ('live', 'pending', 'partially_filled'))::int AS live
                    FROM sessions s WHERE s.id = $1""",
                 sid,
             )

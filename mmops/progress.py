@@ -60,7 +60,8 @@ class Progress:
             filled = int(fraction * _WIDTH)
             bar = "#" * filled + "." * (_WIDTH - filled)
             self.stream.write(
-                f"\r{self.label} [{bar}] {self.done}/{self.total} {fraction:4.0%} {now - self._started:5.1f}s"
+                f"\r{self.label} [{bar}] {self.done}/{self.total} {fraction:4.0%} "
+                f"{now - self._started:5.1f}s"
             )
         else:
             decile = int(fraction * 10)
@@ -69,7 +70,8 @@ class Progress:
             self._last_decile = decile
             self._written = self.done
             self.stream.write(
-                f"{self.label}: {self.done}/{self.total} ({fraction:.0%}) {now - self._started:.1f}s\n"
+                f"{self.label}: {self.done}/{self.total} ({fraction:.0%}) "
+                f"{now - self._started:.1f}s\n"
             )
         self._drawn_at = now
         self.stream.flush()

@@ -109,7 +109,8 @@ class Simulator:
         self._t0_ms = 0
 
     def _schedule(self) -> list[_Session]:
-        """Staggered sessions: with N sessions each lasts 2D/(N+1) and starts D/(N+1) after the last."""
+        """Staggered sessions: with N sessions each lasts 2D/(N+1) and starts D/(N+1) after the
+        last."""
         n, d = self.config.sessions, self.config.duration
         if self.config.rolling:
             slots = rolling_slots(

@@ -1,4 +1,4 @@
-"""A session's changes after its end (`changes:{sid}`): the migrator's feed, and whether it is synced.
+"""A session's changes after its end (changes:{sid}): the migrator's feed, and whether it is synced.
 
 Once a session's hash has `ended_at`, every change committed for it appends one entry to
 its changes stream, in the same script as the change (storage/ledger.py: `positions`,

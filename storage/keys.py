@@ -1,6 +1,6 @@
 """Every Redis key and stream name mmops uses, in one place.
 
-Names are the wire contract (DESIGN §2). The braces are literal Redis Cluster hash
+Names are the wire contract (docs/contract.md §2). The braces are literal Redis Cluster hash
 tags: every key of a session lives in one slot, so Lua scripts may touch them
 together. `prefix` (setting MM_KEY_PREFIX, default empty) namespaces a whole
 deployment; tests use it to share one Redis without seeing each other.
@@ -76,7 +76,7 @@ class Keys:
     def dead(self) -> str:
         return self.prefix + "mm:dead"
 
-    # --- contract keys per session (DESIGN §2) --------------------------------
+    # --- contract keys per session (docs/contract.md §2) ----------------------
     def tp_attempt(self, sid: str, position_id: str) -> str:
         return f"{self.prefix}tp_attempt:{{{sid}}}:{position_id}"
 

@@ -36,7 +36,8 @@ local function apply_ops(list)
       local sign = ''
       if v < 0 then sign = '-'; v = -v end
       local whole = math.floor(v / 100000000)
-      redis.call('HSET', op[1], op[2], string.format('%s%d.%08d', sign, whole, v - whole * 100000000))
+      redis.call('HSET', op[1], op[2],
+                 string.format('%s%d.%08d', sign, whole, v - whole * 100000000))
     else
       redis.call(unpack(op))
     end

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import redis
 
+from storage.servers import loopback_server_args
+
 SLOTS = 16384
 BUS_OFFSET = 10000  # Redis's fixed distance from a node's port to its cluster bus port
 _PORTS = (10000, 22767)  # node ports; their bus ports (20000-32767) stay below 32768 too
@@ -105,13 +107,7 @@ class ClusterNode:
         """Start the server; False if it exited (its port was taken meanwhile)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.directory),
+            *loopback_server_args(binary, self.port, self.directory),
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",

@@ -71,7 +71,8 @@ async def partition(conn: asyncpg.Connection, partitions: int) -> list[str]:
             rows = await _rebuild(conn, table, partitions)
             was = f"{before} partitions" if before else "a plain table"
             done.append(
-                f"{table}: hash-partitioned by session_id into {partitions} ({rows} rows moved; was {was})"
+                f"{table}: hash-partitioned by session_id into {partitions} ({rows} rows moved; "
+                f"was {was})"
             )
     return done
 

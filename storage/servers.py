@@ -53,6 +53,11 @@ def redis_server_binary() -> str:
     return found
 
 
+def loopback_server_args(binary: str, port: int, directory: Path) -> list[str]:
+    """The start of a redis-server command line: listen on 127.0.0.1:port, files in directory."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+
+
 @dataclass
 class RedisProcess:
     """A redis-server this process owns, on a TCP port of 127.0.0.1."""
@@ -69,13 +74,7 @@ class RedisProcess:
     def start(self, timeout: float = 10.0) -> RedisProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
-            redis_server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.directory),
+            *loopback_server_args(redis_server_binary(), self.port, self.directory),
             "--save",
             "",
             "--appendonly",

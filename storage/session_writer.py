@@ -273,7 +273,9 @@ class SessionWriter:
             f"""WITH agg AS (
                     SELECT order_id, min(symbol) AS symbol, min(side) AS side,
                            coalesce(min(order_type), 'unknown') AS type, sum(quantity) AS quantity,
-                           trim_scale(round(sum(price * quantity)::numeric(1000, 60) / sum(quantity), 18)) AS price,
+                           trim_scale(round(
+                               sum(price * quantity)::numeric(1000, 60) / sum(quantity), 18
+                           )) AS price,
                            min(timestamp) AS first
                     FROM fills WHERE session_id = $1 AND order_id <> ALL($3::text[])
                       AND ($5::text[] IS NULL OR order_id = ANY($5::text[]))
@@ -281,10 +283,11 @@ class SessionWriter:
                 events AS (
                     UPDATE {target} o SET filled_quantity = agg.quantity FROM agg
                     WHERE o.id = ANY($4::text[]) AND o.session_id = $1 AND o.id = agg.order_id)
-                INSERT INTO {target} (id, session_id, symbol, pair_index, side, type, quantity, price, status,
-                                      is_take_profit, filled_quantity, created_at, status_rank)
-                SELECT order_id, $1, symbol, array_position($2::text[], symbol) - 1, side, type, quantity,
-                       price, 'filled', false, quantity, first, 2
+                INSERT INTO {target} (id, session_id, symbol, pair_index, side, type, quantity,
+                                      price, status, is_take_profit, filled_quantity, created_at,
+                                      status_rank)
+                SELECT order_id, $1, symbol, array_position($2::text[], symbol) - 1, side, type,
+                       quantity, price, 'filled', false, quantity, first, 2
                 FROM agg WHERE order_id <> ALL($4::text[])""",
             self.session_id,
             list(pairs),
@@ -314,10 +317,12 @@ class SessionWriter:
                 ON CONFLICT ON CONSTRAINT orders_pkey DO UPDATE SET {guarded},
                     filled_quantity = EXCLUDED.filled_quantity
                 WHERE o.session_id = EXCLUDED.session_id
-                  AND (o.quantity, o.price, o.status, o.status_at, o.filled_quantity) IS DISTINCT FROM
+                  AND (o.quantity, o.price, o.status, o.status_at, o.filled_quantity)
+                      IS DISTINCT FROM
                       (EXCLUDED.quantity, EXCLUDED.price, EXCLUDED.status, EXCLUDED.status_at,
                        EXCLUDED.filled_quantity)
-                  AND ({_NOT_OLDER} OR o.filled_quantity IS DISTINCT FROM EXCLUDED.filled_quantity)"""
+                  AND ({_NOT_OLDER}
+                       OR o.filled_quantity IS DISTINCT FROM EXCLUDED.filled_quantity)"""
             )
         )
 
@@ -376,19 +381,22 @@ class SessionWriter:
                    synced_at, closed_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
                        $15, CASE WHEN $18::boolean THEN $15::timestamptz END)
-               ON CONFLICT (id) DO UPDATE SET pairs = EXCLUDED.pairs, pair_count = EXCLUDED.pair_count,
+               ON CONFLICT (id) DO UPDATE SET pairs = EXCLUDED.pairs,
+                   pair_count = EXCLUDED.pair_count,
                    total_orders = EXCLUDED.total_orders, total_fills = EXCLUDED.total_fills,
                    total_pnl = EXCLUDED.total_pnl, total_fees = EXCLUDED.total_fees,
                    total_volume = EXCLUDED.total_volume,
                    uncovered_positions = EXCLUDED.uncovered_positions,
-                   open_positions = EXCLUDED.open_positions, duplicate_fills = EXCLUDED.duplicate_fills,
+                   open_positions = EXCLUDED.open_positions,
+                   duplicate_fills = EXCLUDED.duplicate_fills,
                    end_reason = EXCLUDED.end_reason,
                    started_at = coalesce(EXCLUDED.started_at, sessions.started_at),
                    ended_at = EXCLUDED.ended_at,
                    migrated_at = coalesce(sessions.migrated_at, EXCLUDED.migrated_at),
                    fills_expected = EXCLUDED.fills_expected,
                    sync_cursor = EXCLUDED.sync_cursor, synced_at = EXCLUDED.synced_at,
-                   closed_at = CASE WHEN $18::boolean THEN coalesce(sessions.closed_at, EXCLUDED.migrated_at) END""",
+                   closed_at = CASE WHEN $18::boolean
+                       THEN coalesce(sessions.closed_at, EXCLUDED.migrated_at) END""",
             session.id,
             list(session.pairs),
             len(session.pairs),
@@ -467,8 +475,8 @@ async def upsert_started(
 def _qualified_id(table: str) -> str:
     """The staged row's id, or `<session>:<id>` when another session already uses the id."""
     return (
-        f"CASE WHEN EXISTS (SELECT 1 FROM {table} x WHERE x.id = s.id AND x.session_id <> s.session_id)"
-        " THEN s.session_id || ':' || s.id ELSE s.id END"
+        f"CASE WHEN EXISTS (SELECT 1 FROM {table} x WHERE x.id = s.id AND x.session_id <> "
+        "s.session_id) THEN s.session_id || ':' || s.id ELSE s.id END"
     )
 
 
@@ -480,8 +488,8 @@ _NOT_OLDER = (
 )
 
 _MERGE_FILLS = (
-    f"INSERT INTO fills ({', '.join(FILL_COLUMNS)}) SELECT {_qualified_id('fills')}, {', '.join(FILL_COLUMNS[1:])}"
-    f" FROM {_STAGE['fills']} s ON CONFLICT DO NOTHING"
+    f"INSERT INTO fills ({', '.join(FILL_COLUMNS)}) SELECT {_qualified_id('fills')}, "
+    f"{', '.join(FILL_COLUMNS[1:])} FROM {_STAGE['fills']} s ON CONFLICT DO NOTHING"
 )
 
 

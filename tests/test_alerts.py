@@ -87,7 +87,8 @@ async def test_500_then_success(
     body = endpoint.received[1]
     assert body["text"] == body["content"]
     assert body["text"].startswith(
-        "[mmops] stop_loss: daily loss 1200.50 USD beyond the limit 1000\npnl=-1200.50, limit=1000, at 20"
+        "[mmops] stop_loss: daily loss 1200.50 USD beyond the limit 1000\npnl=-1200.50, "
+        "limit=1000, at 20"
     )
     assert await pending(redis, keys) == 0
 

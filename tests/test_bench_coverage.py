@@ -37,7 +37,11 @@ def test_a_fill_without_a_created_entry_is_counted_not_timed() -> None:
 
 
 def test_collapsed_stacks_give_own_time_to_the_leaf_and_cumulative_time_to_every_frame() -> None:
-    raw = "main (m.py:1);f (m.py:5);g (m.py:9) 3\nmain (m.py:1);f (m.py:5) 1\nmain (m.py:1);g (m.py:9) 2\n"
+    raw = (
+        "main (m.py:1);f (m.py:5);g (m.py:9) 3\n"
+        "main (m.py:1);f (m.py:5) 1\n"
+        "main (m.py:1);g (m.py:9) 2\n"
+    )
     top = collapsed_top(raw)
     by_name = {line.function: line for line in top.lines}
     assert top.total == 6

@@ -48,7 +48,10 @@ async def test_a_fifo_sell_waits_for_an_earlier_buy_another_consumer_holds(app: 
         app.keys.stream,
         fill("s-1", "f-1", "o-1", symbol="SOL/USD", price="150", quantity="1", fee="0", ts=ts),
     )
-    await app.redis.xadd(app.keys.stream, fill("s-1", "f-2", "o-9", symbol="SOL/USD", side="sell", price="151", quantity="1", fee="0", ts=ts + 1))  # fmt: skip
+    await app.redis.xadd(app.keys.stream, fill(
+        "s-1", "f-2", "o-9", symbol="SOL/USD", side="sell", price="151", quantity="1", fee="0",
+        ts=ts + 1,
+    ))  # fmt: skip
     runtime_a, _ = await runtime_for("coverage", app, "consumer-a")
     runtime_b, _ = await runtime_for("coverage", app, "consumer-b")
     await runtime_a.ensure_group()
@@ -79,8 +82,13 @@ async def test_fifo_sells_over_two_consumers_close_the_oldest_and_leave_no_live_
     """300 buy -> FIFO sell pairs, two consumers: every position closed, no TP live (defect 2)."""
     ts = now_ms()
     for i in range(300):
-        await app.redis.xadd(app.keys.stream, fill("s-2", f"b-{i}", f"o-{i}", price="100", quantity="1", fee="0", ts=ts + 2 * i))  # fmt: skip
-        await app.redis.xadd(app.keys.stream, fill("s-2", f"s-{i}", f"x-{i}", side="sell", price="101", quantity="1", fee="0", ts=ts + 2 * i + 1))  # fmt: skip
+        await app.redis.xadd(app.keys.stream, fill(
+            "s-2", f"b-{i}", f"o-{i}", price="100", quantity="1", fee="0", ts=ts + 2 * i,
+        ))  # fmt: skip
+        await app.redis.xadd(app.keys.stream, fill(
+            "s-2", f"s-{i}", f"x-{i}", side="sell", price="101", quantity="1", fee="0",
+            ts=ts + 2 * i + 1,
+        ))  # fmt: skip
     settings = dataclasses.replace(app.settings, batch_size=20)
     apps = [app, await App.open(settings)]
     try:
@@ -145,7 +153,10 @@ async def test_a_sell_on_an_unknown_order_waits_while_a_tp_of_its_pair_is_placed
     claimed = pos.with_step(pending)
     await app.book.commit("s-4", [claimed], ops=app.engine.records.attempt(claimed, pending))
     await app.redis.delete(app.keys.tp_order("s-4", step.order_id))
-    sell = fill("s-4", "t-1", step.order_id, side="sell", price=str(step.price), quantity="0.01", fee="0.1", ts=ts + 5)  # fmt: skip
+    sell = fill(
+        "s-4", "t-1", step.order_id, side="sell", price=str(step.price), quantity="0.01",
+        fee="0.1", ts=ts + 5,
+    )  # fmt: skip
     await app.redis.xadd(app.keys.stream, sell)
     runtime, _ = await runtime_for("coverage", app, "c-x")
     task = asyncio.create_task(runtime.run())

@@ -29,7 +29,7 @@ async def test_buy_fill_gets_a_take_profit_at_the_tier_price(app: App) -> None:
     stats = await drain_coverage(app)
     assert stats.processed == 1
     [created] = await takeprofit_entries(app, "created")
-    assert created["price"] == "64584.9"  # DESIGN vector: 0-1 h tier, maker 0.25 %
+    assert created["price"] == "64584.9"  # docs/contract.md §3 vector: 0-1 h tier, maker 0.25 %
     assert Decimal(created["quantity"]) == Decimal("0.01")
     assert created["client_order_id"] == client_id("s-1", "o-1", 1)
     assert created["client_order_id"].startswith(PREFIX)

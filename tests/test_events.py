@@ -1,5 +1,5 @@
-"""The wire contract (DESIGN §1): every rejection names its field in one line; valid events
-round-trip; nothing but EventError ever escapes `decode`, whatever the input."""
+"""The wire contract (docs/contract.md §1): every rejection names its field in one line; valid
+events round-trip; nothing but EventError ever escapes `decode`, whatever the input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The migrator against real Redis and PostgreSQL; sessions are built by the real coverage worker."""
+"""The migrator against real Redis and PostgreSQL; sessions built by the real coverage worker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TP pricing against the worked examples of DESIGN §3 (tests/data/tp_prices.csv)."""
+"""TP pricing against the worked examples of docs/contract.md §3 (tests/data/tp_prices.csv)."""
 
 from __future__ import annotations
 

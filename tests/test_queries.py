@@ -1,4 +1,5 @@
-"""docs/queries.sql and `mmops report` against sessions built by the real coverage worker and migrator."""
+"""docs/queries.sql and `mmops report` against sessions built by the real coverage worker and
+migrator."""
 
 from __future__ import annotations
 

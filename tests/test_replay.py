@@ -111,8 +111,8 @@ async def test_replaying_a_processed_range_does_nothing(
     code, out, err = await mmops(env, "replay", "--group", "coverage", "--from", "-")
     assert code == 0, out + err
     assert (
-        f"re-ran 8 entries of {keys.stream} ({processed[0]} .. {processed[-1]}) through the coverage handler: 8 handled"
-        in out
+        f"re-ran 8 entries of {keys.stream} ({processed[0]} .. {processed[-1]}) through the "
+        "coverage handler: 8 handled" in out
     )
     assert effects(out) == {"take-profit events": 0, "fills recorded": 0, "exchange orders": 0}
     assert "effects: 0 over 1 sessions" in out

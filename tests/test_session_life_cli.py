@@ -1,4 +1,5 @@
-"""`mmops status` lists the sessions ended and still open; `mmops report` marks P&L final once closed."""
+"""`mmops status` lists the sessions ended and still open; `mmops report` marks P&L final once
+closed."""
 
 from __future__ import annotations
 

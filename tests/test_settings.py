@@ -1,5 +1,5 @@
-"""Settings (DESIGN §5): defaults, one-line errors naming the variable, secrets kept out of
-repr() and messages — in process and through the real `mmops` command."""
+"""Settings (docs/contract.md §5): defaults, one-line errors naming the variable, secrets kept out
+of repr() and messages — in process and through the real `mmops` command."""
 
 from __future__ import annotations
 

@@ -169,7 +169,8 @@ async def test_supervisord_runs_the_workers(
     pg: asyncpg.Pool,
 ) -> None:
     first = await wait_for(supervisor.all_running, timeout=30, interval=0.3)
-    # every process serves its own metrics port (RUNNING = up for startsecs; it may still be starting)
+    # every process serves its own metrics port (RUNNING = up for startsecs; it may still be
+    # starting)
     async with aiohttp.ClientSession() as http:
 
         async def serving() -> bool:

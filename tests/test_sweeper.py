@@ -484,7 +484,8 @@ async def test_sessions_from_redis_and_postgres(
     await app.redis.zadd(app.keys.sessions, {"s-old": clock.ms - 48 * HOUR})
     async with pg.acquire() as conn:
         await conn.execute(
-            "INSERT INTO sessions (id, started_at) VALUES ('s-pg', now()), ('s-pg-old', now() - interval '3 days')"
+            "INSERT INTO sessions (id, started_at) VALUES ('s-pg', now()), "
+            "('s-pg-old', now() - interval '3 days')"
         )
     sweeper = await Sweeper.create(app)
     try:

@@ -263,7 +263,8 @@ class Placer:
             return per_order
         if len(raws) != len(batch):
             raise TransientError(
-                f"{self._host.name} AddOrderBatch {symbol}: {len(raws)} answers for {len(batch)} orders"
+                f"{self._host.name} AddOrderBatch {symbol}: {len(raws)} answers "
+                f"for {len(batch)} orders"
             )
         return [_placed(raw, request) for raw, (request, _) in zip(raws, batch, strict=True)]
 

@@ -209,7 +209,8 @@ class Exchange(Protocol):
         price: Decimal,
         quantity: Decimal,
     ) -> None:
-        """A trader fill was seen. The paper exchange moves balances and prices; real ones ignore it."""
+        """A trader fill was seen. The paper exchange moves balances and prices; real ones
+        ignore it."""
         ...
 
     async def observe_fills(self, fills: Sequence[SeenFill]) -> None:

@@ -1,9 +1,10 @@
-"""The position model (DESIGN §3): one position per buy order, its closes and its TP steps.
+"""The position model (docs/contract.md §3): one position per buy order, its closes and TP steps.
 
 Pure data and arithmetic; storage/ledger.py persists it. The Structs are immutable
 trees of numbers and strings — they cannot form reference cycles — so the cyclic garbage
-collector does not track them (`gc=False`): the coverage hot path makes one per fill. A position's quantities are
-derived from what happened to it (buy fills, closes, TP steps), never stored twice.
+collector does not track them (`gc=False`): the coverage hot path makes one per fill. A
+position's quantities are derived from what happened to it (buy fills, closes, TP steps),
+never stored twice.
 
 Arithmetic runs in base/money.py's MONEY context, whatever the caller's: quantities,
 costs and proceeds are exact; the unit cost (a division) and what is derived from it

@@ -1,4 +1,5 @@
-"""Take-profit pricing: aging tiers and fee-aware targets (DESIGN §3). Pure Decimal functions.
+"""Take-profit pricing: aging tiers and fee-aware targets (docs/contract.md §3).
+Pure Decimal functions.
 
 All rounding of TP orders happens here: amounts ROUND_DOWN to the lot, sell prices
 ROUND_UP to the tick, so a TP never sells more than was bought nor below its target.

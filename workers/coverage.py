@@ -214,7 +214,8 @@ class CoverageHandler:
         return outcome
 
     async def _observe(self, fill: Fill) -> None:
-        """Tell the exchange (the paper one moves balances); an exchange's refusal is only logged."""
+        """Tell the exchange (the paper one moves balances); an exchange's refusal is only
+        logged."""
         try:
             await self.exchange.observe_fill(  # fill ids are unique within a session only
                 fill_id=f"{fill.session_id}/{fill.fill_id}",

@@ -184,7 +184,8 @@ class RiskGuard:
             report.set_now = True
             await self.app.alert(
                 "stop_loss",
-                f"portfolio daily loss limit breached: P&L {report.total} < -{report.limit} on {report.day}",
+                f"portfolio daily loss limit breached: P&L {report.total} < -{report.limit} on "
+                f"{report.day}",
                 **figures,
             )
 

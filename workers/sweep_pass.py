@@ -349,8 +349,8 @@ class SessionSweep:
                     report.covered += 1
                 if step is not None:
                     report.actions.append(
-                        f"{'repriced' if replaced else why} {where} step {step.n} order {step.order_id} "
-                        f"{step.qty} @ {step.price} tier {step.tier}"
+                        f"{'repriced' if replaced else why} {where} step {step.n} order "
+                        f"{step.order_id} {step.qty} @ {step.price} tier {step.tier}"
                         + (f" replaces {step.replaces}" if step.replaces else "")
                     )
             case Result.CANCELLED:

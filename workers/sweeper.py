@@ -345,8 +345,8 @@ class Sweeper:
             self._reported.add(order.id)
             await self.app.alert(
                 "unknown_order",
-                f"open order {order.id} ({order.symbol}, {order.remaining} @ {order.price}) carries our "
-                "client id prefix but no position knows it",
+                f"open order {order.id} ({order.symbol}, {order.remaining} @ {order.price}) "
+                "carries our client id prefix but no position knows it",
                 order_id=order.id,
                 client_order_id=order.client_id or "",
                 symbol=order.symbol,
@@ -393,7 +393,8 @@ class Sweeper:
                 self._reported.add(f"migration:{sid}:{reason}")
                 await self.app.alert(
                     "migration_overdue",
-                    f"session {sid} ended {_age(now - ended_at[sid])} ago and is not migrated: {reason}",
+                    f"session {sid} ended {_age(now - ended_at[sid])} ago and is not migrated: "
+                    f"{reason}",
                     session_id=sid,
                     reason=reason,
                 )

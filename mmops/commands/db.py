@@ -7,6 +7,7 @@ import sys
 
 from base.settings import Settings
 from mmops import runner
+from mmops.commands.arguments import positive_int
 from storage import postgres, schema
 from storage.partitioning import PartitioningError
 
@@ -23,23 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     up.add_argument(
         "--partitions",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="hash-partition fills and orders by session_id into N partitions",
     )
     up.set_defaults(func=lambda a: runner.run(lambda s: _upgrade(s, a.partitions)))
     version = db_sub.add_parser("version", help="print the schema version")
     version.set_defaults(func=lambda a: runner.run(_version))
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
 
 
 async def _upgrade(settings: Settings, partitions: int | None = None) -> int:

@@ -165,7 +165,8 @@ async def _retry(redis: AnyRedis, keys: Keys, args: argparse.Namespace) -> int:
     for dead_id, reason in skipped:
         print(f"skipped {dead_id}: {reason}", file=sys.stderr)
     print(
-        f"retried {len(retried)} dead letters: re-added to their stream and removed from {keys.dead}"
+        f"retried {len(retried)} dead letters: re-added to their stream and removed from "
+        f"{keys.dead}"
     )
     for dead_id, stream, new_id in retried:
         print(f"  {dead_id} -> {stream} {new_id}")

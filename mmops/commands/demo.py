@@ -7,8 +7,9 @@ keep filling after their session's end, for --after-end seconds after the last o
 waits for every session to be migrated and in step, runs one sweep, then reports: events,
 TPs, coverage latency, uncovered positions (must be 0: exit status 1 otherwise), sessions
 migrated, the per-pair P&L read back from PostgreSQL, and the fills after each session's
-end in Redis and in PostgreSQL (they must be equal: exit status 1 otherwise). The demo's state lives under its own key prefix and schema, cleared at the
-start of each run and left afterwards for inspection.
+end in Redis and in PostgreSQL (they must be equal: exit status 1 otherwise). The demo's
+state lives under its own key prefix and schema, cleared at the start of each run and left
+afterwards for inspection.
 """
 
 from __future__ import annotations
@@ -190,7 +191,8 @@ class Demo:
             where = "embedded, data under .mmops/" if kind in self.embedded else "found"
             print(f"{name}: {redact_url(url)} ({where})", file=sys.stderr)
         print(
-            f"key prefix {self.keys.prefix!r}, schema {self.schema!r}; worker logs in {self.log_path}",
+            f"key prefix {self.keys.prefix!r}, schema {self.schema!r}; worker logs in "
+            f"{self.log_path}",
             file=sys.stderr,
         )
 
@@ -240,7 +242,8 @@ class Demo:
         while True:
             if workers.returncode is not None:
                 raise DemoError(
-                    f"the workers exited at start with status {workers.returncode}: {self._log_tail()}"
+                    f"the workers exited at start with status {workers.returncode}: "
+                    f"{self._log_tail()}"
                 )
             async with app.redis.pipeline(transaction=False) as pipe:
                 for group in ("coverage", "migrator"):
@@ -264,8 +267,9 @@ class Demo:
         async def show(stats: SimStats) -> None:
             tps, uncovered, _ = await self._live_figures(app, stats.session_ids)
             self.line.show(
-                f"demo {stats.elapsed:5.1f}s/{total}  events {stats.events}  TPs {tps}  TP fills {stats.sells}  "
-                f"uncovered {uncovered}  sessions {stats.sessions_started - stats.sessions_ended} live, "
+                f"demo {stats.elapsed:5.1f}s/{total}  events {stats.events}  TPs {tps}  TP fills "
+                f"{stats.sells}  uncovered {uncovered}  sessions "
+                f"{stats.sessions_started - stats.sessions_ended} live, "
                 f"{stats.sessions_ended} ended"
             )
 
@@ -285,13 +289,15 @@ class Demo:
             busy = await self._busy(app) + await self._unsynced(app, sids)
             tps, uncovered, _ = await self._live_figures(app, sids)
             self.line.show(
-                f"demo: settling  TPs {tps}  uncovered {uncovered}  migrated {migrated}/{len(sids)}  backlog {busy}"
+                f"demo: settling  TPs {tps}  uncovered {uncovered}  migrated "
+                f"{migrated}/{len(sids)}  backlog {busy}"
             )
             if migrated == len(sids) and busy == 0:
                 return
             if time.monotonic() > deadline:
                 self.outcome.problems.append(
-                    f"after {SETTLE_TIMEOUT_S:.0f} s: {migrated}/{len(sids)} sessions migrated, {busy} entries not processed"
+                    f"after {SETTLE_TIMEOUT_S:.0f} s: {migrated}/{len(sids)} sessions migrated, "
+                    f"{busy} entries not processed"
                 )
                 return
             await asyncio.sleep(0.2)
@@ -307,8 +313,9 @@ class Demo:
             await sweeper.close()
         state = "ok" if report.ok else "with errors: " + "; ".join(report.errors[:3])
         self.outcome.sweep = (
-            f"{state}, {len(report.sessions)} sessions, uncovered {report.total('uncovered_before')} -> "
-            f"{report.total('uncovered_after')}, {report.duration_ms} ms"
+            f"{state}, {len(report.sessions)} sessions, uncovered "
+            f"{report.total('uncovered_before')} -> {report.total('uncovered_after')}, "
+            f"{report.duration_ms} ms"
         )
 
     async def _measure(self, app: App, sids: list[str]) -> None:
@@ -386,8 +393,8 @@ class Demo:
         if stats is not None:
             rate = stats.events / stats.elapsed if stats.elapsed else 0.0
             lines.append(
-                f"mmops demo: {stats.elapsed:.1f} s, {self.config.sessions} sessions x {self.config.pairs} pairs, "
-                f"seed {self.config.seed}"
+                f"mmops demo: {stats.elapsed:.1f} s, {self.config.sessions} sessions x "
+                f"{self.config.pairs} pairs, seed {self.config.seed}"
             )
             lines.append("")
             p50, p99, top = (
@@ -398,13 +405,15 @@ class Demo:
             figures = [
                 (
                     "events",
-                    f"{stats.events} ({rate:.0f}/s): buy fills {stats.buys} in {stats.buy_orders} orders, TP fills {stats.sells}",
+                    f"{stats.events} ({rate:.0f}/s): buy fills {stats.buys} in {stats.buy_orders} "
+                    f"orders, TP fills {stats.sells}",
                 ),
                 ("TP fills after the end", f"{stats.sells_after_end} (sent by the trader)"),
                 ("take-profits created", str(out.tps_created)),
                 (
                     "coverage latency",
-                    f"p50 {demo_figures.ms(p50)}, p99 {demo_figures.ms(p99)}, max {demo_figures.ms(top)} (fill event -> order acknowledged)",
+                    f"p50 {demo_figures.ms(p50)}, p99 {demo_figures.ms(p99)}, max "
+                    f"{demo_figures.ms(top)} (fill event -> order acknowledged)",
                 ),
                 (
                     "uncovered positions",

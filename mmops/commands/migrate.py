@@ -22,6 +22,7 @@ from base.clock import Clock, SystemClock
 from base.logs import one_line
 from base.settings import Settings
 from mmops import runner
+from mmops.commands.arguments import positive_int
 from mmops.commands.report import money
 from mmops.progress import Progress
 from mmops.reporting import render_table
@@ -50,11 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     cmd.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="sessions migrated concurrently (default MIGRATION_BATCH_SIZE)",
     )
-    cmd.add_argument("--limit", type=_positive, metavar="N", help="at most N sessions")
+    cmd.add_argument("--limit", type=positive_int, metavar="N", help="at most N sessions")
     cmd.add_argument(
         "--dry-run",
         action="store_true",
@@ -81,16 +82,6 @@ def _hours(text: str) -> Decimal:
         value = Decimal(-1)
     if not value.is_finite() or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a number of hours > 0, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
 
 

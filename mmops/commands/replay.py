@@ -4,7 +4,7 @@
 XRANGE and calls the group's handler on each entry directly, lanes concurrently and
 each lane in stream order, as the runtime does. It never reads, acks or claims through
 the consumer group, so the group's position and pending entries are untouched. With
-the invariants (DESIGN §4) a range that was already processed causes no effects; the
+the invariants (docs/contract.md §4) a range that was already processed causes no effects; the
 command reports the effects it did cause, measured by before/after counts over the
 replayed sessions.
 
@@ -141,8 +141,9 @@ class ReplayResult:
     def render(self) -> str:
         span = f" ({self.first} .. {self.last})" if self.first else ""
         lines = [
-            f"re-ran {self.entries} entries of {self.stream}{span} through the {self.group} handler: "
-            f"{self.handled} handled, {self.invalid} invalid (skipped), {self.deferred} not ready, {self.failed} failed",
+            f"re-ran {self.entries} entries of {self.stream}{span} through the {self.group} "
+            f"handler: {self.handled} handled, {self.invalid} invalid (skipped), {self.deferred} "
+            f"not ready, {self.failed} failed",
             f"effects: {self.total_effects} over {len(self.sessions)} sessions",
         ]
         rows = [[name, count] for name, count in self.effects.items()]
@@ -369,7 +370,8 @@ async def reset(settings: Settings, group: str, to: str, shard: int | None = Non
             old = as_text(groups[group].get("last-delivered-id") or "0-0")
             await app.redis.xgroup_setid(stream, group, to)
             print(
-                f"group {group} on {stream} moved from {old} to {to}: entries after {to} will be delivered again"
+                f"group {group} on {stream} moved from {old} to {to}: entries after {to} will be "
+                "delivered again"
             )
         return code
     finally:

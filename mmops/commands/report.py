@@ -127,7 +127,10 @@ class Report:
         return sharpe([pnl for _, pnl in self.days])
 
 
-_SCOPE = "s.migrated_at IS NOT NULL AND ($1::timestamptz IS NULL OR s.ended_at >= $1) AND ($2::text IS NULL OR s.id = $2)"
+_SCOPE = (
+    "s.migrated_at IS NOT NULL AND ($1::timestamptz IS NULL OR s.ended_at >= $1)"
+    " AND ($2::text IS NULL OR s.id = $2)"
+)
 
 
 async def build(
@@ -148,9 +151,11 @@ async def build(
             r["fills"],
         )
         for r in await conn.fetch(
-            f"""SELECT sp.symbol, sum(sp.round_trips)::int AS round_trips, sum(sp.wins)::int AS wins,
-                       sum(sp.total_pnl) AS pnl, sum(sp.total_fees) AS fees,
-                       sum(sp.avg_spread * sp.round_trips) / nullif(sum(sp.round_trips), 0) AS avg_spread,
+            f"""SELECT sp.symbol, sum(sp.round_trips)::int AS round_trips,
+                       sum(sp.wins)::int AS wins, sum(sp.total_pnl) AS pnl,
+                       sum(sp.total_fees) AS fees,
+                       sum(sp.avg_spread * sp.round_trips) / nullif(sum(sp.round_trips), 0)
+                           AS avg_spread,
                        sum(sp.total_fills)::int AS fills
                 FROM session_pairs sp JOIN sessions s ON s.id = sp.session_id
                 WHERE {_SCOPE}
@@ -252,7 +257,8 @@ def money(value: Decimal | None) -> str:
 def percent(value: Decimal | None, places: int = 1) -> str:
     if value is None:
         return "n/a"
-    return f"{(value * 100).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN, context=_EXACT)}%"
+    quantum = Decimal(1).scaleb(-places)
+    return f"{(value * 100).quantize(quantum, rounding=ROUND_HALF_EVEN, context=_EXACT)}%"
 
 
 def render(report: Report) -> str:

@@ -25,9 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser(
         "simulate",
         help="play a trader: sessions, buy fills, and sells when prices reach the TPs",
-        description="Sends session_started, buy fills (some orders in several parts), sell fills of "
-        "take-profits the random-walk price reaches (filled on the paper exchange) and session_ended "
-        "to the input stream. The trader's own events are reproducible with --seed and --tag.",
+        description="Sends session_started, buy fills (some orders in several parts), sell fills "
+        "of take-profits the random-walk price reaches (filled on the paper exchange) and "
+        "session_ended to the input stream. The trader's own events are reproducible with --seed "
+        "and --tag.",
     )
     add_trader_arguments(cmd, volatility=0.3)
     cmd.add_argument(
@@ -159,10 +160,11 @@ def summary(config: SimConfig, stats: SimStats) -> str:
         rows.append([symbol, pair.start, pair.last, f"{change:+.2f}%", pair.buys, pair.sells])
     rate = stats.events / stats.elapsed if stats.elapsed else 0.0
     head = (
-        f"simulated {stats.sessions_ended} sessions x {len(stats.pairs)} pairs in {stats.elapsed:.1f}s "
-        f"(seed {config.seed}, tag {stats.tag})\n"
-        f"events {stats.events} ({rate:.0f}/s): buy fills {stats.buys} in {stats.buy_orders} orders "
-        f"({stats.partial_orders} filled in parts), TP fills {stats.sells}\n"
+        f"simulated {stats.sessions_ended} sessions x {len(stats.pairs)} pairs in "
+        f"{stats.elapsed:.1f}s (seed {config.seed}, tag {stats.tag})\n"
+        f"events {stats.events} ({rate:.0f}/s): buy fills {stats.buys} in "
+        f"{stats.buy_orders} orders ({stats.partial_orders} filled in parts), "
+        f"TP fills {stats.sells}\n"
     )
     return head + render_table(["PAIR", "START", "END", "CHANGE", "BUYS", "TP FILLS"], rows)
 

@@ -111,22 +111,28 @@ async def collect(
             name = f"{stream['stream']}/{group['group']}"
             if group["stuck"]:
                 problems.append(
-                    f"{name}: {group['stuck']} pending entr{'y' if group['stuck'] == 1 else 'ies'} idle longer than "
-                    f"{limits.stuck_factor} x RECLAIM_IDLE_MS ({fmt_ms(stuck_ms)}): nobody reclaims them"
+                    f"{name}: {group['stuck']} pending entr{'y' if group['stuck'] == 1 else 'ies'} "
+                    f"idle longer than {limits.stuck_factor} x RECLAIM_IDLE_MS "
+                    f"({fmt_ms(stuck_ms)}): nobody reclaims them"
                 )
             backlog = group["lag"] if group["lag"] is not None else (1 if group["behind"] else 0)
             if group["live"] == 0 and (backlog or group["pending"]):
-                work = f"lag {group['lag'] if group['lag'] is not None else '?'}, {group['pending']} pending"
+                work = (
+                    f"lag {group['lag'] if group['lag'] is not None else '?'}, "
+                    f"{group['pending']} pending"
+                )
                 problems.append(f"{name}: no live consumer ({work})")
             if group["lag"] is None and group["behind"]:
                 warnings.append(
-                    f"{name}: lag unknown (entries were deleted or trimmed); the group is behind the stream"
+                    f"{name}: lag unknown (entries were deleted or trimmed); the group is behind "
+                    "the stream"
                 )
     if halt is not None:
         problems.append(f"risk halt is set ({keys.risk_halt}): the trader stops opening positions")
     if dead["newest_age_ms"] is not None and dead["newest_age_ms"] < limits.dead_window_ms:
         problems.append(
-            f"dead letter {fmt_ms(dead['newest_age_ms'])} ago ({dead['total']} in {keys.dead}; see mmops dead list)"
+            f"dead letter {fmt_ms(dead['newest_age_ms'])} ago ({dead['total']} in {keys.dead}; see "
+            "mmops dead list)"
         )
     if lease["holder"] is None:
         warnings.append("no live sweeper lease: is a sweeper running?")
@@ -336,7 +342,8 @@ def render(report: dict[str, Any]) -> str:
                 g["pending"],
                 "-"
                 if g["oldest_pending_age_ms"] is None
-                else f"{fmt_ms(g['oldest_pending_age_ms'])} (idle {fmt_ms(g['oldest_pending_idle_ms'])})",
+                else f"{fmt_ms(g['oldest_pending_age_ms'])} "
+                f"(idle {fmt_ms(g['oldest_pending_idle_ms'])})",
                 "?" if g["lag"] is None else g["lag"],
                 g["dead_letters"],
             ]

@@ -175,7 +175,8 @@ def render_sweep(report: SweepReport) -> str:
         )
     ]
     lines.append(
-        f"sessions: {report.discovered} looked at, {report.with_work} with work, {report.swept} swept"
+        f"sessions: {report.discovered} looked at, {report.with_work} with work, "
+        f"{report.swept} swept"
         + (
             f", {report.deferred} deferred to the next passes (SETTLEMENT_MAX_SESSIONS)"
             if report.deferred
@@ -201,8 +202,8 @@ def render_sweep(report: SweepReport) -> str:
     else:
         book = "open orders unavailable"
     lines.append(
-        f"exchange: {book}; reconciled {report.total('reconciled')}; filled without a "
-        f"fill event {report.total('filled_unreported')}; unknown orders {len(report.unknown_orders)}"
+        f"exchange: {book}; reconciled {report.total('reconciled')}; filled without a fill event "
+        f"{report.total('filled_unreported')}; unknown orders {len(report.unknown_orders)}"
     )
     if report.risk is not None and report.risk.limit is None:
         lines.append(
@@ -213,8 +214,8 @@ def render_sweep(report: SweepReport) -> str:
         r = report.risk
         state = "HALT" if r.halted else "ok"
         lines.append(
-            f"risk {r.day}: realized {r.realized:.2f} unrealized {r.unrealized:.2f} total {r.total:.2f} "
-            f"limit {r.limit}: {state}"
+            f"risk {r.day}: realized {r.realized:.2f} unrealized {r.unrealized:.2f} total "
+            f"{r.total:.2f} limit {r.limit}: {state}"
             + (" (set now)" if r.set_now else "")
             + (" (previous day's halt cleared)" if r.cleared else "")
             + (f"; no quote for {', '.join(r.unpriced)}" if r.unpriced else "")

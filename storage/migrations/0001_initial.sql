@@ -1,4 +1,4 @@
--- The DESIGN §2 schema: sessions, orders, fills, per-pair figures.
+-- The docs/contract.md §2 schema: sessions, orders, fills, per-pair figures.
 CREATE TABLE IF NOT EXISTS sessions (
     id            TEXT PRIMARY KEY,
     pairs         JSONB NOT NULL DEFAULT '[]'::jsonb,

@@ -338,7 +338,8 @@ class PaperExchange:
         client_id: str,
         post_only: bool = True,
     ) -> Order:
-        """Check the client id, the post-only rule and the free balance, then lock it: one script."""
+        """Check the client id, the post-only rule and the free balance, then lock it: one
+        script."""
         request = SellRequest(
             symbol=symbol, amount=amount, price=price, client_id=client_id, post_only=post_only
         )

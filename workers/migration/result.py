@@ -1,4 +1,5 @@
-"""What one session's migration came to: its status and figures (logged, tabled by `mmops migrate`)."""
+"""What one session's migration came to: its status and figures (logged, tabled by
+`mmops migrate`)."""
 
 from __future__ import annotations
 

@@ -95,7 +95,8 @@ class Migrator:
         )
 
     async def backlog(self, sid: str, upto: str) -> str | None:
-        """Why the session is not ready up to stream entry `upto` (coverage_backlog); None once it is."""
+        """Why the session is not ready up to stream entry `upto` (coverage_backlog); None once
+        it is."""
         return await coverage_backlog(self.parts.redis, self.parts.keys, sid, upto)
 
     async def record_started(self, event: SessionStarted) -> None:
