@@ -58,10 +58,13 @@ def _token(rng: random.Random, prefix: str) -> str:
     return f"{prefix}-{rng.randrange(16**8):08x}"
 
 
-def valid_entry(rng: random.Random, kind: str | None = None) -> dict[str, str]:
-    """A valid event of type `kind` (default: any of the four), its fields in XADD order."""
+def valid_entry(
+    rng: random.Random, kind: str | None = None, sessions: Sequence[str] = ()
+) -> dict[str, str]:
+    """A valid event of type `kind` (default: any of the four), its fields in XADD order;
+    of one of `sessions` (default: a session of its own)."""
     kind = kind or rng.choice(("fill", "order", "session_ended", "session_started"))
-    sid = _token(rng, "hs")
+    sid = rng.choice(sessions) if sessions else _token(rng, "hs")
     ts = str(BASE_TS + rng.randrange(10**9))
     if kind == "session_started":
         pairs = ",".join(rng.sample(SYMBOLS, rng.randint(1, 3)))
@@ -199,13 +202,19 @@ KINDS = tuple(MAKERS)
 HUGE = "value_10mb"
 
 
-def hostile_entry(rng: random.Random, kind: str) -> Pairs:
-    """One entry of `kind`, on a valid event of any type (each has an id and a number)."""
-    return MAKERS[kind](rng, valid_entry(rng))
+def hostile_entry(rng: random.Random, kind: str, sessions: Sequence[str] = ()) -> Pairs:
+    """One entry of `kind`, on a valid event of any type (each has an id and a number),
+    of one of `sessions` if given: a dead letter must leave a live session as it was."""
+    return MAKERS[kind](rng, valid_entry(rng, sessions=sessions))
 
 
 def hostile_entries(
-    rng: random.Random, n: int, *, kinds: Sequence[str] = KINDS, max_huge: int = 2
+    rng: random.Random,
+    n: int,
+    *,
+    kinds: Sequence[str] = KINDS,
+    max_huge: int = 2,
+    sessions: Sequence[str] = (),
 ) -> list[Hostile]:
     """`n` hostile entries, (kind, raw field pairs): the kinds in turn (each round in a new
     order, so every kind shows up once n >= len(kinds)); at most `max_huge` 10 MB ones,
@@ -222,7 +231,7 @@ def hostile_entries(
             if huge >= max_huge:
                 kind = "value_100kb"
             huge += 1
-        out.append((kind, hostile_entry(rng, kind)))
+        out.append((kind, hostile_entry(rng, kind, sessions)))
     return out
 
 
