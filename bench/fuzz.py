@@ -378,7 +378,9 @@ def table(report: Report) -> str:
     lines = [f"{'KIND':<24} {'SENT':>6} {'DEAD':>6}  REASON (a sample)"]
     for kind in sorted(report.rows, key=lambda k: (k == VALID, k)):
         row = report.rows[kind]
-        sample = row.reasons.most_common(1)[0][0] if row.reasons else "-"
+        # a price's reason, where the kind has one, says more than a ts's
+        ranked = sorted(row.reasons, key=lambda r: (not r.startswith("price:"), -row.reasons[r]))
+        sample = ranked[0] if ranked else "-"
         lines.append(f"{kind:<24} {row.sent:>6} {row.dead:>6}  {sample}")
     hostile = sum(r.sent for k, r in report.rows.items() if k != VALID)
     dead = sum(r.dead for r in report.rows.values())
