@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 from events.schema import EVENT_TYPES, Event, Fill, Order, SessionEnded, SessionStarted, Side
@@ -26,6 +26,7 @@ _NOT_FINITE = re.compile(r"[+-]?(?:s?nan|inf|infinity)", re.IGNORECASE)
 MAX_SIGNIFICANT = 38
 SMALLEST = Decimal("1E-18")  # a non-zero number lies in [SMALLEST, LARGEST)
 LARGEST = Decimal("1E+15")
+_PARSE = Context(traps=[InvalidOperation])  # whatever the caller's context: a bad form raises
 _MAX_TS = 10**14  # epoch ms, far beyond any real clock
 _MAX_DIGITS_TEXT = 15  # ts and counts: at most this many ASCII digits
 
@@ -80,6 +81,10 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _out_of_range(name: str, raw: str) -> EventError:
+    return EventError(name, f"out of range (from 1E-18 up to, not including, 1E+15): {_show(raw)}")
+
+
 def _decimal(name: str, raw: str, *, positive: bool) -> Decimal:
     if not _NUMBER.fullmatch(raw):
         if _NOT_FINITE.fullmatch(raw):
@@ -87,7 +92,12 @@ def _decimal(name: str, raw: str, *, positive: bool) -> Decimal:
         if raw[:1] == "-" and _NUMBER.fullmatch(raw[1:]):  # signs are not allowed: say why
             raise EventError(name, f"must be {'> 0' if positive else '>= 0'}, got {_show(raw)}")
         raise EventError(name, f"not a decimal number (plain ASCII digits): {_show(raw)}")
-    value = Decimal(raw)  # exact: construction never rounds
+    try:
+        value = Decimal(raw, _PARSE)  # exact: construction never rounds
+    except ArithmeticError:  # an exponent beyond what Decimal holds (1E+99999999999999999999)
+        if raw.partition("e")[0].partition("E")[0].strip("0."):
+            raise _out_of_range(name, raw) from None
+        value = Decimal(0)  # zero, whatever its exponent
     if not value:
         if positive:
             raise EventError(name, f"must be > 0, got {_show(raw)}")
@@ -95,9 +105,7 @@ def _decimal(name: str, raw: str, *, positive: bool) -> Decimal:
     if len(value.as_tuple().digits) > MAX_SIGNIFICANT:
         raise EventError(name, f"more than {MAX_SIGNIFICANT} significant digits: {_show(raw)}")
     if not SMALLEST <= value < LARGEST:  # exact comparisons, no context arithmetic
-        raise EventError(
-            name, f"out of range (from 1E-18 up to, not including, 1E+15): {_show(raw)}"
-        )
+        raise _out_of_range(name, raw)
     return value
 
 

@@ -125,3 +125,25 @@ async def test_purge(
     assert code == 0 and "purged 2" in out and await redis.xlen(keys.dead) == 0
     code, _, err = await mmops(env, "dead", "purge", "--before", "yesterday")
     assert code == 2 and "not a stream id" in err
+
+
+async def test_the_alert_of_a_dead_letter_shows_a_bounded_session_id(
+    settings: Settings, redis: aioredis.Redis, keys: Keys
+) -> None:
+    """Found by bench/fuzz.py: the alert copied the entry's session_id whole, so a 10 MB one
+    made a 10 MB alert (and a 10 MB webhook post); mm:dead itself kept 4 KB."""
+    huge = {"type": "session_ended", "session_id": "s-" * 5_000_000, "ts": "1"}
+    blank = {"type": "session_ended", "session_id": "s 42", "ts": "1"}
+    for fields in (huge, blank):
+        await redis.xadd(keys.stream, fields)  # type: ignore[arg-type]
+    app = await App.open(settings)
+    handler = CoverageHandler(app)
+    stats = await Runtime(app.redis, app.keys, settings, handler, "c1", stop=app.stop).run(
+        until_drained=True
+    )
+    await app.close()
+    assert stats.dead == 2
+    alerts = [fields for _, fields in await redis.xrange(keys.alerts)]
+    shown = [a[b"session_id"].decode() for a in alerts]
+    assert shown[0] == "'" + "s-" * 31 + "s…" and shown[1] == "s 42"  # 64 characters and "…"
+    assert all(sum(len(k) + len(v) for k, v in a.items()) < 1000 for a in alerts)

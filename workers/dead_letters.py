@@ -20,6 +20,7 @@ from storage.streams import Entry, Pairs
 
 log = logs.get("mmops.dead")
 
+MAX_ALERT_ID = 64  # the longest valid id (contract §1)
 MARKER_TTL_MS = 7 * 86_400_000  # longer than any group is expected to lag behind another
 _RESERVED = (b"stream", b"id", b"group", b"error", b"deliveries", b"truncated")
 
@@ -30,6 +31,14 @@ if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 return 1
 """
+
+
+def _shown(session_id: str) -> str:
+    """An entry's session id as an alert may show it: an invalid entry's may be 10 MB of
+    anything (the alert goes to the webhook), so at most 64 printable characters."""
+    if len(session_id) <= MAX_ALERT_ID and session_id.isprintable():
+        return session_id
+    return repr(session_id[:MAX_ALERT_ID])[:MAX_ALERT_ID] + "…"
 
 
 def bounded(fields: Pairs | None, max_bytes: int) -> tuple[Pairs, int]:
@@ -76,7 +85,7 @@ class DeadLetters:
                         "message": f"{stream} {entry.id} -> {self.keys.dead}: {reason}",
                         "group": group,
                         "entry_id": entry.id,
-                        "session_id": session_of(entry.fields) or "",
+                        "session_id": _shown(session_of(entry.fields) or ""),
                     },
                     maxlen=self.alerts_maxlen,
                     approximate=True,
