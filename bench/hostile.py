@@ -7,24 +7,29 @@ because redis-py's dict form keeps only the last value of a repeated field: XADD
 
 The kinds (docs/contract.md §1 says why each is invalid):
 
-| kind | the one thing wrong |
-|---|---|
-| `unknown_type` | `type` is not one of the four event types (`trade`, `FILL`, ...) |
-| `wrong_value_type` | a field holds a value of another kind: text for a number or a ts, `BUY` for a side, a symbol without `/` |
-| `missing_field` | one required field (`type` included) is left out |
-| `repeated_field` | one field is given twice; the *last* value is valid, so a reader that kept only the last value (a dict) would accept it |
-| `extra_fields` | 200 extra fields with unknown names (the entry stays under MAX_ENTRY_BYTES) |
-| `nan` / `infinity` / `exponent_1e1000` | a number field is `NaN` / `Infinity` / `1E+1000` |
-| `exponent_beyond_decimal` | a number field is `1E+99999999999999999999`: more than Decimal can hold (its construction raised InvalidOperation, not EventError, until the codec caught it) |
-| `negative` | a number field (or a ts) is `-1` |
-| `underscore` | a number field is `1_0` |
-| `blanks` | a number field is `' 2 '` |
-| `non_ascii_digits` | a number field is written with Arabic-Indic digits (`'٣'`) |
-| `id_blank` | an id (`session_id`, `fill_id`, `order_id`, `client_order_id`) has a blank in it or around it |
-| `id_65_plus` | an id of 65 to 200 characters of the allowed alphabet |
-| `value_100kb` | one field's value is 100 KB (the entry is larger than MAX_ENTRY_BYTES) |
-| `value_10mb` | one field's value is 10 MB (`max_huge` of them at most per call) |
-| `binary_junk` | one value is bytes that are not valid UTF-8 |
+- `unknown_type`: `type` is not one of the four event types (`trade`, `FILL`, ...)
+- `wrong_value_type`: a field holds a value of another kind: text for a number or a ts,
+  `BUY` for a side, a symbol without `/`
+- `missing_field`: one required field (`type` included) is left out
+- `repeated_field`: one field is given twice; the *last* value is valid, so a reader
+  that kept only the last value (a dict) would accept it
+- `extra_fields`: 200 extra fields with unknown names (the entry stays under
+  MAX_ENTRY_BYTES)
+- `nan` / `infinity` / `exponent_1e1000`: a number field is `NaN` / `Infinity` /
+  `1E+1000`
+- `exponent_beyond_decimal`: a number field is `1E+99999999999999999999`, more than
+  Decimal can hold (its construction raised InvalidOperation, not EventError, until the
+  codec caught it)
+- `negative`: a number field (or a ts) is `-1`
+- `underscore`: a number field is `1_0`
+- `blanks`: a number field is `' 2 '`
+- `non_ascii_digits`: a number field is written with Arabic-Indic digits (`'٣'`)
+- `id_blank`: an id (`session_id`, `fill_id`, `order_id`, `client_order_id`) has a blank
+  in it or around it
+- `id_65_plus`: an id of 65 to 200 characters of the allowed alphabet
+- `value_100kb`: one field's value is 100 KB (the entry is larger than MAX_ENTRY_BYTES)
+- `value_10mb`: one field's value is 10 MB (`max_huge` of them at most per call)
+- `binary_junk`: one value is bytes that are not valid UTF-8
 
 Every kind lands on a `fill`, `order`, `session_ended` or `session_started` entry that is
 valid otherwise (`valid_entry`), so the reason a worker gives is about that one thing.
