@@ -7,15 +7,18 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 import pytest
 
 from base.settings import Settings
 from mmops.app import App
+from tests.conftest import wait_for
 from tests.helpers import drain_coverage, fill, now_ms, takeprofit_entries
 from trading.exchange import Order, OrderStatus
 from trading.positions import StepStatus
+from workers.closing import Closing
 from workers.groups import runtime_for
 
 D = Decimal
@@ -175,6 +178,55 @@ async def test_a_sell_on_an_unknown_order_waits_while_a_tp_of_its_pair_is_placed
     await task
     after = await app.book.position("s-4", "o-1", fresh=True)
     assert after is not None and after.tp_filled == D("0.01") and after.closes == ()
+
+
+async def test_a_tp_confirmed_right_after_the_sells_lookup_still_owns_the_sell(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TP's placement is confirmed between the sell's look-up of `tp_order` and its look
+    at the placements in flight (found by the suite on a busy machine): the sell is still
+    that TP's fill, not a FIFO close of its own position (defect 3)."""
+    ts = now_ms()
+    await app.redis.xadd(app.keys.stream, fill("s-5", "f-1", "o-1", quantity="0.01", ts=ts))
+    await drain_coverage(app)
+    pos = await app.book.position("s-5", "o-1", fresh=True)
+    assert pos is not None
+    [step] = pos.live
+    pending = msgspec.structs.replace(step, status=StepStatus.PENDING, order_id="")
+    claimed = pos.with_step(pending)
+    await app.book.commit("s-5", [claimed], ops=app.engine.records.attempt(claimed, pending))
+    await app.redis.delete(app.keys.tp_order("s-5", step.order_id))
+    order = await app.exchange.fetch_order_by_client_id(symbol="BTC/USD", client_id=step.client_id)
+    assert order is not None
+
+    lookup = Closing._tp_owner
+    confirmed: list[bool] = []
+
+    async def confirm_right_after(self: Closing, sell: Any) -> Any:
+        found = await lookup(self, sell)
+        if not confirmed:  # the placement lands just after the sell's first look-up
+            confirmed.append(True)
+            current = await app.book.position("s-5", "o-1", fresh=True)
+            assert current is not None
+            await app.engine.confirm(current, pending, order)
+        return found
+
+    monkeypatch.setattr(Closing, "_tp_owner", confirm_right_after)
+    sell = fill(
+        "s-5", "t-1", step.order_id, side="sell", price=str(step.price), quantity="0.01",
+        fee="0.1", ts=ts + 5,
+    )  # fmt: skip
+    await app.redis.xadd(app.keys.stream, sell)
+    runtime, _ = await runtime_for("coverage", app, "c-x")
+    task = asyncio.create_task(runtime.run())
+    await wait_for(lambda: app.redis.hexists(app.keys.fills("s-5"), "t-1"), timeout=30)
+    runtime.stop.set()
+    await task
+    assert confirmed
+    after = await app.book.position("s-5", "o-1", fresh=True)
+    assert after is not None
+    assert (after.tp_filled, after.closes) == (D("0.01"), ())
+    assert after.steps[0].status == StepStatus.FILLED
 
 
 async def test_an_older_order_status_never_overwrites_a_newer_one(app: App) -> None:

@@ -56,9 +56,9 @@ class Closing:
         sid = fill.session_id
         quantity, fee = held_and_fee(fill)
         close = Close(fill.fill_id, quantity, fill.price, fee, fill.ts)
-        owner = await self._tp_owner(fill)
-        if owner is None and await self._settle_placements(fill):
-            owner = await self._tp_owner(fill)  # a placement just settled: it may be this TP's
+        owner, inflight = await self._tp_owner(fill)
+        if owner is None and await self._settle_placements(fill, inflight):
+            owner, _ = await self._tp_owner(fill)  # a placement just settled: it may be this TP's
         if owner is None:
             await self._wait_for_earlier_fills(entry, fill)
         for _ in range(MAX_TRIES):
@@ -97,15 +97,22 @@ class Closing:
         raise RuntimeError(f"positions of {sid} kept changing; will retry")
 
     # --- which position a sell belongs to ------------------------------------------------
-    async def _tp_owner(self, fill: Fill) -> str | None:
-        """The position whose TP this sell filled, or None for any other sell."""
+    async def _tp_owner(self, fill: Fill) -> tuple[str | None, dict[bytes, bytes]]:
+        """The position whose TP this sell filled (None for any other sell), and the session's
+        placements in flight.
+
+        The placements are read first, in the same pipeline (one slot, so in this order on
+        one server): a TP confirmed after that read is in flight there; one confirmed
+        before it has its `tp_order` record by the time that is read. Either way a TP that
+        this sell filled is seen: it was claimed before it could fill."""
         sid = fill.session_id
         ours = bool(fill.client_order_id and is_ours(fill.client_order_id))
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.tp_inflight(sid))
             pipe.hget(self.keys.tp_order(sid, fill.order_id), "position")
             if ours:
                 pipe.hget(self.keys.tp_clients(sid), fill.client_order_id or "")
-            replies = await pipe.execute()
+            inflight, *replies = await pipe.execute()
         if ours and replies[1] is None:
             log.warning(
                 "sell %s carries our client id %s but no step of the session claimed it",
@@ -114,15 +121,14 @@ class Closing:
                 extra={"session_id": sid},
             )
         found = [as_text(r) for r in replies if r]
-        return found[0] if found else None
+        return (found[0] if found else None), inflight
 
-    async def _settle_placements(self, fill: Fill) -> bool:
+    async def _settle_placements(self, fill: Fill, inflight: dict[bytes, bytes]) -> bool:
         """A TP of this pair claimed and not yet confirmed may be what this sell filled:
         wait while it is being placed; past the pending window, settle it (adopting the
         order by client id), after which its `tp_order` record names it. Whether any
         placement of the pair was in flight."""
         sid = fill.session_id
-        inflight = await self.redis.hgetall(self.keys.tp_inflight(sid))
         now = self.clock.now_ms()
         for raw in inflight.values():
             symbol, pid, claimed_at = as_text(raw).split("|")
