@@ -264,6 +264,22 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
             buys=(*self.buys, buy), opened_at=min(self.opened_at, buy.ts), first_entry=first
         )
 
+    def with_earlier_entry(self, fill_id: str, entry: str) -> Position | None:
+        """The buy `fill_id` was also delivered at `entry` (a replay XADDed it again): if
+        that is earlier in the stream than the entry it was recorded with (the replay was
+        handled first, the original waited at a killed consumer), the buy precedes what
+        follows `entry` after all, for FIFO. None when nothing changes."""
+        at = stream_id(entry)
+        buys = list(self.buys)
+        for i, buy in enumerate(buys):
+            if buy.fill_id == fill_id and buy.entry and at < stream_id(buy.entry):
+                buys[i] = msgspec.structs.replace(buy, entry=entry)
+                first = self.first_entry
+                if not first or at < stream_id(first):
+                    first = entry
+                return self.bump(buys=tuple(buys), first_entry=first)
+        return None
+
     def with_close(self, close: Close) -> Position:
         return self.bump(closes=(*self.closes, close))
 

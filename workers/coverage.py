@@ -28,7 +28,7 @@ from trading.book import Committed, Conflict, Duplicate, PositionBook
 from trading.exchange import Exchange, ExchangeError, Market
 from trading.fees import held_and_fee
 from trading.outcomes import Outcome, Result
-from trading.positions import Buy, new_position
+from trading.positions import Buy, Position, new_position
 from trading.takeprofit import TakeProfitEngine
 from workers.buy_batch import BuyBatch
 from workers.closing import Closing
@@ -198,15 +198,34 @@ class CoverageHandler:
                 await observed
                 if result.current is None:
                     return Outcome(Result.NOTHING)
+                current = await self._earliest_entry(result.current, fill, entry)
                 # seen before: still make sure it is covered (a crash may have come in between)
                 return await self._settle(
-                    await self.engine.cover(sid, pid, position=result.current, trigger_ms=entry.ms)
+                    await self.engine.cover(sid, pid, position=current, trigger_ms=entry.ms)
                 )
             assert isinstance(result, Conflict)
             pos = result.current or new_position(
                 session_id=sid, position_id=pid, symbol=fill.symbol, opened_at=fill.ts
             )
         raise RuntimeError(f"position {pid} kept changing; will retry")
+
+    async def _earliest_entry(self, pos: Position, fill: Fill, entry: Entry) -> Position:
+        """A buy recorded from a later delivery of the same fill (a replay handled while
+        this entry waited at a killed consumer) takes this entry's earlier stream id: a
+        FIFO sell between the two sees it (docs/contract.md §3 Closing). The sell cannot
+        have gone first: its readiness barrier waits while this entry is pending."""
+        for _ in range(MAX_TRIES):
+            changed = pos.with_earlier_entry(fill.fill_id, entry.id)
+            if changed is None:
+                return pos
+            result = await self.book.commit(pos.session_id, [changed])
+            if isinstance(result, Committed):
+                return changed
+            assert isinstance(result, Conflict)
+            if result.current is None:
+                return pos
+            pos = result.current
+        raise RuntimeError(f"position {pos.id} kept changing; will retry")
 
     async def _settle(self, outcome: Outcome) -> Outcome:
         if outcome.result is Result.BUSY:
