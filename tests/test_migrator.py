@@ -21,7 +21,7 @@ from storage.postgres import create_pool
 from storage.session_reader import FillRow, decode_fill_row, decode_position_row, ms_to_datetime
 from tests.cluster import ON_BOTH
 from tests.conftest import MakeApp, wait_for, with_search_path
-from tests.pg_proxy import PgProxy
+from bench.chaos.pg_proxy import PgProxy
 from trading.positions import decode_position
 from workers.coverage import CoverageHandler
 from workers.migration import MigrationStatus, migrate_session

@@ -23,7 +23,7 @@ from mmops.app import App
 from storage import changes, schema
 from storage.postgres import create_pool
 from tests.conftest import with_search_path
-from tests.pg_proxy import PgProxy
+from bench.chaos.pg_proxy import PgProxy
 from tests.test_migrator import (
     T0,
     alerts,
