@@ -42,4 +42,4 @@ class ChaosConfig:
 
 
 SMALL = ChaosConfig()
-FULL = ChaosConfig(duration=660.0, rate=70.0, sessions=12, pairs=8, fault_every=3.0)
+FULL = ChaosConfig(duration=720.0, rate=60.0, sessions=12, pairs=8, fault_every=2.5)

@@ -17,7 +17,7 @@ def summary(result: RunResult) -> str:
     rows.append(("violations", str(len(result.violations))))
     rows.append(("time", f"{result.seconds:.0f} s"))
     width = max(len(k) for k, _ in rows)
-    value_width = max(len(v) for _, v in rows)
+    value_width = max(5, *(len(v) for _, v in rows))
     line = f"+-{'-' * width}-+-{'-' * value_width}-+"
     out = [line, f"| {'what':<{width}} | {'count':>{value_width}} |", line]
     out += [f"| {k:<{width}} | {v:>{value_width}} |" for k, v in rows]

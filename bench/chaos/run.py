@@ -30,6 +30,7 @@ from trading.paper import PaperExchange
 
 MAXLEN = {"takeprofits": 100_000, "alerts": 10_000, "dead": 10_000}
 Progress = Callable[[str], None]
+KEEP = bool(os.environ.get("CHAOS_KEEP"))  # keep the database and the run's directory
 
 
 @dataclass
@@ -131,12 +132,12 @@ async def run_once(config: ChaosConfig, progress: Progress = print) -> RunResult
         await client.aclose()
         await proxy.close()
         await asyncio.to_thread(server.kill)
-        if os.environ.get("CHAOS_KEEP_DATABASE"):
+        if KEEP:
             progress(f"kept database {db_name}")
         else:
             await processes.drop_database(db_name)
     result.seconds = time.monotonic() - started
-    if not result.violations:
+    if not result.violations and not KEEP:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
 
