@@ -48,6 +48,7 @@ async def _main(config: ChaosConfig, shrinking: bool) -> int:
     for v in result.violations[:40]:
         print(f"VIOLATION {v.check} {v.subject}: {v.detail}")
     print(f"seed {config.seed}; replay: {config.command()} --no-shrink")
+    print(f"details: {save_failure(result, None)}", flush=True)  # before a long shrink
     shortest: RunResult | None = None
     if shrinking:
         progress("shrinking ...")
