@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install test test-fast test-cluster lint typecheck pytest demo bench clean
+.PHONY: install test test-fast test-cluster lint typecheck pytest demo bench chaos clean
 
 install: $(STAMP)
 
@@ -45,5 +45,9 @@ bench: install
 	$(BIN)/python -m bench.migrate
 	$(BIN)/python -m bench.sweep
 
+# the long chaos run (docs/chaos.md): >= 50,000 events, >= 100 kills, >= 10 Redis restarts
+chaos: install
+	$(BIN)/python -m bench.chaos --full --seed $(or $(SEED),1)
+
 clean:
-	rm -rf $(VENV) .mmops .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mmops .pytest_cache .mypy_cache .ruff_cache .chaos

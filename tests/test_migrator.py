@@ -14,6 +14,7 @@ import pytest
 
 from base.clock import ManualClock
 from base.settings import Settings
+from bench.chaos.pg_proxy import PgProxy
 from mmops.app import App
 from storage import schema
 from storage.ledger import decode_fill
@@ -21,7 +22,6 @@ from storage.postgres import create_pool
 from storage.session_reader import FillRow, decode_fill_row, decode_position_row, ms_to_datetime
 from tests.cluster import ON_BOTH
 from tests.conftest import MakeApp, wait_for, with_search_path
-from tests.pg_proxy import PgProxy
 from trading.positions import decode_position
 from workers.coverage import CoverageHandler
 from workers.migration import MigrationStatus, migrate_session

@@ -19,11 +19,11 @@ import pytest
 
 from base.clock import ManualClock
 from base.settings import Settings
+from bench.chaos.pg_proxy import PgProxy
 from mmops.app import App
 from storage import changes, schema
 from storage.postgres import create_pool
 from tests.conftest import with_search_path
-from tests.pg_proxy import PgProxy
 from tests.test_migrator import (
     T0,
     alerts,

@@ -283,8 +283,18 @@ class TakeProfitEngine:
             return await self.confirm(pos, step, order)
         if self.clock.now_ms() - step.claimed_at < self.pending_settle_ms:
             return Outcome(Result.BUSY, pos, "another caller is placing this step")
+        # Re-claim the step (CAS) before re-sending it: of the callers that found no order,
+        # one re-sends. Without it a caller whose look-up predates another's re-send could
+        # send the client id again after that order had filled, when the exchange no longer
+        # refuses the id: two orders for one step (chaos run, docs/chaos.md finding 1).
+        again = msgspec.structs.replace(step, claimed_at=self.clock.now_ms())
+        result = await self.book.commit(pos.session_id, [pos.with_step(again)])
+        if not isinstance(result, Committed):
+            current = result.current if isinstance(result, Conflict) else pos
+            return Outcome(Result.BUSY, current, "another caller is re-sending this step")
+        pos = result.positions[0]
         market = await self.exchange.market(pos.symbol)
-        return await self.place(pos, step, market)
+        return await self.place(pos, again, market)
 
     # --- repricing -----------------------------------------------------------------
     def stale_steps(self, pos: Position) -> list[Step]:

@@ -1,4 +1,4 @@
-"""A TCP proxy in front of the test PostgreSQL that a test can cut and restore.
+"""A TCP proxy in front of PostgreSQL that a test or the chaos run can cut and restore.
 
 Cutting drops every proxied connection at once and refuses new ones (the listening
 socket is closed), which is what a client sees when the server goes away; restoring

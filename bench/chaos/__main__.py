@@ -1,0 +1,3 @@
+from bench.chaos.cli import main
+
+raise SystemExit(main())
