@@ -42,8 +42,14 @@ async def test_a_pending_step_is_resent_once_when_its_order_fills_at_once(
         assert isinstance(a.exchange, PaperExchange)
         exchange_a = a.exchange
         # the trader holds more of the coin (other positions): the re-send is not short of it
-        await exchange_a.observe_fill(fill_id="f-x", order_id="o-x", symbol="BTC/USD",
-                                      side="buy", price=Decimal(64000), quantity=Decimal(1))  # fmt: skip
+        await exchange_a.observe_fill(
+            fill_id="f-x",
+            order_id="o-x",
+            symbol="BTC/USD",
+            side="buy",
+            price=Decimal(64000),
+            quantity=Decimal(1),
+        )
         real_lookup = b.exchange.fetch_order_by_client_id
 
         async def stale_lookup(**kwargs: Any) -> Any:
