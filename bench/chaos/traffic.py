@@ -21,13 +21,16 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.chaos.config import ChaosConfig
-from bench.chaos.invalid import hostile_entries
 from bench.chaos.trader import Fields, Session, Trader
+from bench.hostile import HUGE, KINDS, hostile_entries
 from storage.keys import Keys
 from trading.exchange import OrderStatus
 from trading.paper import PaperExchange
 
 TP_LOOK_S = 0.3
+# the fuzz set (bench/hostile.py) but its 10 MB values: bench.fuzz and the fuzz test send
+# those; here they would only fill the run's Redis and its AOF
+INVALID_KINDS = tuple(kind for kind in KINDS if kind != HUGE)
 FAST_FILL_SHARE = 0.35  # of a live session's TPs, filled at first sight
 
 
@@ -100,8 +103,9 @@ class Traffic:
 
     def _invalid(self) -> list[tuple[str, Fields | list[tuple[bytes, bytes]], str]]:
         self.trader.stats.invalid += 1
-        kind, fields = hostile_entries(self.rng, 1)[0]
-        sid = next((v.decode() for k, v in fields if k == b"session_id"), "cx-0")
+        own = f"cx-{self.rng.randrange(10**6)}"  # no valid session's: no state may be kept
+        [(kind, fields)] = hostile_entries(self.rng, 1, kinds=INVALID_KINDS, sessions=[own])
+        sid = next((v.decode(errors="replace") for k, v in fields if k == b"session_id"), own)
         return [(sid, fields, kind)]
 
     async def _send(self, batch: list[tuple[str, Fields | list[tuple[bytes, bytes]], str]]) -> None:
