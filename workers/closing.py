@@ -27,7 +27,7 @@ from storage.keys import Keys
 from storage.ops import Op
 from storage.redis import as_text
 from storage.streams import pending_before
-from trading.book import Conflict, PositionBook
+from trading.book import Conflict, Duplicate, PositionBook
 from trading.client_ids import is_ours
 from trading.fees import held_and_fee
 from trading.outcomes import Result
@@ -87,6 +87,9 @@ class Closing:
             result = await self.book.commit(sid, writes, fill=fill, ops=changes, entry=entry.id)
             if isinstance(result, Conflict):
                 continue
+            if isinstance(result, Duplicate):  # a redelivery: `writes` were never stored
+                await self._after_duplicate(sid, fill, owner)
+                return
             if owner is None:
                 for pos in writes:
                     if pos.over_covered > 0:
@@ -95,6 +98,18 @@ class Closing:
                 await self.engine.placer.closed(fill.symbol)  # no longer open: the cap
             return
         raise RuntimeError(f"positions of {sid} kept changing; will retry")
+
+    async def _after_duplicate(self, sid: str, fill: Fill, owner: str | None) -> None:
+        """The sell was applied before (this is a redelivery): finish what a crash after
+        that commit may have left undone, from the stored positions, never from the ones
+        this delivery computed (they were not stored: a trim of them would write their
+        second close of the same sell). A FIFO sell's positions whose TPs offer more than
+        they hold are trimmed; the sweeper does the same on its next pass."""
+        if owner is not None:
+            return
+        for pos in (await self.book.positions(sid)).values():
+            if pos.symbol == fill.symbol and pos.over_covered > 0:
+                await self.engine.trim(pos)
 
     # --- which position a sell belongs to ------------------------------------------------
     async def _tp_owner(self, fill: Fill) -> tuple[str | None, dict[bytes, bytes]]:
