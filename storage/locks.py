@@ -29,6 +29,17 @@ if not current then
 end
 return 0
 """
+# KEYS: key   ARGV: token, ttl ms, our lease — take the key if it is free or held under
+# another lease (`lease:<lease token>|<random>`); 1 if ours now
+_TAKE_FENCED = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local lease = string.match(current, '^lease:(.*)|[^|]*$')
+  if lease == nil or lease == ARGV[3] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 # KEYS: key   ARGV: token — delete only our own key
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -83,4 +94,23 @@ class Lease(TokenLock):
         except BaseException:
             self.held = False
             raise
+        return self.held
+
+
+class FencedLock(TokenLock):
+    """A lock taken under a lease (`lease:<lease token>|<random>`). The holder of the lease
+    takes over a lock held under another lease at once, not after its TTL: that lease is
+    lost, so the pass that took the lock has stopped (a pass checks its lease before every
+    action: workers/lease.py) or its process died. A lock taken without a lease (another
+    token shape) is waited out as usual."""
+
+    def __init__(self, redis: AnyRedis, key: str, ttl_ms: int, *, lease: str) -> None:
+        super().__init__(redis, key, ttl_ms, token=f"lease:{lease}|{secrets.token_hex(4)}")
+        self.lease = lease
+        self._take = redis.register_script(_TAKE_FENCED)
+
+    async def acquire(self) -> bool:
+        self.held = bool(
+            await self._take(keys=[self.key], args=[self.token, self.ttl_ms, self.lease])
+        )
         return self.held

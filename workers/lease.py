@@ -102,6 +102,13 @@ class Guard:
     def lease_valid(self) -> bool:
         return self.keeper is None or self.keeper.valid()
 
+    @property
+    def lease(self) -> str | None:
+        """The lease's token while it is held (None without a keeper)."""
+        if self.keeper is None or not self.keeper.lease.held:
+            return None
+        return self.keeper.lease.token
+
     def check(self) -> None:
         if not self.lease_valid():
             raise PassStopped("the sweeper lease is lost")

@@ -27,7 +27,7 @@ from pathlib import Path
 from base import logs
 from base.clock import iso
 from base.logs import one_line
-from storage.locks import TokenLock
+from storage.locks import FencedLock, TokenLock
 from storage.scripts import Script, load, queue
 from trading.exchange import ExchangeError
 from trading.outcomes import Outcome, Result
@@ -177,7 +177,12 @@ class SessionSweep:
         started = time.perf_counter()
         report = SessionReport(sid)
         self.guard.check()
-        lock = TokenLock(self.redis, self.keys.settlement_lock(sid), LOCK_TTL_MS)
+        key, lease = self.keys.settlement_lock(sid), self.guard.lease
+        lock = (
+            FencedLock(self.redis, key, LOCK_TTL_MS, lease=lease)
+            if lease is not None
+            else TokenLock(self.redis, key, LOCK_TTL_MS)
+        )
         locked = await lock.acquire()
         try:
             await self._sweep(sid, book, report, view, locked=locked)
