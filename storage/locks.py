@@ -29,14 +29,11 @@ if not current then
 end
 return 0
 """
-# KEYS: key   ARGV: token, ttl ms, our lease — take the key if it is free or held under
-# another lease (`lease:<lease token>|<random>`); 1 if ours now
+# KEYS: key   ARGV: token, ttl ms — take the key if it is free or held under a lease
+# (`lease:<lease token>|<random>`); 1 if ours now
 _TAKE_FENCED = """
 local current = redis.call('GET', KEYS[1])
-if current then
-  local lease = string.match(current, '^lease:(.*)|[^|]*$')
-  if lease == nil or lease == ARGV[3] then return 0 end
-end
+if current and string.sub(current, 1, 6) ~= 'lease:' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
@@ -98,11 +95,13 @@ class Lease(TokenLock):
 
 
 class FencedLock(TokenLock):
-    """A lock taken under a lease (`lease:<lease token>|<random>`). The holder of the lease
-    takes over a lock held under another lease at once, not after its TTL: that lease is
-    lost, so the pass that took the lock has stopped (a pass checks its lease before every
-    action: workers/lease.py) or its process died. A lock taken without a lease (another
-    token shape) is waited out as usual."""
+    """A lock taken under a lease (`lease:<lease token>|<random>`), by its holder only. It
+    takes over a lock taken under a lease at once, not after its TTL. Under another lease:
+    that lease is lost, so the pass that took the lock has stopped (a pass checks its lease
+    before every action: workers/lease.py) or its process died. Under its own: a sweep of
+    an earlier pass that could not release it (Redis went away; a holder sweeps a session
+    once at a time). A lock taken without a lease (another token shape, `sweep --once`)
+    is waited out as usual."""
 
     def __init__(self, redis: AnyRedis, key: str, ttl_ms: int, *, lease: str) -> None:
         super().__init__(redis, key, ttl_ms, token=f"lease:{lease}|{secrets.token_hex(4)}")
@@ -110,7 +109,5 @@ class FencedLock(TokenLock):
         self._take = redis.register_script(_TAKE_FENCED)
 
     async def acquire(self) -> bool:
-        self.held = bool(
-            await self._take(keys=[self.key], args=[self.token, self.ttl_ms, self.lease])
-        )
+        self.held = bool(await self._take(keys=[self.key], args=[self.token, self.ttl_ms]))
         return self.held
