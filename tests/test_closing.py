@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -22,13 +21,6 @@ from workers.closing import Closing
 from workers.groups import runtime_for
 
 D = Decimal
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings)
-    yield app
-    await app.close()
 
 
 async def live_tp_quantity(app: App, sid: str, pid: str) -> Decimal:

@@ -10,25 +10,14 @@ contract's §3 Closing says, not Y's."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
-import pytest
-
-from base.settings import Settings
 from mmops.app import App
 from tests.conftest import wait_for
 from tests.helpers import fill, now_ms
 from workers.groups import runtime_for
 
 D = Decimal
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings)
-    yield app
-    await app.close()
 
 
 def sol(

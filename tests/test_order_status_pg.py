@@ -16,11 +16,11 @@ import msgspec
 import pytest
 
 from base.clock import ManualClock
-from base.settings import Settings
 from events import Order
 from mmops.app import App
 from storage.orders import status_rank
 from storage.session_reader import ms_to_datetime
+from tests.conftest import MakeApp
 from tests.test_migrator import T0, drain_coverage, drain_migrator, fill, send
 from workers.migration import MigrationStatus, migrate_session
 from workers.migration.in_step import InStep
@@ -30,10 +30,8 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings, clock=ManualClock(T0 + 60_000))
-    yield app
-    await app.close()
+async def app(make_app: MakeApp) -> App:
+    return await make_app(clock=ManualClock(T0 + 60_000))
 
 
 @pytest.fixture

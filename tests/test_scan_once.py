@@ -18,10 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from base.clock import ManualClock
-from base.settings import Settings
 from mmops.app import App
 from storage import session_reader as reader
 from storage.keys import Keys
+from tests.conftest import MakeApp
 from tests.test_migrator import T0, full_session, table
 from workers.migration import MigrationStatus, migrate_session
 
@@ -133,10 +133,8 @@ async def _walk(redis: aioredis.Redis, key: str, *, raw: bool) -> int:
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings, clock=ManualClock(T0 + 60_000))
-    yield app
-    await app.close()
+async def app(make_app: MakeApp) -> App:
+    return await make_app(clock=ManualClock(T0 + 60_000))
 
 
 async def test_a_revisited_position_or_tp_order_counts_once(app: App, pg: asyncpg.Pool) -> None:

@@ -6,12 +6,10 @@ by the trim that follows either."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
 
-from base.settings import Settings
 from events import Fill, decode
 from mmops.app import App
 from storage.streams import Entry
@@ -20,13 +18,6 @@ from trading.positions import Position
 from workers.closing import Closing
 
 D = Decimal
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings)
-    yield app
-    await app.close()
 
 
 async def test_a_redelivered_fifo_sell_never_writes_its_close_twice(

@@ -23,7 +23,7 @@ from bench.chaos.pg_proxy import PgProxy
 from mmops.app import App
 from storage import changes, schema
 from storage.postgres import create_pool
-from tests.conftest import with_search_path
+from tests.conftest import MakeApp, with_search_path
 from tests.test_migrator import (
     T0,
     alerts,
@@ -50,10 +50,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object, clock: ManualClock) -> AsyncIterator[App]:
-    app = await App.open(settings, clock=clock)
-    yield app
-    await app.close()
+async def app(make_app: MakeApp, clock: ManualClock) -> App:
+    return await make_app(clock=clock)
 
 
 @pytest.fixture

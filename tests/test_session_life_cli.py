@@ -11,9 +11,9 @@ import asyncpg
 import pytest
 
 from base.clock import ManualClock
-from base.settings import Settings
 from mmops.app import App
 from mmops.commands import report
+from tests.conftest import MakeApp
 from tests.helpers import now_ms
 from tests.test_migrator import T0, drain_coverage, drain_migrator, send
 from tests.test_session_life import buy, exit_pnl, tp_fill
@@ -25,10 +25,8 @@ D = Decimal
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings, clock=ManualClock(T0 + 60_000))
-    yield app
-    await app.close()
+async def app(make_app: MakeApp) -> App:
+    return await make_app(clock=ManualClock(T0 + 60_000))
 
 
 @pytest.fixture

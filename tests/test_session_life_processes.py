@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -16,7 +16,6 @@ from typing import IO, Any
 import asyncpg
 import pytest
 
-from base.settings import Settings
 from mmops.app import App
 from storage import changes
 from tests.conftest import MMOPS, wait_for
@@ -76,13 +75,6 @@ def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Migrato
     yield launch
     for proc in started:
         proc.close()
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings)
-    yield app
-    await app.close()
 
 
 async def buy(app: App, sid: str, fid: str, oid: str, ts: int) -> None:

@@ -3,18 +3,16 @@ is closed, in PostgreSQL and SESSION_RETENTION_DAYS old; the alert stream is cap
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import asyncpg
 import pytest
 
 from base.clock import ManualClock
-from base.settings import Settings
 from mmops.app import App
 from storage.alerts import write_alert
 from storage.changes import is_synced
+from tests.conftest import MakeApp
 from tests.helpers import drain, drain_coverage, fill, now_ms
 from trading.paper import PaperExchange
 from workers.migration import MigrationStatus, migrate_session
@@ -31,14 +29,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def app(
-    settings: Settings, redis: object, pg: asyncpg.Pool, clock: ManualClock
-) -> AsyncIterator[App]:
-    app = await App.open(
-        dataclasses.replace(settings, session_retention_days=RETENTION_DAYS), clock=clock
-    )
-    yield app
-    await app.close()
+async def app(make_app: MakeApp, pg: asyncpg.Pool, clock: ManualClock) -> App:
+    return await make_app(clock=clock, session_retention_days=RETENTION_DAYS)
 
 
 def paper(app: App) -> PaperExchange:

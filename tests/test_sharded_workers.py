@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import asyncpg
@@ -40,13 +39,6 @@ HOUR = 3_600_000
 def settings(settings: Settings) -> Settings:
     """The test's settings with the input stream in 3 shards (keys, env and apps follow)."""
     return dataclasses.replace(settings, stream_shards=SHARDS)
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    opened = await App.open(settings)
-    yield opened
-    await opened.close()
 
 
 def sessions(per_shard: int) -> dict[int, list[str]]:

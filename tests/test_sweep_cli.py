@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from decimal import ROUND_DOWN, Decimal
 
 import pytest
 
-from base.settings import Settings
 from mmops.app import App
 from tests.conftest import MMOPS, wait_for
 from trading.paper import split_symbol, to_units
@@ -24,13 +22,6 @@ PAIRS = [
     ("XRP/USD", "0.6", "20"),
     ("DOT/USD", "7.1", "5"),
 ]
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings)
-    yield app
-    await app.close()
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

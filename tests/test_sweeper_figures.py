@@ -8,13 +8,10 @@ positions: a seeded random walk of position changes checks it at every step.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import msgspec
-import pytest
 
-from base.settings import Settings
 from mmops.app import App
 from tests.helpers import drain_coverage, fill, now_ms
 from trading.positions import Buy, Close, Step, StepStatus, encode_position, new_position
@@ -24,13 +21,6 @@ from workers.sweeper import Sweeper
 
 D = Decimal
 HOUR = 3_600_000
-
-
-@pytest.fixture
-async def app(settings: Settings, redis: object) -> AsyncIterator[App]:
-    app = await App.open(settings)
-    yield app
-    await app.close()
 
 
 def summary(view: SessionView) -> dict[str, object]:
