@@ -63,16 +63,17 @@ def cost_per_unit(buys: Iterable[tuple[Decimal, Decimal, Decimal]]) -> Decimal:
     return unit_cost(cost, quantity)
 
 
-@computed_in(UP)
 def round_up(value: Decimal, step: Decimal) -> Decimal:
-    """The smallest multiple of `step` >= value (value, step > 0)."""
-    return (value / step).to_integral_value(rounding=ROUND_UP) * step
+    """The smallest multiple of `step` >= value (value, step > 0), computed in UP (its
+    methods, not a switch of the current context: the hot path)."""
+    whole = UP.divide(value, step).to_integral_value(rounding=ROUND_UP, context=UP)
+    return UP.multiply(whole, step)
 
 
-@computed_in(DOWN)
 def round_down(value: Decimal, step: Decimal) -> Decimal:
-    """The largest multiple of `step` <= value (value, step > 0)."""
-    return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
+    """The largest multiple of `step` <= value (value, step > 0), computed in DOWN."""
+    whole = DOWN.divide(value, step).to_integral_value(rounding=ROUND_DOWN, context=DOWN)
+    return DOWN.multiply(whole, step)
 
 
 def tp_price(unit_cost: Decimal, target: Decimal, maker_fee: Decimal, tick: Decimal) -> Decimal:
@@ -115,6 +116,7 @@ class TakeProfitQuote:
     dust: bool
 
 
+@computed_in(MONEY)  # one switch for the tier and the cost (each computed in MONEY)
 def quote_take_profit(
     *,
     buys: Sequence[tuple[Decimal, Decimal, Decimal]],
