@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_UP, Decimal, localcontext
 
+import msgspec
+
 from base.money import DOWN, MONEY, UP, computed_in
 from trading.exchange import Market
 from trading.pnl import buy_cost, unit_cost
@@ -108,8 +110,7 @@ def is_dust(amount: Decimal, price: Decimal, market: Market) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TakeProfitQuote:
+class TakeProfitQuote(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # one per fill
     amount: Decimal
     price: Decimal
     tier: int
