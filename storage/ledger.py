@@ -142,8 +142,7 @@ def decode_fill(raw: bytes) -> Fill:
     return _fill_decoder.decode(raw)
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(msgspec.Struct, frozen=True, gc=False):  # 2 per fill: a struct is built in C
     """A document's next version: stored only if the stored version is still `expected`."""
 
     id: str
@@ -176,8 +175,7 @@ class VersionMoved:
 CommitReply = Applied | AlreadyRecorded | VersionMoved
 
 
-@dataclass(frozen=True, slots=True)
-class Group:
+class Group(msgspec.Struct, frozen=True):  # 2 per fill: a struct is built in C
     """One change of a `commit_many`: its fills (each recorded once: the group applies only
     if none was recorded before), its documents' next versions and its side effects."""
 
