@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, ROUND_UP, Decimal, localcontext
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 import msgspec
 
@@ -88,10 +88,8 @@ def tp_price_of(
 ) -> Decimal:
     """cost × (1 + target) / (quantity × (1 − maker_fee)), rounded up to the tick: never
     below the exact value (numerator rounded up, denominator down; module docstring)."""
-    with localcontext(UP):
-        numerator = cost * (1 + target)
-    with localcontext(DOWN):
-        denominator = quantity * (1 - maker_fee)
+    numerator = UP.multiply(cost, UP.add(1, target))  # the contexts' own methods: no copy
+    denominator = DOWN.multiply(quantity, DOWN.subtract(1, maker_fee))
     raw = UP.divide(numerator, denominator)
     return round_up(raw, tick).quantize(tick, context=MONEY)
 
