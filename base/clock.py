@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ class ManualClock:
         self.ms += int((hours * 3600 + minutes * 60 + seconds) * 1000)
 
 
+@functools.lru_cache(maxsize=256)  # the hot path formats the same few ms over and over
 def iso(ms: int) -> str:
     """ISO-8601 UTC with milliseconds, e.g. 2026-11-21T09:45:18.123Z."""
     return (

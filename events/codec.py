@@ -203,7 +203,17 @@ Fields = Mapping[Any, Any] | Sequence[tuple[Any, Any]]
 """An entry's fields: a map, or the (name, value) pairs of a raw reply (names may repeat)."""
 
 
+_TUPLE, _TWO = frozenset({tuple}), frozenset({2})
+
+
 def field_pairs(fields: Fields) -> Sequence[tuple[Any, Any]]:
+    # the hot path (a raw reply's pairs: a list, never a Mapping), checked in C
+    if (
+        type(fields) is list
+        and _TUPLE.issuperset(map(type, fields))
+        and _TWO.issuperset(map(len, fields))
+    ):
+        return fields
     if isinstance(fields, Mapping):
         return list(fields.items())
     if isinstance(fields, list | tuple) and all(

@@ -10,17 +10,20 @@ exact decimal counter Redis has no command for).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Literal
+
+import msgspec
 
 Arg = str | int
 OpKind = Literal["call", "decimal_incrby"]
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One command for the commit script: `kind` says how the script runs `args`."""
+class Op(msgspec.Struct, frozen=True, gc=False):
+    """One command for the commit script: `kind` says how the script runs `args`.
+
+    A frozen msgspec struct (like the documents): ~9 are built per fill on the coverage
+    hot path, and one is built in a quarter of a frozen dataclass's time."""
 
     kind: OpKind
     args: tuple[Arg, ...]

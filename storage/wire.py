@@ -15,6 +15,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
+# hiredis refuses a bytearray and packs a non-contiguous memoryview unlike bytes(view):
+# those go through bytes() first, as in redis-py's serializer
+_BUFFERS = frozenset({bytearray, memoryview})
+
 
 class _HiredisPacking:
     def pack_command(self, *args: Any) -> list[bytes]:
@@ -22,6 +26,11 @@ class _HiredisPacking:
             args = tuple(args[0].encode().split()) + args[1:]
         elif b" " in args[0]:
             args = tuple(args[0].split()) + args[1:]
+        if _BUFFERS.isdisjoint(map(type, args)):  # the usual case: packed as they are
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass  # a bytearray's subclass, or what nothing packs: the way below says
         args = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
         try:
             return [hiredis.pack_command(args)]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+import msgspec
 
 from trading.positions import Position
 
@@ -23,8 +24,7 @@ class Result(enum.StrEnum):
     FILLED = "filled"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):  # 1-2 per fill: a struct is built in C
     result: Result
     position: Position | None = None
     reason: str = ""

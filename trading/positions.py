@@ -83,9 +83,11 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=Fal
         return self.qty - self.cancelled if self.status in COVERING else ZERO
 
     @property
-    @computed_in(MONEY)
     def filled(self) -> Decimal:
-        return sum((f.qty for f in self.fills), ZERO)
+        total = ZERO
+        for f in self.fills:  # in MONEY by its methods: no switch of context (the hot path)
+            total = MONEY.add(total, f.qty)
+        return total
 
 
 @computed_in(MONEY)
@@ -171,6 +173,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
         return self.totals().tp_filled
 
     @property
+    @computed_in(MONEY)  # one switch for the totals and their uncovered (each in MONEY)
     def uncovered(self) -> Decimal:
         return self.totals().uncovered
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, ROUND_UP, Decimal, localcontext
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
+
+import msgspec
 
 from base.money import DOWN, MONEY, UP, computed_in
 from trading.exchange import Market
@@ -63,16 +65,17 @@ def cost_per_unit(buys: Iterable[tuple[Decimal, Decimal, Decimal]]) -> Decimal:
     return unit_cost(cost, quantity)
 
 
-@computed_in(UP)
 def round_up(value: Decimal, step: Decimal) -> Decimal:
-    """The smallest multiple of `step` >= value (value, step > 0)."""
-    return (value / step).to_integral_value(rounding=ROUND_UP) * step
+    """The smallest multiple of `step` >= value (value, step > 0), computed in UP (its
+    methods, not a switch of the current context: the hot path)."""
+    whole = UP.divide(value, step).to_integral_value(rounding=ROUND_UP, context=UP)
+    return UP.multiply(whole, step)
 
 
-@computed_in(DOWN)
 def round_down(value: Decimal, step: Decimal) -> Decimal:
-    """The largest multiple of `step` <= value (value, step > 0)."""
-    return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
+    """The largest multiple of `step` <= value (value, step > 0), computed in DOWN."""
+    whole = DOWN.divide(value, step).to_integral_value(rounding=ROUND_DOWN, context=DOWN)
+    return DOWN.multiply(whole, step)
 
 
 def tp_price(unit_cost: Decimal, target: Decimal, maker_fee: Decimal, tick: Decimal) -> Decimal:
@@ -85,10 +88,8 @@ def tp_price_of(
 ) -> Decimal:
     """cost × (1 + target) / (quantity × (1 − maker_fee)), rounded up to the tick: never
     below the exact value (numerator rounded up, denominator down; module docstring)."""
-    with localcontext(UP):
-        numerator = cost * (1 + target)
-    with localcontext(DOWN):
-        denominator = quantity * (1 - maker_fee)
+    numerator = UP.multiply(cost, UP.add(1, target))  # the contexts' own methods: no copy
+    denominator = DOWN.multiply(quantity, DOWN.subtract(1, maker_fee))
     raw = UP.divide(numerator, denominator)
     return round_up(raw, tick).quantize(tick, context=MONEY)
 
@@ -107,14 +108,14 @@ def is_dust(amount: Decimal, price: Decimal, market: Market) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TakeProfitQuote:
+class TakeProfitQuote(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # one per fill
     amount: Decimal
     price: Decimal
     tier: int
     dust: bool
 
 
+@computed_in(MONEY)  # one switch for the tier and the cost (each computed in MONEY)
 def quote_take_profit(
     *,
     buys: Sequence[tuple[Decimal, Decimal, Decimal]],

@@ -47,6 +47,7 @@ from trading.pricing import round_up
 from trading.tp_records import Refusal, TpRecords
 
 log = logs.get("mmops.takeprofit")
+_CREATED = TAKEPROFITS.labels("created")  # the child, looked up once (the hot path)
 
 
 class StepSettler:
@@ -241,7 +242,7 @@ class StepSettler:
         log.debug(
             "TP %s placed", order.id, extra={"session_id": pos.session_id, "position_id": pos.id}
         )
-        TAKEPROFITS.labels("created").inc()
+        _CREATED.inc()
         if done.status != StepStatus.LIVE:
             await self.placer.closed(pos.symbol)
 

@@ -16,7 +16,6 @@ changes; `cover` and `resolve_pending` compose them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 
 import msgspec
@@ -48,8 +47,7 @@ from trading.tp_records import Refusal, TpRecords
 log = logs.get("mmops.takeprofit")
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(msgspec.Struct, frozen=True):  # 2 per fill: a struct is built in C
     """What covering a position takes: the position to commit, its claimed step, side effects."""
 
     position: Position

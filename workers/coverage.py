@@ -10,7 +10,6 @@ change nothing. Sells are workers/closing.py's.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Sequence
 
 import msgspec
@@ -177,7 +176,7 @@ class CoverageHandler:
             bought = pos.with_buy(buy)
             plan = None if market is None else self.engine.plan(bought, market, trigger_ms=entry.ms)
             if plan is not None:  # one version step for the fill and the claim together
-                plan = dataclasses.replace(
+                plan = msgspec.structs.replace(
                     plan, position=msgspec.structs.replace(plan.position, v=bought.v)
                 )
             writes = [plan.position if plan is not None else bought]

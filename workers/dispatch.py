@@ -128,6 +128,7 @@ class Dispatch:
             log.warning("bulk handling of %d entries failed: %s", len(bulk), one_line(exc))
             return
         elapsed = time.perf_counter() - started
+        latency = metrics.LATENCY.labels(self.group)
         for k, outcome in zip(bulk, outcomes, strict=True):
             if outcome == NOT_HANDLED:
                 continue
@@ -136,7 +137,7 @@ class Dispatch:
                 entry = items[k][0]
                 done.append(entry.id)
                 self.handled.add(entry.id)
-                metrics.LATENCY.labels(self.group).observe(elapsed / len(bulk))
+                latency.observe(elapsed / len(bulk))
 
     async def _run_entry(
         self,

@@ -8,7 +8,16 @@ round DOWN and debits and fees round UP.
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, Decimal, localcontext
+from decimal import (
+    ROUND_DOWN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
 
 from trading.exchange import PermanentError
 
@@ -16,9 +25,21 @@ UNIT_EXP = 8  # balances and order amounts are integers of 1e-8
 PRICE_EXP = 18  # prices compared inside Lua are integers of 1e-18
 MAX_UNITS = 10**18  # 1e10 of an asset: far below HINCRBY's 64-bit limit
 
+# The caller's context at 60 digits computes these; when no step is inexact at 60 digits
+# (nearly always) no rounding mode was used, so this shared context gives the same result
+# without copying the caller's (the hot path: a few per fill). An inexact step traps and
+# is computed again in the caller's context. Emin/Emax are the defaults, as in every
+# context mmops computes in (base/money.py).
+_EXACT_60 = Context(prec=60, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
+
 
 def round_to_step(value: Decimal, step: Decimal, rounding: str) -> Decimal:
     """value rounded to a multiple of step (any step, not only powers of ten)."""
+    try:
+        whole = _EXACT_60.divide(value, step).to_integral_value(rounding=rounding)
+        return _EXACT_60.multiply(whole, step)
+    except Inexact:
+        pass
     with localcontext() as ctx:
         ctx.prec = 60
         return (value / step).to_integral_value(rounding=rounding) * step
@@ -26,6 +47,10 @@ def round_to_step(value: Decimal, step: Decimal, rounding: str) -> Decimal:
 
 def to_units(value: Decimal, rounding: str, exp: int = UNIT_EXP) -> int:
     """value as an integer count of 10**-exp, rounded as asked."""
+    try:
+        return int(value.scaleb(exp, context=_EXACT_60).to_integral_value(rounding=rounding))
+    except Inexact:
+        pass
     with localcontext() as ctx:
         ctx.prec = 60
         return int(value.scaleb(exp).to_integral_value(rounding=rounding))
