@@ -46,6 +46,7 @@ from storage.keys import Keys
 from storage.servers import Servers, ensure_servers
 from trading.exchange import Exchange
 from workers.groups import runtime_for
+from workers.migrator import MigratorHandler
 from workers.runtime import Runtime
 
 pytest_plugins = ("tests.cluster",)  # the local Redis Cluster fixtures
@@ -330,6 +331,14 @@ async def make_app(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[M
 async def app(make_app: MakeApp) -> App:
     """An App on this test's settings, system clock and paper exchange."""
     return await make_app()
+
+
+@pytest.fixture
+async def migrator(app: App, pg: asyncpg.Pool) -> AsyncIterator[MigratorHandler]:
+    """The migrator's handler on this test's App (a module's own `app`, when it has one)."""
+    handler = await MigratorHandler.create(app)
+    yield handler
+    await handler.close()
 
 
 class MakeWorker(Protocol):

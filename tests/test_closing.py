@@ -16,7 +16,7 @@ from mmops.app import App
 from tests.conftest import wait_for
 from tests.helpers import drain_coverage, fill, now_ms, takeprofit_entries
 from trading.exchange import Order, OrderStatus
-from trading.positions import StepStatus
+from trading.positions import Step, StepStatus
 from workers.closing import Closing
 from workers.groups import runtime_for
 
@@ -132,22 +132,28 @@ async def test_a_tp_fill_that_beats_the_confirmation_closes_its_own_position(app
     assert o2.steps[0].status == StepStatus.FILLED
 
 
+async def tp_placed_not_confirmed(app: App, sid: str, ts: int) -> tuple[Step, Step]:
+    """A buy `o-1` whose TP was placed on the exchange but, as a slow placer leaves it, is
+    only claimed in mmops (pending, no `tp_order` record): (the placed step, its claim)."""
+    await app.redis.xadd(app.keys.stream, fill(sid, "f-1", "o-1", quantity="0.01", ts=ts))
+    await drain_coverage(app)
+    pos = await app.book.position(sid, "o-1", fresh=True)
+    assert pos is not None
+    [step] = pos.live
+    pending = msgspec.structs.replace(step, status=StepStatus.PENDING, order_id="")
+    claimed = pos.with_step(pending)
+    await app.book.commit(sid, [claimed], ops=app.engine.records.attempt(claimed, pending))
+    await app.redis.delete(app.keys.tp_order(sid, step.order_id))
+    return step, pending
+
+
 async def test_a_sell_on_an_unknown_order_waits_while_a_tp_of_its_pair_is_placed(
     app: App,
 ) -> None:
     """A step claimed and not yet confirmed: the sell on an order id mmops has not recorded yet
     waits; once the placement is confirmed it is that TP's fill (defect 3)."""
     ts = now_ms()
-    await app.redis.xadd(app.keys.stream, fill("s-4", "f-1", "o-1", quantity="0.01", ts=ts))
-    await drain_coverage(app)
-    pos = await app.book.position("s-4", "o-1", fresh=True)
-    assert pos is not None
-    [step] = pos.live
-    # roll the step back to "claimed, not confirmed" as a slow placer leaves it
-    pending = msgspec.structs.replace(step, status=StepStatus.PENDING, order_id="")
-    claimed = pos.with_step(pending)
-    await app.book.commit("s-4", [claimed], ops=app.engine.records.attempt(claimed, pending))
-    await app.redis.delete(app.keys.tp_order("s-4", step.order_id))
+    step, pending = await tp_placed_not_confirmed(app, "s-4", ts)
     sell = fill(
         "s-4", "t-1", step.order_id, side="sell", price=str(step.price), quantity="0.01",
         fee="0.1", ts=ts + 5,
@@ -179,15 +185,7 @@ async def test_a_tp_confirmed_right_after_the_sells_lookup_still_owns_the_sell(
     at the placements in flight (found by the suite on a busy machine): the sell is still
     that TP's fill, not a FIFO close of its own position (defect 3)."""
     ts = now_ms()
-    await app.redis.xadd(app.keys.stream, fill("s-5", "f-1", "o-1", quantity="0.01", ts=ts))
-    await drain_coverage(app)
-    pos = await app.book.position("s-5", "o-1", fresh=True)
-    assert pos is not None
-    [step] = pos.live
-    pending = msgspec.structs.replace(step, status=StepStatus.PENDING, order_id="")
-    claimed = pos.with_step(pending)
-    await app.book.commit("s-5", [claimed], ops=app.engine.records.attempt(claimed, pending))
-    await app.redis.delete(app.keys.tp_order("s-5", step.order_id))
+    step, pending = await tp_placed_not_confirmed(app, "s-5", ts)
     order = await app.exchange.fetch_order_by_client_id(symbol="BTC/USD", client_id=step.client_id)
     assert order is not None
 

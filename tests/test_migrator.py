@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -38,13 +37,6 @@ MONEY = D("1e-10")
 @pytest.fixture
 async def app(make_app: MakeApp) -> App:
     return await make_app(clock=ManualClock(T0 + 60_000))
-
-
-@pytest.fixture
-async def migrator(app: App, pg: asyncpg.Pool) -> AsyncIterator[MigratorHandler]:
-    handler = await MigratorHandler.create(app)
-    yield handler
-    await handler.close()
 
 
 # --- builders -------------------------------------------------------------------------

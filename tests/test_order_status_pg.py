@@ -8,7 +8,6 @@ range rebuilt it, say) nor a sync after the end moves a status backwards.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import asyncpg
@@ -32,13 +31,6 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 @pytest.fixture
 async def app(make_app: MakeApp) -> App:
     return await make_app(clock=ManualClock(T0 + 60_000))
-
-
-@pytest.fixture
-async def migrator(app: App, pg: asyncpg.Pool) -> AsyncIterator[MigratorHandler]:
-    handler = await MigratorHandler.create(app)
-    yield handler
-    await handler.close()
 
 
 def event(sid: str, oid: str, status: str, ts: int) -> Order:

@@ -4,11 +4,9 @@ reclaims), crash points, SIGTERM mid-batch, and a Redis restarted under a runnin
 from __future__ import annotations
 
 import signal
-import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import IO
 
 import orjson
 import pytest
@@ -18,7 +16,8 @@ from base.faults import POINTS
 from events import Fill, encode
 from storage.keys import Keys
 from storage.servers import RedisProcess, free_port
-from tests.conftest import MMOPS, wait_for
+from tests.conftest import wait_for
+from tests.processes import Launch, launcher
 from trading.positions import StepStatus, decode_position
 from workers.coverage import GROUP
 
@@ -58,55 +57,10 @@ async def seed(redis: aioredis.Redis, keys: Keys, numbers: range) -> list[str]:
     return [i.decode() for i in ids]
 
 
-class Worker:
-    """One `mmops coverage` process; its stdout and stderr go to a file (no pipes to drain)."""
-
-    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
-        self.log = log
-        self._out: IO[bytes] = log.open("wb")
-        self.proc = subprocess.Popen(
-            [*MMOPS, "coverage", *args],
-            env=env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    async def exited(self, within: float = 20.0) -> int:
-        async def done() -> bool:
-            return self.proc.poll() is not None
-
-        await wait_for(done, timeout=within)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._out.close()
-
-
 @pytest.fixture
-def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
-
-    def launch(name: str, *args: str, **variables: str) -> Worker:
-        worker = Worker(
-            {**env, "CONSUMER_NAME": name, "LOG_LEVEL": "INFO", **variables},
-            tmp_path / f"{name}.log",
-            *args,
-        )
-        started.append(worker)
-        return worker
-
-    yield launch
-    for worker in started:
-        worker.close()
+def start(env: dict[str, str], tmp_path: Path) -> Iterator[Launch]:
+    with launcher("coverage", env, tmp_path, LOG_LEVEL="INFO") as launch:
+        yield launch
 
 
 async def count_tps(redis: aioredis.Redis, keys: Keys) -> int:
@@ -200,7 +154,7 @@ async def mid_batch(redis: aioredis.Redis, keys: Keys, batch: int, ids: list[str
 async def test_a_worker_killed_mid_batch_is_reclaimed_by_another(
     redis: aioredis.Redis,
     keys: Keys,
-    start: Callable[..., Worker],
+    start: Launch,
 ) -> None:
     batch, total = 200, 1200
     ids = await seed(redis, keys, range(total))
@@ -241,7 +195,7 @@ async def test_a_worker_killed_mid_batch_is_reclaimed_by_another(
 async def test_a_crash_at_each_point_is_recovered_without_a_duplicate_order(
     redis: aioredis.Redis,
     keys: Keys,
-    start: Callable[..., Worker],
+    start: Launch,
     point: str,
 ) -> None:
     total = 40
@@ -261,7 +215,7 @@ async def test_a_crash_at_each_point_is_recovered_without_a_duplicate_order(
 async def test_sigterm_mid_batch_finishes_and_acks_the_in_flight_entries(
     redis: aioredis.Redis,
     keys: Keys,
-    start: Callable[..., Worker],
+    start: Launch,
 ) -> None:
     batch, total = 200, 1200
     ids = await seed(redis, keys, range(total))
@@ -285,7 +239,7 @@ async def test_sigterm_mid_batch_finishes_and_acks_the_in_flight_entries(
 async def test_the_worker_reconnects_when_redis_restarts(
     env: dict[str, str],
     keys: Keys,
-    start: Callable[..., Worker],
+    start: Launch,
     tmp_path: Path,
 ) -> None:
     server = RedisProcess(free_port(), tmp_path / "redis", appendonly=True).start()

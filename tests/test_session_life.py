@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -52,13 +51,6 @@ def clock() -> ManualClock:
 @pytest.fixture
 async def app(make_app: MakeApp, clock: ManualClock) -> App:
     return await make_app(clock=clock)
-
-
-@pytest.fixture
-async def migrator(app: App, pg: asyncpg.Pool) -> AsyncIterator[MigratorHandler]:
-    handler = await MigratorHandler.create(app)
-    yield handler
-    await handler.close()
 
 
 async def buy(app: App, sid: str, fid: str = "f-1", oid: str = "o-1", ts: int = T0 + 1000) -> None:

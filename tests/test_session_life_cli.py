@@ -4,7 +4,6 @@ closed."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import asyncpg
@@ -27,13 +26,6 @@ D = Decimal
 @pytest.fixture
 async def app(make_app: MakeApp) -> App:
     return await make_app(clock=ManualClock(T0 + 60_000))
-
-
-@pytest.fixture
-async def migrator(app: App, pg: asyncpg.Pool) -> AsyncIterator[MigratorHandler]:
-    handler = await MigratorHandler.create(app)
-    yield handler
-    await handler.close()
 
 
 async def two_sessions(app: App, migrator: MigratorHandler) -> dict[str, dict[str, str]]:

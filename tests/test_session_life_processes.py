@@ -7,19 +7,19 @@ same Redis and PostgreSQL schema. No assertion is about time: each waits for an 
 from __future__ import annotations
 
 import signal
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import asyncpg
 import pytest
 
 from mmops.app import App
 from storage import changes
-from tests.conftest import MMOPS, wait_for
+from tests.conftest import wait_for
 from tests.helpers import now_ms
+from tests.processes import Launch, launcher
 from tests.test_migrator import alerts, drain_coverage, fill, send, table, tp_of
 from workers.migration import migrate_session
 
@@ -27,54 +27,10 @@ D = Decimal
 MONEY = D("1e-10")
 
 
-class Migrator:
-    """One `mmops migrator` process; its output goes to a file."""
-
-    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
-        self.log = log
-        self._out: IO[bytes] = log.open("wb")
-        self.proc = subprocess.Popen(
-            [*MMOPS, "migrator", *args], env=env, stdout=self._out, stderr=subprocess.STDOUT
-        )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def exited(self, within: float = 30.0) -> int:
-        async def done() -> bool:
-            return self.proc.poll() is not None
-
-        await wait_for(done, timeout=within)
-        return self.proc.returncode
-
-    async def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await self.exited()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._out.close()
-
-
 @pytest.fixture
-def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Migrator]]:
-    started: list[Migrator] = []
-
-    def launch(name: str, *args: str, **variables: str) -> Migrator:
-        proc = Migrator(
-            {**env, "CONSUMER_NAME": name, "MIGRATION_SYNC_SECONDS": "1", **variables},
-            tmp_path / f"{name}-{len(started)}.log",
-            *args,
-        )
-        started.append(proc)
-        return proc
-
-    yield launch
-    for proc in started:
-        proc.close()
+def start(env: dict[str, str], tmp_path: Path) -> Iterator[Launch]:
+    with launcher("migrator", env, tmp_path, MIGRATION_SYNC_SECONDS="1") as launch:
+        yield launch
 
 
 async def buy(app: App, sid: str, fid: str, oid: str, ts: int) -> None:
@@ -97,7 +53,7 @@ async def session(pg: asyncpg.Pool, sid: str) -> dict[str, Any]:
 
 
 async def test_without_fills_a_tp_fill_after_the_end_reaches_postgres(
-    app: App, pg: asyncpg.Pool, start: Callable[..., Migrator]
+    app: App, pg: asyncpg.Pool, start: Launch
 ) -> None:
     t = now_ms()
     await buy(app, "s-1", "f-1", "o-1", t)
@@ -123,7 +79,7 @@ async def test_without_fills_a_tp_fill_after_the_end_reaches_postgres(
 
 
 async def test_killed_between_commit_and_trim_applies_each_change_exactly_once(
-    app: App, pg: asyncpg.Pool, start: Callable[..., Migrator]
+    app: App, pg: asyncpg.Pool, start: Launch
 ) -> None:
     t = now_ms()
     await buy(app, "s-k", "f-1", "o-1", t)
@@ -168,7 +124,7 @@ async def test_killed_between_commit_and_trim_applies_each_change_exactly_once(
 
 
 async def test_grace_period_acks_the_end_then_migrates_and_alerts_once(
-    app: App, pg: asyncpg.Pool, start: Callable[..., Migrator]
+    app: App, pg: asyncpg.Pool, start: Launch
 ) -> None:
     migrator = start("mig", MIGRATION_GRACE_MINUTES="0.1")  # 6 s after the end
     await wait_for(lambda: app.redis.zcard(app.keys.heartbeats("migrator")), timeout=30)
