@@ -20,7 +20,7 @@ from mmops.app import App
 from storage import partitioning, schema
 from storage.postgres import create_pool
 from tests.conftest import MMOPS, ROOT
-from tests.test_migrator import app, migrator  # noqa: F401 - fixtures of the reused test
+from tests.test_migrator import app  # noqa: F401 - the fixture of the reused test
 from tests.test_migrator import (
     test_rerun_inserts_nothing_and_new_fills_add_only_themselves as migrator_rerun_answers,
 )
@@ -102,7 +102,7 @@ async def test_queries_and_report_on_tables_partitioned_before_migration(
 
 async def test_the_migrators_rerun_on_partitioned_tables(
     app: App,  # noqa: F811
-    migrator: MigratorHandler,  # noqa: F811
+    migrator: MigratorHandler,
     pg: asyncpg.Pool,
     settings: Settings,
 ) -> None:
@@ -112,7 +112,7 @@ async def test_the_migrators_rerun_on_partitioned_tables(
 
 async def test_the_sync_after_the_end_on_partitioned_tables(
     app: App,  # noqa: F811
-    migrator: MigratorHandler,  # noqa: F811
+    migrator: MigratorHandler,
     pg: asyncpg.Pool,
 ) -> None:
     """Later TP fills and a reprice after the end: the same answers as on plain tables
@@ -123,7 +123,7 @@ async def test_the_sync_after_the_end_on_partitioned_tables(
 
 async def test_the_synced_rows_equal_a_whole_migration_on_partitioned_tables(
     app: App,  # noqa: F811
-    migrator: MigratorHandler,  # noqa: F811
+    migrator: MigratorHandler,
     pg: asyncpg.Pool,
     settings: Settings,
 ) -> None:
