@@ -33,7 +33,7 @@ pytestmark = ON_BOTH  # single Redis and the local Redis Cluster (tests/cluster.
 
 
 async def test_dry_run_writes_nothing_and_acks(
-    app: App,  # noqa: F811
+    app: App,
     pg: asyncpg.Pool,
     settings: Settings,
 ) -> None:
@@ -61,7 +61,7 @@ async def test_dry_run_writes_nothing_and_acks(
 
 
 async def test_waits_until_coverage_has_processed_the_sessions_events(
-    app: App,  # noqa: F811
+    app: App,
     migrator: MigratorHandler,
     pg: asyncpg.Pool,
 ) -> None:
@@ -85,7 +85,7 @@ async def test_waits_until_coverage_has_processed_the_sessions_events(
 
 
 async def test_state_missing_alerts_acks_and_does_not_complete(
-    app: App,  # noqa: F811
+    app: App,
     migrator: MigratorHandler,
     pg: asyncpg.Pool,
 ) -> None:
@@ -104,7 +104,7 @@ async def test_state_missing_alerts_acks_and_does_not_complete(
 
 
 async def test_postgres_cut_mid_transaction_writes_nothing_then_lands_once(
-    app: App,  # noqa: F811
+    app: App,
     pg: asyncpg.Pool,
     settings: Settings,
 ) -> None:

@@ -89,7 +89,7 @@ async def test_the_partitioned_layout(pg: asyncpg.Pool) -> None:
 
 
 async def test_queries_and_report_on_tables_partitioned_before_migration(
-    migrated: dict[str, Any],  # noqa: F811
+    migrated: dict[str, Any],
     pg: asyncpg.Pool,
 ) -> None:
     async with pg.acquire() as conn:
@@ -101,7 +101,7 @@ async def test_queries_and_report_on_tables_partitioned_before_migration(
 
 
 async def test_the_migrators_rerun_on_partitioned_tables(
-    app: App,  # noqa: F811
+    app: App,
     migrator: MigratorHandler,
     pg: asyncpg.Pool,
     settings: Settings,
@@ -111,7 +111,7 @@ async def test_the_migrators_rerun_on_partitioned_tables(
 
 
 async def test_the_sync_after_the_end_on_partitioned_tables(
-    app: App,  # noqa: F811
+    app: App,
     migrator: MigratorHandler,
     pg: asyncpg.Pool,
 ) -> None:
@@ -122,7 +122,7 @@ async def test_the_sync_after_the_end_on_partitioned_tables(
 
 
 async def test_the_synced_rows_equal_a_whole_migration_on_partitioned_tables(
-    app: App,  # noqa: F811
+    app: App,
     migrator: MigratorHandler,
     pg: asyncpg.Pool,
     settings: Settings,

@@ -42,7 +42,7 @@ async def upgrade_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 
 
 async def test_rows_move_once_idempotently_and_queries_still_answer(
-    migrated: dict[str, Any],  # noqa: F811
+    migrated: dict[str, Any],
     env: dict[str, str],
     settings: Settings,
 ) -> None:

@@ -36,7 +36,7 @@ MALFORMED: dict[str, tuple[dict[str, str], str]] = {
 async def test_malformed_entries_are_dead_lettered_and_the_valid_ones_around_them_handled(
     redis: aioredis.Redis,
     keys: Keys,
-    make: Callable[..., Runtime],  # noqa: F811
+    make: Callable[..., Runtime],
 ) -> None:
     entries: list[dict[str, str]] = [fill(1)]
     for bad, _ in MALFORMED.values():
@@ -80,7 +80,7 @@ async def test_malformed_entries_are_dead_lettered_and_the_valid_ones_around_the
 async def test_a_poison_entry_in_a_backlog_does_not_block_its_lane(
     redis: aioredis.Redis,
     keys: Keys,
-    make: Callable[..., Runtime],  # noqa: F811
+    make: Callable[..., Runtime],
 ) -> None:
     """Invalid entries are dead-lettered before the lane runs: same lane, still in order."""
     ids = await add(redis, keys, fill(1), fill(2, price="-1"), fill(3))
@@ -95,7 +95,7 @@ async def test_a_poison_entry_in_a_backlog_does_not_block_its_lane(
 async def test_an_entry_trimmed_while_another_consumer_held_it_is_dead_lettered(
     redis: aioredis.Redis,
     keys: Keys,
-    make: Callable[..., Runtime],  # noqa: F811
+    make: Callable[..., Runtime],
 ) -> None:
     runtime = make(Recorder(), reclaim_idle_ms=100)
     await runtime.ensure_group()
@@ -117,7 +117,7 @@ async def test_an_entry_trimmed_while_another_consumer_held_it_is_dead_lettered(
 async def test_an_entry_trimmed_by_xtrim_is_dead_lettered_after_a_restart(
     redis: aioredis.Redis,
     keys: Keys,
-    make: Callable[..., Runtime],  # noqa: F811
+    make: Callable[..., Runtime],
 ) -> None:
     runtime = make(Recorder())
     await runtime.ensure_group()
@@ -139,7 +139,7 @@ async def test_an_entry_trimmed_by_xtrim_is_dead_lettered_after_a_restart(
 async def test_an_invalid_entry_is_dead_lettered_once_whatever_the_groups(
     redis: aioredis.Redis,
     keys: Keys,
-    make: Callable[..., Runtime],  # noqa: F811
+    make: Callable[..., Runtime],
 ) -> None:
     """Every group reads every entry; the first that finds it invalid records it, the others ack."""
     [bad] = await add(redis, keys, fill(1, price="NaN"))

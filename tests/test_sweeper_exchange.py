@@ -39,7 +39,7 @@ pytestmark = [
 
 
 # --- reconciliation ------------------------------------------------------------------
-async def test_reconciliation_with_the_exchange(app: App, sweeper: Sweeper) -> None:  # noqa: F811
+async def test_reconciliation_with_the_exchange(app: App, sweeper: Sweeper) -> None:
     await xadd_fills(app, "s-r", per_pair=1)
     await drain_coverage(app)
     ex = paper(app)
@@ -81,9 +81,9 @@ async def test_reconciliation_with_the_exchange(app: App, sweeper: Sweeper) -> N
 
 
 async def test_the_book_is_read_as_changes_and_deferred_sessions_keep_theirs(
-    app: App,  # noqa: F811
+    app: App,
     settings: Settings,
-    clock: ManualClock,  # noqa: F811
+    clock: ManualClock,
 ) -> None:
     """After the first pass only the orders changed since are read; a TP cancelled on the
     exchange whose session the pass could not sweep (SETTLEMENT_MAX_SESSIONS) is carried
@@ -92,7 +92,7 @@ async def test_the_book_is_read_as_changes_and_deferred_sessions_keep_theirs(
     for sid in ("s-a", "s-b"):
         await app.redis.xadd(app.keys.stream, fill(sid, "f-1", "o-1", ts=clock.ms))
     await drain_coverage(app)
-    sweeper = await Sweeper.create(capped)  # noqa: F811
+    sweeper = await Sweeper.create(capped)
     try:
         first = await sweeper.run_once()
         assert first.book == "whole" and first.with_work == 0
@@ -134,15 +134,15 @@ class Down(Counting):
 
 
 async def test_exchange_down_leaves_positions_uncovered_and_reported_then_covers_them(
-    app: App,  # noqa: F811
+    app: App,
     settings: Settings,
-    clock: ManualClock,  # noqa: F811
+    clock: ManualClock,
 ) -> None:
     for n, (symbol, price, qty) in enumerate(PAIRS * 2):  # fills recorded, TPs never placed
         await paper(app).set_price(symbol, D(price))
         await seed_uncovered(app, "s-down", f"o-{n}", symbol=symbol, price=price, qty=qty)
     down = await App.open(settings, clock=clock, exchange=Down(paper(app)))  # type: ignore[arg-type]
-    sweeper = await Sweeper.create(down)  # noqa: F811
+    sweeper = await Sweeper.create(down)
     try:
         report = await sweeper.run_once()
     finally:

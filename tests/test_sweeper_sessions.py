@@ -45,9 +45,9 @@ pytestmark = [
 
 # --- discovery -----------------------------------------------------------------------
 async def test_sessions_from_redis_and_postgres(
-    app: App,  # noqa: F811
+    app: App,
     pg: asyncpg.Pool,
-    clock: ManualClock,  # noqa: F811
+    clock: ManualClock,
 ) -> None:
     await seed_uncovered(app, "s-recent", "o-1")
     await seed_uncovered(app, "s-ended", "o-1")
@@ -61,7 +61,7 @@ async def test_sessions_from_redis_and_postgres(
             "INSERT INTO sessions (id, started_at) VALUES ('s-pg', now()), "
             "('s-pg-old', now() - interval '3 days')"
         )
-    sweeper = await Sweeper.create(app)  # noqa: F811
+    sweeper = await Sweeper.create(app)
     try:
         report = await sweeper.run_once()
     finally:
@@ -71,16 +71,16 @@ async def test_sessions_from_redis_and_postgres(
 
 
 async def test_postgres_unreachable_sweeps_the_redis_sessions(
-    app: App,  # noqa: F811
+    app: App,
     settings: Settings,
-    clock: ManualClock,  # noqa: F811
+    clock: ManualClock,
 ) -> None:
     offline = await App.open(
         dataclasses.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/none"),
         clock=clock,
     )
     await seed_uncovered(app, "s-1", "o-1")
-    sweeper = await Sweeper.create(offline)  # noqa: F811
+    sweeper = await Sweeper.create(offline)
     try:
         report = await sweeper.run_once()
         again = await sweeper.run_once()
@@ -96,9 +96,9 @@ async def test_postgres_unreachable_sweeps_the_redis_sessions(
 
 
 async def test_round_robin_sweeps_every_session_in_turn_and_the_figures_cover_all(
-    app: App,  # noqa: F811
+    app: App,
     settings: Settings,
-    clock: ManualClock,  # noqa: F811
+    clock: ManualClock,
 ) -> None:
     """Issue 10 #4: beyond SETTLEMENT_MAX_SESSIONS sessions with work, every one is swept in
     turn (cursor in mm:sweeper:state), while the loss figure and the unknown-order check
@@ -126,7 +126,7 @@ async def test_round_robin_sweeps_every_session_in_turn_and_the_figures_cover_al
         symbol="BTC/USD", amount=D("0.01"), price=D("99000"), client_id=client_id("gone", "o", 1)
     )
     each = D("0.01") * D("60000") - (D("64000.5") * D("0.01") + D("0.1"))  # open qty at last - cost
-    sweeper = await Sweeper.create(capped)  # noqa: F811
+    sweeper = await Sweeper.create(capped)
     swept: list[list[str]] = []
     try:
         for _ in range(3):
@@ -160,14 +160,14 @@ async def test_round_robin_sweeps_every_session_in_turn_and_the_figures_cover_al
 
 
 async def test_the_first_passes_report_the_deferred_sessions(
-    app: App,  # noqa: F811
+    app: App,
     settings: Settings,
-    clock: ManualClock,  # noqa: F811
+    clock: ManualClock,
 ) -> None:
     capped = await App.open(dataclasses.replace(settings, settlement_max_sessions=2), clock=clock)
     for i in range(5):
         await seed_uncovered(app, f"s-{i}", "o-1")
-    sweeper = await Sweeper.create(capped)  # noqa: F811
+    sweeper = await Sweeper.create(capped)
     try:
         report = await sweeper.run_once()
     finally:
@@ -188,10 +188,10 @@ async def test_the_first_passes_report_the_deferred_sessions(
 
 # --- migration safety net ------------------------------------------------------------
 async def test_overdue_sessions_are_migrated_or_alerted_with_the_reason(
-    app: App,  # noqa: F811
-    sweeper: Sweeper,  # noqa: F811
+    app: App,
+    sweeper: Sweeper,
     pg: asyncpg.Pool,
-    clock: ManualClock,  # noqa: F811
+    clock: ManualClock,
 ) -> None:
     await app.redis.xadd(app.keys.stream, fill("s-end", "f-1", "o-1", ts=clock.ms - 2 * HOUR))
     await app.redis.xadd(
@@ -219,7 +219,7 @@ async def test_overdue_sessions_are_migrated_or_alerted_with_the_reason(
 
 
 # --- the loop and the lease ----------------------------------------------------------
-async def test_run_loops_until_stop_and_releases_the_lease(app: App, sweeper: Sweeper) -> None:  # noqa: F811
+async def test_run_loops_until_stop_and_releases_the_lease(app: App, sweeper: Sweeper) -> None:
     await seed_uncovered(app, "s-loop", "o-1")
     task = asyncio.ensure_future(sweeper.run())
     await wait_for(lambda: _status(app, "s-loop"))
@@ -240,7 +240,7 @@ def start_sweeper(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
 
 
 async def test_two_sweeper_processes_one_lease_and_failover_after_kill_9(
-    app: App,  # noqa: F811
+    app: App,
     env: dict[str, str],
 ) -> None:
     procs = {name: start_sweeper(env, name) for name in ("sw-a", "sw-b")}
@@ -274,12 +274,12 @@ async def test_two_sweeper_processes_one_lease_and_failover_after_kill_9(
                 proc.wait()
 
 
-async def _status(app: App, sid: str) -> bytes | None:  # noqa: F811
+async def _status(app: App, sid: str) -> bytes | None:
     status: bytes | None = await app.redis.get(app.keys.settlement_status(sid))
     return status if status == b"COMPLETED" else None
 
 
-def _lease_of(app: App, name: str) -> Callable[[], Any]:  # noqa: F811
+def _lease_of(app: App, name: str) -> Callable[[], Any]:
     async def check() -> str | None:
         token = await app.redis.get(app.keys.sweeper_lease)
         return token.decode() if token and token.decode().startswith(name + "/") else None
@@ -287,7 +287,7 @@ def _lease_of(app: App, name: str) -> Callable[[], Any]:  # noqa: F811
     return check
 
 
-def _passed_by(app: App, token: str) -> Callable[[], Any]:  # noqa: F811
+def _passed_by(app: App, token: str) -> Callable[[], Any]:
     async def check() -> bool:
         return await app.redis.hget(app.keys.sweeper_state, "last_pass_by") == token.encode()
 
