@@ -200,22 +200,14 @@ async def runtime_for(
     """One runtime of group `name` on one stream: `stream`, or the group's only one (an
     input group with MM_STREAM_SHARDS > 1 has several: name the shard's stream, or use
     runtimes_for); and what to close once it is done."""
-    group = GROUPS[name]
     if stream is None:
-        streams = group.streams(parts.keys)
+        streams = GROUPS[name].streams(parts.keys)
         if len(streams) > 1:
             raise ValueError(f"group {name} consumes {len(streams)} shards: name one stream")
         stream = streams[0]
-    built = await group.build(parts)
-    runtime = Runtime(
-        parts.redis,
-        parts.keys,
-        parts.settings,
-        built.make(),
-        consumer,
-        stop=stop if stop is not None else parts.stop,
-        draining=draining,
-        config=group.config(parts.settings),
-        stream=stream,
+    group = await runtimes_for(
+        name, parts, consumer, stop=stop, draining=draining, streams=[stream]
     )
-    return runtime, built.close
+    [runtime] = group.runtimes
+    runtime.leaves = True  # alone in its group: it leaves the heartbeats itself
+    return runtime, group.close
